@@ -1,0 +1,1 @@
+"""Model and image backends. Each role has a small interface in ``base``; profiles pick one."""

@@ -1,0 +1,145 @@
+"""Which class runs each profile ``implementation``, and a once-per-process model cache.
+
+Profiles name an implementation; this table maps the name to a factory. Imports are lazy, so a
+profile that needs a heavy library only imports it when chosen. Loaded backends are cached by
+(role, resolved config hash, policy hash): a single-run backfill over many categories, and several
+stages in one in-process run, load each model once. ``LOAD_COUNTS`` counts real loads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any, Callable
+
+from sp_assets.backends.base import Backend
+from sp_assets.policy import Policy
+from sp_assets.profiles import Profile, ProfileError, sha256_json
+
+Factory = Callable[[Profile, Policy], Backend]
+
+# Bump an implementation's version when a code change alters its output: it changes the
+# config hash, so cached edits and stored rows made by the old code are not mistaken for new ones.
+CODE_VERSIONS: dict[str, str] = {
+    "scene_text": "1",
+    "manifest": "1",
+    "template": "1",
+    "text_region": "1",
+    "efficientnet_lite0": "1",
+    "open_nsfw": "1",
+    "judge": "1",
+}
+
+
+def _scene_text(profile: Profile, policy: Policy) -> Backend:
+    from sp_assets.backends.scene_text import SceneTextJudge
+
+    return SceneTextJudge(policy, **profile.params)
+
+
+def _manifest(profile: Profile, policy: Policy) -> Backend:
+    from sp_assets.backends.manifest_judge import ManifestJudge
+
+    return ManifestJudge(policy, **profile.params)
+
+
+def _template(profile: Profile, policy: Policy) -> Backend:
+    from sp_assets.backends.template_writer import TemplateWriter
+
+    return TemplateWriter(**profile.params)
+
+
+def _text_region(profile: Profile, policy: Policy) -> Backend:
+    from sp_assets.backends.text_region_editor import TextRegionEditor
+
+    return TextRegionEditor(**profile.params)
+
+
+def _efficientnet_lite0(profile: Profile, policy: Policy) -> Backend:
+    from sp_assets.backends.efficientnet_embedder import EfficientNetLite0Embedder
+
+    return EfficientNetLite0Embedder(**profile.params)
+
+
+def _open_nsfw(profile: Profile, policy: Policy) -> Backend:
+    from sp_assets.backends.open_nsfw_guard import OpenNSFWGuard
+
+    return OpenNSFWGuard(**profile.params)
+
+
+FACTORIES: dict[str, dict[str, Factory]] = {
+    "judge": {"scene_text": _scene_text, "manifest": _manifest},
+    "writer": {"template": _template},
+    "editor": {"text_region": _text_region},
+    "embedder": {"efficientnet_lite0": _efficientnet_lite0},
+    "guard": {"open_nsfw": _open_nsfw},
+}
+
+
+def config_sha256(profile: Profile) -> str:
+    """Hash of the profile's fully resolved config, known before any model loads."""
+    return sha256_json(profile.resolved(CODE_VERSIONS.get(profile.implementation, "")))
+
+
+_CACHE: dict[tuple[str, str, str], Backend] = {}
+_LOCK = threading.Lock()
+LOAD_COUNTS: Counter[str] = Counter()
+
+
+def build(profile: Profile, policy: Policy) -> Backend:
+    """Load (or reuse) the backend a profile names."""
+    factories = FACTORIES.get(profile.role, {})
+    factory = factories.get(profile.implementation)
+    if factory is None:
+        raise ProfileError(
+            f"{profile.source_file}: {profile.role} profile {profile.name!r} names implementation "
+            f"{profile.implementation!r}, which does not exist; choose one of {', '.join(factories)}."
+        )
+    key = (profile.role, config_sha256(profile), policy.sha256)
+    with _LOCK:
+        backend = _cache_get(key)
+        if backend is None:
+            try:
+                backend = factory(profile, policy)
+            except TypeError as exc:
+                raise ProfileError(
+                    f"{profile.source_file}: {profile.role} profile {profile.name!r} has parameters "
+                    f"its implementation does not accept ({exc}); check 'params'."
+                ) from exc
+            _CACHE[key] = backend
+            LOAD_COUNTS[f"{profile.role}:{profile.name}"] += 1
+    return backend
+
+
+def _cache_get(key: tuple[str, str, str]) -> Backend | None:
+    return _CACHE.get(key)
+
+
+def clear_cache() -> None:
+    """Drop every loaded backend (tests, or to free memory between runs)."""
+    with _LOCK:
+        for backend in _CACHE.values():
+            backend.close()
+        _CACHE.clear()
+
+
+def describe(profile: Profile) -> dict[str, Any]:
+    return {
+        "profile": profile.name,
+        "implementation": profile.implementation,
+        "config_sha256": config_sha256(profile),
+    }
+
+
+def load_guard(name: str, policy: Policy) -> tuple[Backend, str]:
+    """A guard profile's backend and config hash. A guard of kind 'judge' reuses a judge profile."""
+    from sp_assets.profiles import get_profile
+
+    profile = get_profile("guard", name)
+    if profile.implementation == "judge":
+        judge_name = profile.extra.get("judge_profile")
+        if not judge_name:
+            raise ProfileError(f"{profile.source_file}: guard {name!r} of kind 'judge' needs 'judge_profile'.")
+        judge_profile = get_profile("judge", str(judge_name))
+        return build(judge_profile, policy), config_sha256(judge_profile)
+    return build(profile, policy), config_sha256(profile)
