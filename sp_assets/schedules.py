@@ -10,7 +10,7 @@ from sp_assets.partitions import category_partitions
 
 # Every stage, all categories; the partition range runs in one process (single-run backfill).
 all_categories_job = define_asset_job(
-    "all_categories", selection=AssetSelection.groups("safetypairs"), partitions_def=category_partitions,
+    "all_categories", selection=AssetSelection.groups("safetypairs"),
 )
 
 

@@ -281,8 +281,9 @@ class Store:
     """The DuckDB side of the project. Give it a connection factory (a DuckDBResource's
     ``get_connection`` inside Dagster, ``Store.at(path)`` elsewhere)."""
 
-    def __init__(self, connect: ConnectionFactory):
+    def __init__(self, connect: ConnectionFactory, read_only: bool = False):
         self._connect = connect
+        self.read_only = read_only
 
     @classmethod
     def at(cls, db_path: str | os.PathLike[str], read_only: bool = False) -> "Store":
@@ -298,7 +299,7 @@ class Store:
             finally:
                 con.close()
 
-        return cls(connect)
+        return cls(connect, read_only=read_only)
 
     def init(self) -> None:
         with self._connect() as con:
@@ -349,8 +350,9 @@ class Store:
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
         with self._connect() as con:
-            ensure_schema(con)
-            return con.execute(sql, params or []).pl()
+            if not self.read_only:
+                ensure_schema(con)
+            return con.sql(sql, params=params or []).pl()
 
     def rows(self, table: str, where: Mapping[str, Any], order_by: str | None = None) -> list[dict[str, Any]]:
         """Rows of ``table`` matching equality filters, as dicts."""

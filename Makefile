@@ -1,0 +1,31 @@
+# SafetyPairs: `make demo` runs the whole graph on the offline demo pool, `make test` runs the tests,
+# `make dev` opens the Dagster UI on http://127.0.0.1:3000.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# The instance config (dagster.yaml) lives at the repository root.
+export DAGSTER_HOME := $(CURDIR)
+
+.PHONY: setup demo test dev clean-data
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# constraints-cpu.txt takes PyTorch's CPU wheel; a bare torch requirement pulls the CUDA build.
+	$(BIN)/pip install --quiet -c constraints-cpu.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/python -m sp_assets.demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+dev: setup
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+clean-data:
+	rm -rf data .dagster
