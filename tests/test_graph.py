@@ -1,0 +1,115 @@
+"""The whole graph on two categories of the demo pool, in a temporary folder, and run again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from dagster import DagsterInstance
+
+from sp_assets.stage import VOLATILE_COLUMNS
+from sp_assets.storage import SCHEMA
+from tests.conftest import run_graph, store_at
+
+FIRST, LAST = "o1_hate", "o2_violence"
+TABLES = [t for t in SCHEMA if t != "stage_runs"]
+
+
+def _snapshot(data: Path) -> dict[str, list[dict]]:
+    store = store_at(data)
+    out = {}
+    for table in TABLES:
+        frame = store.query(f"SELECT * FROM {table}")
+        frame = frame.drop([c for c in frame.columns if c in VOLATILE_COLUMNS])
+        out[table] = sorted(frame.to_dicts(), key=lambda r: json.dumps(r, sort_keys=True, default=str))
+    return out
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    data = tmp_path_factory.mktemp("graph") / "data"
+    instance = DagsterInstance.ephemeral()
+    first = run_graph(data, FIRST, LAST, instance=instance)
+    snap1 = _snapshot(data)
+    second = run_graph(data, FIRST, LAST, instance=instance)
+    return data, first, second, snap1, _snapshot(data)
+
+
+def test_every_stage_wrote_both_categories(graph):
+    data, first, *_ = graph
+    store = store_at(data)
+    for table in ["source_images", "policy_labels", "edit_instructions", "edited_images", "verified_pairs",
+                  "benchmark_split", "guard_metrics"]:
+        cats = set(store.query(f"SELECT DISTINCT category FROM {table}")["category"].to_list())
+        assert cats == {FIRST, LAST}, table
+    keys = {m.asset_key.path[0] for m in first.get_asset_materialization_events()}
+    assert len(keys) == 7
+    failed = [c.check_name for c in first.get_asset_check_evaluations() if not c.passed]
+    assert failed == []
+
+
+def test_pairs_flip_the_label_and_keep_the_rest(graph):
+    data, *_ = graph
+    store = store_at(data)
+    pairs = store.query("SELECT * FROM verified_pairs WHERE accepted").to_dicts()
+    assert pairs, "the demo should yield pairs"
+    for p in pairs:
+        assert p["source_rating"] == "unsafe" and p["edit_rating"] == "safe"
+        assert p["sizes_match"] and p["ssim_outside"] >= 0.95 and p["embedding_cosine"] >= 0.8
+    rejected = store.query("SELECT * FROM verified_pairs WHERE NOT accepted").to_dicts()
+    assert all(r["reject_reason"] for r in rejected)
+
+
+def test_split_is_grouped_by_source_and_written_as_parquet(graph):
+    data, *_ = graph
+    store = store_at(data)
+    split = store.query("SELECT * FROM benchmark_split")
+    assert split["image_sha256"].n_unique() == len(split)
+    for cat in (FIRST, LAST):
+        frame = pl.read_parquet(data / "benchmark" / f"{cat}.parquet")
+        assert set(frame["pair_id"]) == set(split.filter(pl.col("category") == cat)["pair_id"])
+        for rel in frame["unsafe_path"].to_list() + frame["safe_path"].to_list():
+            assert (data / rel).is_file()
+
+
+def test_lineage_walks_back_from_every_pair(graph):
+    data, first, second, *_ = graph
+    store = store_at(data)
+    lineage = store.query("SELECT * FROM pair_lineage").to_dicts()
+    assert len(lineage) == len(store.query("SELECT * FROM benchmark_split"))
+    for row in lineage:
+        for col in ("source_file", "source_path", "policy_sha256", "judge_profile", "judge_config_sha256",
+                    "judge_raw_output", "instruction", "editor_profile", "editor_config_sha256", "seed",
+                    "edited_path", "source_run_id", "label_run_id", "instruction_run_id", "edit_run_id",
+                    "verify_run_id", "split_run_id"):
+            assert row[col] is not None, col
+        # The second run rewrote every row but reused the edits the first run computed.
+        assert row["source_run_id"] == row["split_run_id"] == second.run_id
+        assert row["edit_run_id"] == first.run_id
+        assert json.loads(row["target_json"])["replacement"] in row["instruction"]
+
+
+def test_guard_metrics_cover_both_guards(graph):
+    data, *_ = graph
+    store = store_at(data)
+    got = store.query("SELECT DISTINCT guard FROM guard_metrics ORDER BY guard")["guard"].to_list()
+    assert got == ["open_nsfw", "scene_text"]
+    preds = store.query("SELECT count(*) AS n FROM guard_predictions").item()
+    pairs = store.query("SELECT count(*) AS n FROM benchmark_split").item()
+    assert preds == 2 * 2 * pairs
+
+
+def test_rematerializing_gives_the_same_rows(graph):
+    _, first, second, snap1, snap2 = graph
+    assert snap1 == snap2
+    mat = {m.asset_key.path[0]: m for m in second.asset_materializations_for_node("edited_images")}
+    meta = mat["edited_images"].metadata
+    assert meta["computed"].value == 0 and meta["reused_from_cache"].value > 0
+
+
+def test_preview_blurs_unsafe_halves_by_default(graph):
+    _, first, *_ = graph
+    mat = first.asset_materializations_for_node("verified_pairs")[0]
+    assert "blurred" in mat.metadata["preview"].value
