@@ -446,3 +446,13 @@ class ImageStore:
     def open(self, rel: str) -> Image.Image:
         with Image.open(self.path(rel)) as im:
             return im.convert("RGB")
+
+
+def schema_markdown() -> str:
+    """The table reference in the README, generated from SCHEMA (a test keeps them in step)."""
+    parts = []
+    for table, columns in SCHEMA.items():
+        parts.append(f"#### `{table}`\n\n| column | type | meaning |\n|---|---|---|")
+        parts += [f"| `{name}` | {sql_type} | {meaning} |" for name, sql_type, meaning in columns]
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"
