@@ -124,6 +124,12 @@ class Stage:
             "duckdb": MetadataValue.path(str(self.duckdb.database)),
         }
         meta.update(metadata)
+        # One row for the whole step (model loading included), for wall-time reports.
+        self.store.append("stage_runs", [{
+            "run_id": self.run_id, "asset": self.asset, "category": "*", "seconds": meta["seconds"],
+            "n_in": total["in"], "n_out": total["out"], "n_rejected": total["rejected"],
+            "profiles_json": "{}", "created_at": self.now,
+        }])
         return MaterializeResult(metadata=meta, data_version=self.data_version(), check_results=list(checks))
 
 
