@@ -18,7 +18,7 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 import duckdb
 import polars as pl
-from PIL import Image
+from PIL import Image, ImageOps
 
 ConnectionFactory = Callable[[], ContextManager[duckdb.DuckDBPyConnection]]
 
@@ -445,7 +445,8 @@ class ImageStore:
 
     def open(self, rel: str) -> Image.Image:
         with Image.open(self.path(rel)) as im:
-            return im.convert("RGB")
+            # Honour the camera's orientation tag so people and models see the picture upright.
+            return ImageOps.exif_transpose(im).convert("RGB")
 
 
 def schema_markdown() -> str:
