@@ -1,0 +1,114 @@
+"""Shared loading rules for Hugging Face models (transformers, diffusers): local only, safetensors, no remote code.
+
+Every model backend resolves its device and dtype here, and turns a missing-weights failure into a
+``MissingWeightsError`` that names the profile, what it looked for, and the command that fetches it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+class MissingWeightsError(RuntimeError):
+    """A profile's weights are not on this machine (and the profile does not allow downloads)."""
+
+
+def library_version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not-installed"
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for but CUDA is not available here; use 'auto' or 'cpu'.")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """'auto' is bfloat16 on CUDA (what current editors and VLMs are trained in), float32 on CPU."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a profile's weights come from: a local folder, or a hub id resolved in the local cache."""
+
+    model: str
+    revision: str | None = None
+    allow_download: bool = False
+
+    @property
+    def is_local_path(self) -> bool:
+        return Path(self.model).expanduser().exists() or self.model.startswith(("/", "./", "../", "~"))
+
+    @property
+    def path_or_id(self) -> str:
+        return str(Path(self.model).expanduser()) if self.is_local_path else self.model
+
+    def load_kwargs(self, weights: bool = True) -> dict[str, Any]:
+        # Weights only from safetensors files (no pickle); processors and tokenizers have no weights.
+        kwargs: dict[str, Any] = {"use_safetensors": True} if weights else {}
+        if not self.is_local_path:
+            kwargs["local_files_only"] = not self.allow_download
+            if self.revision:
+                kwargs["revision"] = self.revision
+        else:
+            kwargs["local_files_only"] = True
+        return kwargs
+
+    def fetch_hint(self) -> str:
+        if self.is_local_path:
+            return f"put the model files in {self.path_or_id} (or point the profile's 'model' at them)"
+        rev = f" --revision {self.revision}" if self.revision else ""
+        return f"hf download {self.model}{rev}   (then run again; HF_HOME decides the cache folder)"
+
+    def load(self, profile_name: str, loader: Callable[..., T], weights: bool = True, **kwargs: Any) -> T:
+        """Call ``loader(path_or_id, **load_kwargs, **kwargs)``; a missing model becomes a clear error.
+
+        ``weights=False`` for processors and tokenizers (no safetensors flag).
+        """
+        if self.is_local_path and not Path(self.path_or_id).exists():
+            raise MissingWeightsError(
+                f"profile {profile_name!r}: no model at {self.path_or_id}. Fix: {self.fetch_hint()}."
+            )
+        try:
+            return loader(self.path_or_id, **self.load_kwargs(weights), **kwargs)
+        except (OSError, EnvironmentError, ValueError) as exc:
+            text = str(exc)
+            missing = any(s in text for s in ("local_files_only", "Can't load", "does not appear to have",
+                                              "not found", "No such file", "offline", "cannot find the requested files",
+                                              "is not a local folder", "outgoing traffic has been disabled"))
+            if not missing:
+                raise
+            raise MissingWeightsError(
+                f"profile {profile_name!r}: weights for {self.model!r}"
+                f"{' at revision ' + self.revision if self.revision else ''} are not on this machine "
+                f"(looked in {'that folder' if self.is_local_path else 'the local Hugging Face cache, ' + _hf_cache()}). "
+                f"Fix: {self.fetch_hint()}. SafetyPairs never downloads at run time unless the profile sets "
+                f"allow_download: true."
+            ) from None
+
+
+def _hf_cache() -> str:
+    return os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
