@@ -28,6 +28,10 @@ CODE_VERSIONS: dict[str, str] = {
     "efficientnet_lite0": "1",
     "open_nsfw": "1",
     "judge": "1",
+    "diffusers": "1",
+    "vlm": "1",
+    "shieldgemma2": "1",
+    "clip": "1",
 }
 
 
@@ -67,11 +71,41 @@ def _open_nsfw(profile: Profile, policy: Policy) -> Backend:
     return OpenNSFWGuard(**profile.params)
 
 
+def _diffusers(profile: Profile, policy: Policy) -> Backend:
+    from sp_assets.backends.diffusers_editor import DiffusersEditor
+
+    return DiffusersEditor(profile_name=profile.name, **profile.params)
+
+
+def _vlm_judge(profile: Profile, policy: Policy) -> Backend:
+    from sp_assets.backends.vlm_judge import VLMJudge
+
+    return VLMJudge(policy, profile_name=profile.name, **profile.params)
+
+
+def _shieldgemma2(profile: Profile, policy: Policy) -> Backend:
+    from sp_assets.backends.shieldgemma_judge import ShieldGemma2Judge
+
+    return ShieldGemma2Judge(policy, profile_name=profile.name, **profile.params)
+
+
+def _vlm_writer(profile: Profile, policy: Policy) -> Backend:
+    from sp_assets.backends.vlm_writer import VLMWriter
+
+    return VLMWriter(policy, profile_name=profile.name, **profile.params)
+
+
+def _clip(profile: Profile, policy: Policy) -> Backend:
+    from sp_assets.backends.clip_embedder import CLIPEmbedder
+
+    return CLIPEmbedder(profile_name=profile.name, **profile.params)
+
+
 FACTORIES: dict[str, dict[str, Factory]] = {
-    "judge": {"scene_text": _scene_text, "manifest": _manifest},
-    "writer": {"template": _template},
-    "editor": {"text_region": _text_region},
-    "embedder": {"efficientnet_lite0": _efficientnet_lite0},
+    "judge": {"scene_text": _scene_text, "manifest": _manifest, "vlm": _vlm_judge, "shieldgemma2": _shieldgemma2},
+    "writer": {"template": _template, "vlm": _vlm_writer},
+    "editor": {"text_region": _text_region, "diffusers": _diffusers},
+    "embedder": {"efficientnet_lite0": _efficientnet_lite0, "clip": _clip},
     "guard": {"open_nsfw": _open_nsfw},
 }
 
