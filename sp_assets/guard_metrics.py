@@ -6,7 +6,7 @@ from typing import Any
 from dagster import AssetExecutionContext, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
-from sp_assets.backends.base import Guard, Judge, RecordJudge
+from sp_assets.backends.base import Guard, Judge, RecordJudge, Verdict
 from sp_assets.backends.registry import load_guard
 from sp_assets.evaluation import PairOutcome, score_pairs
 from sp_assets.profiles import ProfileError
@@ -18,6 +18,26 @@ BATCH = 16
 CHECKS = [
     check(ASSET, "every_pair_has_two_predictions", "Each guard rated both halves of every pair."),
 ]
+
+
+def stored_verdicts(stage: Stage, category: str, config_sha: str) -> dict[str, tuple[Verdict, str]]:
+    """Verdicts this exact judge config already gave in this category (sources and edits), by image hash.
+
+    A judge that also serves as a guard need not read the same image twice: its stored answer, made
+    under the same policy, is the answer it would give again.
+    """
+    rows = stage.store.query(
+        "SELECT image_sha256 AS sha, rating, judged_category AS cat, score, rationale, raw_output, "
+        "'policy_labels' AS origin FROM policy_labels "
+        "WHERE category = ? AND judge_config_sha256 = ? AND policy_sha256 = ? "
+        "UNION ALL "
+        "SELECT v.edited_sha256, v.edit_rating, v.edit_judged_category, v.edit_score, v.edit_rationale, "
+        "v.edit_raw_output, 'verified_pairs' FROM verified_pairs v JOIN policy_labels l "
+        "ON l.category = v.category AND l.image_sha256 = v.image_sha256 AND l.judge_profile = v.judge_profile "
+        "WHERE v.category = ? AND v.verifier_config_sha256 = ? AND l.policy_sha256 = ? AND v.edit_rating IS NOT NULL",
+        [category, config_sha, stage.policy.sha256, category, config_sha, stage.policy.sha256]).to_dicts()
+    return {r["sha"]: (Verdict(r["rating"], r["cat"] or "", r["score"], r["rationale"] or "", r["raw_output"] or ""),
+                       r["origin"]) for r in rows}
 
 
 def _fmt(v: float | None) -> str:
@@ -51,23 +71,29 @@ def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, du
             metrics: list[dict[str, Any]] = []
             for name, (backend, sha) in guards.items():
                 outcomes: dict[str, dict[str, Any]] = {}
+                known = stored_verdicts(stage, category.slug, sha) if isinstance(backend, Judge) else {}
                 for start in range(0, len(pairs), BATCH):
                     batch = pairs[start:start + BATCH]
                     halves = [(p, "unsafe", p["image_sha256"], p["unsafe_path"]) for p in batch]
                     halves += [(p, "safe", p["safe_sha256"], p["safe_path"]) for p in batch]
-                    images = [stage.images.open(h[3]) for h in halves]
-                    if isinstance(backend, Judge):
-                        verdicts = backend.judge(images, category)
+                    todo = [h for h in halves if h[2] not in known]
+                    images = [stage.images.open(h[3]) for h in todo]
+                    if not todo:
+                        fresh = []
+                    elif isinstance(backend, Judge):
+                        fresh = backend.judge(images, category)
                     else:
                         assert isinstance(backend, Guard)
-                        verdicts = backend.predict(images, category)
-                    for (pair, half, sha_img, _), v in zip(halves, verdicts, strict=True):
+                        fresh = backend.predict(images, category)
+                    new = {h[2]: v for h, v in zip(todo, fresh, strict=True)}
+                    for pair, half, sha_img, _ in halves:
+                        v, origin = known[sha_img] if sha_img in known else (new[sha_img], None)
                         outcomes.setdefault(pair["pair_id"], {})[half] = v
                         predictions.append({
                             **stage.base_row(category.slug), "guard": name, "pair_id": pair["pair_id"],
                             "split": pair["split"], "half": half, "image_sha256": sha_img, "label": half,
                             "rating": v.rating, "score": v.score, "raw_output": v.raw_output,
-                            "guard_config_sha256": sha,
+                            "reused_from": origin, "guard_config_sha256": sha,
                         })
                 if len(outcomes) != len(pairs) or any(len(o) != 2 for o in outcomes.values()):
                     incomplete.append(f"{category.slug}/{name}")

@@ -69,8 +69,8 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
                    judge: JudgeResource, writer: WriterResource, editor: EditorResource, embedder: EmbedderResource):
     stage = Stage(ASSET, context, settings, duckdb)
     thresholds = settings.thresholds()
-    verify_sha = sha256_json({"thresholds": thresholds, "verifier": judge.config_sha256(judge.verifier_name),
-                              "embedder": embedder.config_sha256()})
+    verifier_sha = judge.config_sha256(judge.verifier_name)
+    verify_sha = sha256_json({"thresholds": thresholds, "verifier": verifier_sha, "embedder": embedder.config_sha256()})
     verifier: Judge | None = None
     embed: Embedder | None = None
     yields: dict[str, dict[str, Any]] = {}
@@ -126,7 +126,7 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
                         **stage.base_row(category.slug), "candidate_id": cand["candidate_id"],
                         "image_sha256": cand["image_sha256"], "edited_sha256": cand["edited_sha256"],
                         "judge_profile": judge.profile, "verifier_profile": judge.verifier_name,
-                        "writer_profile": writer.profile, "editor_profile": editor.profile,
+                        "verifier_config_sha256": verifier_sha, "writer_profile": writer.profile, "editor_profile": editor.profile,
                         "embedder_profile": embedder.profile, "verify_config_sha256": verify_sha,
                         "source_rating": cand["source_rating"], "source_score": cand["source_score"],
                         "edit_rating": None, "edit_score": None, "ssim_outside": None, "psnr_outside": None,

@@ -99,6 +99,9 @@ def test_guard_metrics_cover_both_guards(graph):
     preds = store.query("SELECT count(*) AS n FROM guard_predictions").item()
     pairs = store.query("SELECT count(*) AS n FROM benchmark_split").item()
     assert preds == 2 * 2 * pairs
+    # The default judge already rated every half while labelling and verifying: reused, not re-read.
+    reuse = dict(store.query("SELECT guard, count(reused_from) FROM guard_predictions GROUP BY guard").rows())
+    assert reuse == {"scene_text": 2 * pairs, "open_nsfw": 0}
 
 
 def test_rematerializing_gives_the_same_rows(graph):
