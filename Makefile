@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# CPU wheel of PyTorch by default; on a GPU machine run `make setup CONSTRAINTS=` for the CUDA build.
+CONSTRAINTS ?= constraints-cpu.txt
 # The instance config (dagster.yaml) lives at the repository root.
 export DAGSTER_HOME := $(CURDIR)
 
@@ -12,8 +14,7 @@ export DAGSTER_HOME := $(CURDIR)
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# constraints-cpu.txt takes PyTorch's CPU wheel; a bare torch requirement pulls the CUDA build.
-	$(BIN)/pip install --quiet -c constraints-cpu.txt -e '.[dev]'
+	$(BIN)/pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
