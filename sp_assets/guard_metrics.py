@@ -7,6 +7,7 @@ from dagster import AssetExecutionContext, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
 from sp_assets.backends.base import Guard, Judge, RecordJudge, Verdict
+from sp_assets.backends.hf import MissingWeightsError
 from sp_assets.backends.registry import load_guard
 from sp_assets.evaluation import PairOutcome, score_pairs
 from sp_assets.profiles import ProfileError
@@ -54,7 +55,7 @@ def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, du
     for name in settings.guards:
         try:
             backend, sha = load_guard(name, stage.policy)
-        except (ProfileError, FileNotFoundError, ImportError, OSError) as exc:
+        except (ProfileError, MissingWeightsError, FileNotFoundError, ImportError, OSError) as exc:
             skipped[name] = str(exc)
             context.log.warning(f"guard {name!r} skipped: {exc}")
             continue
