@@ -51,7 +51,7 @@ class PipelineSettings(ConfigurableResource):
     max_image_pixels: int = Field(default=40_000_000, description="Larger images are quarantined.")
     max_file_bytes: int = Field(default=64 * 1024 * 1024, description="Larger files are quarantined.")
     edit_seeds: list[int] = Field(default=[0], description="One candidate per seed and instruction variant.")
-    instruction_variants: int = Field(default=1, ge=1)
+    instruction_variants: int = Field(default=2, ge=1, description="Instructions per unsafe image (best of N).")
     min_ssim_outside: float = Field(default=0.95, description="Preservation: mean SSIM outside the edited region.")
     min_psnr_outside: float = Field(default=30.0, description="Preservation: PSNR (dB) outside the edited region.")
     min_embedding_cosine: float = Field(default=0.80, description="Preservation: whole-image embedding cosine.")
