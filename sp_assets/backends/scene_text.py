@@ -285,7 +285,7 @@ class SceneTextJudge(Judge):
         C: float = 10.0,
         safe_weight: float = 0.3,
         use_rules: bool = True,
-        use_replacements: bool = True,
+        use_replacements: bool = False,
         batch_size: int = 64,
         model_path: str | None = None,
         reader: SceneTextReader | None = None,
