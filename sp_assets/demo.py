@@ -5,7 +5,6 @@ Run as ``python -m sp_assets.demo [--categories o1_hate...o9_disasters]``. The r
 """
 
 import argparse
-import json
 import os
 import shutil
 import subprocess

@@ -4,7 +4,6 @@ and a profile whose weights are missing stops its step with a message that says 
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml

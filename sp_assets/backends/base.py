@@ -147,6 +147,15 @@ class InstructionWriter(Backend):
         """Write up to ``n_variants`` instructions that remove the violation and keep the rest."""
 
 
+def check_edit_args(images: Sequence[Any], instructions: Sequence[Any], seeds: Sequence[Any]) -> None:
+    """Editors take one instruction and one seed per image."""
+    if not (len(images) == len(instructions) == len(seeds)):
+        raise ValueError(
+            f"edit() needs one instruction and one seed per image; got {len(images)} images, "
+            f"{len(instructions)} instructions, {len(seeds)} seeds"
+        )
+
+
 class Editor(Backend):
     @abstractmethod
     def edit(

@@ -13,55 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
 from sp_assets.backends.base import Embedder, ModelInfo
-from sp_assets.backends.hf import ModelSource, library_version, resolve_device, resolve_dtype
+from sp_assets.backends.hf import ModelSource, library_version, resolve_device, resolve_dtype, resolved_revision
 
 DEFAULT_MODEL = "openai/clip-vit-large-patch14"
 
 
 # -- shared by the transformers backends (the ShieldGemma 2 judge imports these too) -----------
-
-
-def files_sha256(folder: Path, patterns: Sequence[str] = ("*.safetensors",)) -> str:
-    """sha256 over the named files in ``folder`` (name and content), in sorted order.
-
-    Reads every byte: about 1-2 GB/s, so a few seconds for a multi-gigabyte checkpoint, once per
-    load. '' when no file matches.
-    """
-    files = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
-    if not files:
-        return ""
-    outer = hashlib.sha256()
-    for path in files:
-        inner = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(8 << 20), b""):
-                inner.update(block)
-        outer.update(f"{path.name}\0{inner.hexdigest()}\n".encode("utf-8"))
-    return outer.hexdigest()
-
-
-def resolved_revision(source: ModelSource) -> str:
-    """What exactly was loaded: the hub commit for a cached hub id, a content hash for a folder.
-
-    Looks only at the local cache (never the network). Falls back to the requested revision.
-    """
-    if source.is_local_path:
-        digest = files_sha256(Path(source.path_or_id))
-        return f"sha256:{digest}" if digest else ""
-    try:
-        from huggingface_hub import snapshot_download
-
-        path = snapshot_download(source.model, revision=source.revision, local_files_only=True)
-        return Path(path).name  # snapshots/<commit sha>
-    except Exception:  # noqa: BLE001 - provenance detail only; the load itself already succeeded
-        return source.revision or ""
 
 
 def processor_sha256(processor: Any) -> str:

@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
-from sp_assets.backends.base import Editor, EditResult, Instruction, ModelInfo
+from sp_assets.backends.base import EditResult, Editor, Instruction, ModelInfo, check_edit_args
 from sp_assets.backends.hf import (
     MissingWeightsError, ModelSource, library_version, resolve_device, resolve_dtype,
 )
@@ -486,11 +486,7 @@ class DiffusersEditor(Editor):
         instructions: Sequence[Instruction],
         seeds: Sequence[int],
     ) -> list[EditResult]:
-        if not (len(images) == len(instructions) == len(seeds)):
-            raise ValueError(
-                f"edit() needs one instruction and one seed per image; got {len(images)} images, "
-                f"{len(instructions)} instructions, {len(seeds)} seeds"
-            )
+        check_edit_args(images, instructions, seeds)
         sources = [im.convert("RGB") for im in images]
         inputs = []
         for src in sources:

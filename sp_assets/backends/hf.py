@@ -6,11 +6,13 @@ Every model backend resolves its device and dtype here, and turns a missing-weig
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -112,3 +114,40 @@ class ModelSource:
 def _hf_cache() -> str:
     return os.environ.get("HF_HUB_CACHE") or os.path.join(
         os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+
+
+def files_sha256(folder: Path, patterns: Sequence[str] = ("*.safetensors",)) -> str:
+    """sha256 over the named files in ``folder`` (name and content), in sorted order.
+
+    Reads every byte: about 1-2 GB/s, so a few seconds for a multi-gigabyte checkpoint, once per
+    load. '' when no file matches.
+    """
+    files = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
+    if not files:
+        return ""
+    outer = hashlib.sha256()
+    for path in files:
+        inner = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(8 << 20), b""):
+                inner.update(block)
+        outer.update(f"{path.name}\0{inner.hexdigest()}\n".encode("utf-8"))
+    return outer.hexdigest()
+
+
+def resolved_revision(source: ModelSource) -> str:
+    """What exactly was loaded: the hub commit for a cached hub id, a content hash for a folder.
+
+    Looks only at the local cache (never the network). Falls back to the requested revision.
+    """
+    if source.is_local_path:
+        digest = files_sha256(Path(source.path_or_id))
+        return f"sha256:{digest}" if digest else ""
+    if source.revision and re.fullmatch(r"[0-9a-f]{40}", source.revision):
+        return source.revision
+    # The cache keeps refs/<branch or tag> -> commit sha next to snapshots/<commit sha>/.
+    ref = Path(_hf_cache()) / f"models--{source.model.replace('/', '--')}" / "refs" / (source.revision or "main")
+    try:
+        return ref.read_text(encoding="utf-8").strip() or (source.revision or "")
+    except OSError:
+        return source.revision or ""

@@ -24,7 +24,8 @@ from typing import Any, Sequence
 from PIL import Image
 
 from sp_assets.backends.base import Judge, ModelInfo, Verdict
-from sp_assets.backends.clip_embedder import processor_sha256, resolved_revision
+from sp_assets.backends.clip_embedder import processor_sha256
+from sp_assets.backends.hf import resolved_revision
 from sp_assets.backends.hf import ModelSource, library_version, resolve_device, resolve_dtype
 from sp_assets.policy import Category, Policy
 

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from sp_assets.backends.base import Box, Editor, EditResult, Instruction, ModelInfo, TextRegion
+from sp_assets.backends.base import Box, EditResult, Editor, Instruction, ModelInfo, TextRegion, check_edit_args
 from sp_assets.backends.fonts import DEFAULT_FONT, font_path, load_font
 
 INPAINT_METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
@@ -154,11 +154,7 @@ class TextRegionEditor(Editor):
         instructions: Sequence[Instruction],
         seeds: Sequence[int],
     ) -> list[EditResult]:
-        if not (len(images) == len(instructions) == len(seeds)):
-            raise ValueError(
-                f"edit() needs one instruction and one seed per image; got {len(images)} images, "
-                f"{len(instructions)} instructions, {len(seeds)} seeds"
-            )
+        check_edit_args(images, instructions, seeds)
         return [self.edit_one(im, ins, seed) for im, ins, seed in zip(images, instructions, seeds)]
 
     def edit_one(self, image: Image.Image, instruction: Instruction, seed: int = 0) -> EditResult:

@@ -250,3 +250,17 @@ class VLMRunner:
         torch = self._torch
         if self.device.startswith("cuda") and torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def compile_prompt_template(text: str, placeholders: Any, profile_name: str) -> Any:
+    """A profile's prompt template, refused up front if it names a placeholder we do not fill."""
+    import string
+
+    template = string.Template(text)
+    unknown = sorted(set(template.get_identifiers()) - set(placeholders))
+    if unknown or not template.is_valid():
+        raise ValueError(
+            f"profile {profile_name!r}: prompt_template uses unknown placeholders {unknown or '(invalid $)'}; "
+            f"known: {', '.join('$' + k for k in placeholders)} (write $$ for a literal $)."
+        )
+    return template

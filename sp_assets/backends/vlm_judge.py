@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import string
 from typing import Any, Sequence
 
 from PIL import Image
@@ -38,7 +37,7 @@ from transformers import LogitsProcessor
 
 from sp_assets.backends.base import Judge, Verdict
 from sp_assets.backends.judge_parsing import INVALID, parse_judge_answer
-from sp_assets.backends.vlm import VLMRunner
+from sp_assets.backends.vlm import VLMRunner, compile_prompt_template
 from sp_assets.policy import Category, Policy
 
 JUDGE_VERSION = "1"
@@ -160,13 +159,7 @@ class VLMJudge(Judge):
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
         self.template_text = prompt_template if prompt_template else DEFAULT_PROMPT
-        self.template = string.Template(self.template_text)
-        unknown = sorted(set(self.template.get_identifiers()) - set(PLACEHOLDERS))
-        if unknown or not self.template.is_valid():
-            raise ValueError(
-                f"profile {profile_name!r}: prompt_template uses unknown placeholders {unknown or '(invalid $)'}; "
-                f"known: {', '.join('$' + k for k in PLACEHOLDERS)} (write $$ for a literal $)."
-            )
+        self.template = compile_prompt_template(self.template_text, PLACEHOLDERS, profile_name)
         self.runner = VLMRunner(
             model, profile_name=profile_name, revision=revision, dtype=dtype, device=device,
             allow_download=allow_download, trust_remote_code=trust_remote_code, max_image_side=max_image_side,

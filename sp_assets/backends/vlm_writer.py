@@ -21,7 +21,6 @@ import ast
 import hashlib
 import json
 import re
-import string
 from typing import Any
 
 from PIL import Image
@@ -29,7 +28,7 @@ from PIL import Image
 from sp_assets.backends.base import Instruction, InstructionWriter, Verdict
 from sp_assets.backends.judge_parsing import _brace_spans, _load_object, _normalise
 from sp_assets.backends.template_writer import KEEP
-from sp_assets.backends.vlm import VLMRunner
+from sp_assets.backends.vlm import VLMRunner, compile_prompt_template
 from sp_assets.policy import Category, Policy
 
 WRITER_VERSION = "1"
@@ -228,13 +227,7 @@ class VLMWriter(InstructionWriter):
         self.fallback = fallback
         self.caption_prompt = caption_prompt or CAPTION_PROMPT
         self.template_text = prompt_template or DEFAULT_PROMPT
-        self.template = string.Template(self.template_text)
-        unknown = sorted(set(self.template.get_identifiers()) - set(PLACEHOLDERS))
-        if unknown or not self.template.is_valid():
-            raise ValueError(
-                f"profile {profile_name!r}: prompt_template uses unknown placeholders {unknown or '(invalid $)'}; "
-                f"known: {', '.join('$' + k for k in PLACEHOLDERS)} (write $$ for a literal $)."
-            )
+        self.template = compile_prompt_template(self.template_text, PLACEHOLDERS, profile_name)
         self.runner = VLMRunner(
             model, profile_name=profile_name, revision=revision, dtype=dtype, device=device,
             allow_download=allow_download, trust_remote_code=trust_remote_code, max_image_side=max_image_side,
