@@ -203,6 +203,17 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("run_id", "VARCHAR", "Dagster run"),
         ("created_at", "TIMESTAMP", "UTC"),
     ],
+    "review_decisions": [
+        ("candidate_id", "VARCHAR", "the candidate reviewed"),
+        ("category", "VARCHAR", "partition key"),
+        ("reviewer", "VARCHAR", "who decided"),
+        ("decided_at", "TIMESTAMP", "when (UTC), as given in the decisions file"),
+        ("verdict", "VARCHAR", "'accept' or 'reject'"),
+        ("note", "VARCHAR", "why"),
+        ("decisions_file", "VARCHAR", "file the decision was imported from"),
+        ("decisions_sha256", "VARCHAR", "hash of that file"),
+        ("imported_at", "TIMESTAMP", "UTC"),
+    ],
     "stage_runs": [
         ("run_id", "VARCHAR", "Dagster run"),
         ("asset", "VARCHAR", "stage"),
