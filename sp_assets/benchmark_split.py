@@ -64,9 +64,9 @@ def write_parquet(frame: pl.DataFrame, dest: Path) -> None:
 
 
 @asset(deps=["verified_pairs"], **asset_kwargs(
-    "Benchmark pairs (best accepted candidate per source over all profiles), split train / validation "
-    "/ test grouped by source and stratified by category; also written as Parquet under "
-    "<data_root>/benchmark/.", CHECKS))
+    "Benchmark pairs (best accepted flip candidate per source over all profiles, with the best null-edit "
+    "control of the same source and editor), split train / validation / test grouped by source and "
+    "stratified by category; also written as Parquet under <data_root>/benchmark/.", CHECKS))
 def benchmark_split(context: AssetExecutionContext, settings: PipelineSettings, duckdb: DuckDBResource):
     stage = Stage(ASSET, context, settings, duckdb)
     fractions = {"train": settings.split_train, "validation": settings.split_validation, "test": settings.split_test}
@@ -86,8 +86,20 @@ def benchmark_split(context: AssetExecutionContext, settings: PipelineSettings, 
                 "  AND e.editor_profile = v.editor_profile "
                 "JOIN edit_instructions i ON i.category = e.category AND i.instruction_id = e.instruction_id "
                 "  AND i.judge_profile = e.judge_profile AND i.writer_profile = e.writer_profile "
-                "WHERE v.category = ? AND v.accepted ORDER BY v.image_sha256, v.quality_score DESC, v.candidate_id",
-                [category.slug]).to_dicts()
+                "WHERE v.category = ? AND v.accepted AND v.kind = ? "
+                "ORDER BY v.image_sha256, v.quality_score DESC, v.candidate_id",
+                [category.slug, "flip"]).to_dicts()
+            # Controls: the best accepted null edit of each source, per editor profile.
+            controls: dict[tuple[str, str], dict[str, Any]] = {}
+            for row in stage.store.query(
+                "SELECT v.candidate_id, v.image_sha256, v.editor_profile, v.judge_profile, v.writer_profile, "
+                "e.edited_sha256, e.edited_path FROM verified_pairs v "
+                "JOIN edited_images e ON e.category = v.category AND e.candidate_id = v.candidate_id "
+                "  AND e.judge_profile = v.judge_profile AND e.writer_profile = v.writer_profile "
+                "  AND e.editor_profile = v.editor_profile "
+                "WHERE v.category = ? AND v.accepted AND v.kind = ? "
+                "ORDER BY v.image_sha256, v.quality_score DESC, v.candidate_id", [category.slug, "null"]).to_dicts():
+                controls.setdefault((row["image_sha256"], row["editor_profile"]), row)
             best: dict[str, dict[str, Any]] = {}
             n_candidates: dict[str, int] = {}
             for row in accepted:
@@ -96,6 +108,7 @@ def benchmark_split(context: AssetExecutionContext, settings: PipelineSettings, 
             splits = assign_splits(list(best), settings.seed, fractions)
             rows = []
             for sha, row in sorted(best.items()):
+                control = controls.get((sha, row["editor_profile"])) or {}
                 rows.append({
                     **stage.base_row(category.slug), "pair_id": sha256_json([sha, row["edited_sha256"]]),
                     "split": splits[sha], "image_sha256": sha, "unsafe_path": row["unsafe_path"],
@@ -104,6 +117,8 @@ def benchmark_split(context: AssetExecutionContext, settings: PipelineSettings, 
                     "judge_profile": row["judge_profile"], "writer_profile": row["writer_profile"],
                     "editor_profile": row["editor_profile"], "quality_score": row["quality_score"],
                     "n_accepted_candidates": n_candidates[sha], "split_config_sha256": split_sha,
+                    "control_candidate_id": control.get("candidate_id"), "control_sha256": control.get("edited_sha256"),
+                    "control_path": control.get("edited_path"),
                 })
             stage.store.replace_slice("benchmark_split", {"category": category.slug}, rows)
             dest = settings.root / "benchmark" / f"{category.slug}.parquet"
@@ -111,6 +126,7 @@ def benchmark_split(context: AssetExecutionContext, settings: PipelineSettings, 
             write_parquet(frame.drop(["created_at"]) if rows else frame, dest)
             files.append(str(dest))
         per_split[category.slug] = {name: sum(1 for r in rows if r["split"] == name) for name in SPLITS}
+        per_split[category.slug]["controlled"] = sum(1 for r in rows if r["control_sha256"])
         stage.record(category.slug, len(best), len(rows), 0, {"split": settings.split_config()}, rows)
     seen: dict[str, str] = {}
     leaks = []
@@ -122,8 +138,8 @@ def benchmark_split(context: AssetExecutionContext, settings: PipelineSettings, 
         check_result("sources_in_one_split", not leaks,
                      "every source is in exactly one split" if not leaks else f"{len(leaks)} sources in two splits"),
     ]
-    table = ["| category | train | validation | test |", "|---|---:|---:|---:|"]
-    table += [f"| {c} | {v['train']} | {v['validation']} | {v['test']} |" for c, v in per_split.items()]
+    table = ["| category | train | validation | test | with control |", "|---|---:|---:|---:|---:|"]
+    table += [f"| {c} | {v['train']} | {v['validation']} | {v['test']} | {v['controlled']} |" for c, v in per_split.items()]
     return stage.result({"splits": MetadataValue.md("\n".join(table)),
                          "parquet": MetadataValue.path(str(settings.root / "benchmark")),
                          "split_config": MetadataValue.json(settings.split_config())}, checks)

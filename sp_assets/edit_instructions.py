@@ -28,7 +28,8 @@ def stored_verdict(row: dict) -> Verdict:
 
 @asset(deps=["policy_labels"], **asset_kwargs(
     "Edit instructions for each image rated unsafe: what to change (from the judge's finding and the "
-    "policy's edit guidance) and what to keep.", CHECKS))
+    "policy's edit guidance) and what to keep; plus one null (control) instruction per image that "
+    "changes nothing the policy cares about.", CHECKS))
 def edit_instructions(context: AssetExecutionContext, settings: PipelineSettings, duckdb: DuckDBResource,
                       judge: JudgeResource, writer: WriterResource):
     stage = Stage(ASSET, context, settings, duckdb)
@@ -54,22 +55,24 @@ def edit_instructions(context: AssetExecutionContext, settings: PipelineSettings
                     except KeyError:
                         pass
                 image = stage.images.open(label["image_path"])
-                instructions = backend.write(image, verdict, target_category, settings.instruction_variants, settings.seed)
-                if not instructions:
+                flips = backend.write(image, verdict, target_category, settings.instruction_variants, settings.seed)
+                if not flips:
                     skipped += 1
-                for ins in instructions:
+                    continue
+                null = backend.write_null(image, verdict, target_category, settings.seed) if settings.control_pairs else None
+                for kind, ins in [("flip", i) for i in flips] + ([("null", null)] if null else []):
                     rows.append({
                         **stage.base_row(category.slug),
                         "instruction_id": sha256_json([label["image_sha256"], ins.text, ins.target, ins.keep]),
                         "image_sha256": label["image_sha256"], "judge_profile": judge.profile,
                         "writer_profile": profile.name, "writer_config_sha256": writer_sha, "variant": ins.variant,
-                        "kind": "flip", "instruction": ins.text, "keep": ins.keep, "target_json": ins.target_json(),
+                        "kind": kind, "instruction": ins.text, "keep": ins.keep, "target_json": ins.target_json(),
                         "model_id": backend.info.model_id, "seed": settings.seed, "policy_sha256": stage.policy.sha256,
                     })
             stage.store.replace_slice(
                 "edit_instructions",
                 {"category": category.slug, "judge_profile": judge.profile, "writer_profile": profile.name}, rows)
-        n_written = len({r["image_sha256"] for r in rows})
+        n_written = len({r["image_sha256"] for r in rows if r["kind"] == "flip"})
         stage.record(category.slug, len(labels), n_written, skipped, {"judge": judge.profile, "writer": writer.describe()}, rows)
     checks = [counts_add_up(stage, "unsafe images"), no_duplicate_keys(stage, ["category", "instruction_id", "judge_profile", "writer_profile"])]
     return stage.result({"writer_profile": profile.name, "writer_config_sha256": writer_sha}, checks)

@@ -1,6 +1,7 @@
 """Stage 7, ``guard_metrics``: every configured guard evaluated on the benchmark pairs."""
 
 
+import json
 from typing import Any
 
 from dagster import AssetExecutionContext, MetadataValue, asset
@@ -10,6 +11,7 @@ from sp_assets.backends.base import Guard, Judge, RecordJudge, Verdict
 from sp_assets.backends.hf import MissingWeightsError
 from sp_assets.backends.registry import load_guard
 from sp_assets.evaluation import PairOutcome, score_pairs
+from sp_assets.policy import Category
 from sp_assets.profiles import ProfileError
 from sp_assets.resources import PipelineSettings
 from sp_assets.stage import Stage, asset_kwargs, check, check_result
@@ -45,9 +47,70 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
+HALVES = {"unsafe": ("image_sha256", "unsafe_path"), "safe": ("safe_sha256", "safe_path"),
+          "control": ("control_sha256", "control_path")}
+LABELS = {"unsafe": "unsafe", "control": "unsafe", "safe": "safe"}
+# pair type -> (the unsafe half, the safe half)
+PAIR_TYPES = {"original": ("unsafe", "safe"), "controlled": ("control", "safe")}
+EDITED_ONLY = "edited_only"
+
+
+def edited_only_verdicts(pairs: list[dict[str, Any]]) -> dict[tuple[str, str], Verdict]:
+    """The confound probe: a classifier that sees only 'was this image edited'.
+
+    Fitted on the train split's original pairs (source = not edited, unsafe; flip = edited, safe):
+    P(unsafe | edited) is the share of edited training images that are unsafe. On original pairs it
+    is right every time; on controlled pairs both halves are edited, so it cannot tell them apart.
+    """
+    train = [p for p in pairs if p["split"] == "train"] or pairs
+    # Training images: each source (unsafe, not edited) and each flip (safe, edited); Laplace-smoothed.
+    p_unsafe = {False: (len(train) + 1) / (len(train) + 2), True: 1 / (len(train) + 2)}
+    out = {}
+    for p in pairs:
+        for half, edited in (("unsafe", False), ("safe", True), ("control", True)):
+            if half == "control" and not p["control_sha256"]:
+                continue
+            score = p_unsafe[edited]
+            out[(p["pair_id"], half)] = Verdict(
+                "unsafe" if score >= 0.5 else "safe", "", score, f"edited={edited}",
+                json.dumps({"edited": edited, "p_unsafe": round(score, 6)}))
+    return out
+
+
+def _guard_verdicts(stage: Stage, category: Category, backend: Any, sha: str,
+                    pairs: list[dict[str, Any]]) -> tuple[dict[tuple[str, str], Verdict], dict[tuple[str, str], str]]:
+    """A guard's verdict on every half of every pair, reusing answers this judge config already gave."""
+    known = stored_verdicts(stage, category.slug, sha) if isinstance(backend, Judge) else {}
+    items = [(p["pair_id"], half, p[col_sha], p[col_path]) for p in pairs
+             for half, (col_sha, col_path) in HALVES.items() if p[col_sha]]
+    verdicts: dict[tuple[str, str], Verdict] = {}
+    origins: dict[tuple[str, str], str] = {}
+    fresh_items = [it for it in items if it[2] not in known]
+    fresh: dict[str, Verdict] = {}
+    for start in range(0, len(fresh_items), BATCH):
+        batch = [it for it in fresh_items[start:start + BATCH] if it[2] not in fresh]
+        images = [stage.images.open(it[3]) for it in batch]
+        if not batch:
+            continue
+        if isinstance(backend, Judge):
+            got = backend.judge(images, category)
+        else:
+            assert isinstance(backend, Guard)
+            got = backend.predict(images, category)
+        fresh.update({it[2]: v for it, v in zip(batch, got, strict=True)})
+    for pair_id, half, image_sha, _ in items:
+        if image_sha in known:
+            verdicts[(pair_id, half)], origins[(pair_id, half)] = known[image_sha]
+        else:
+            verdicts[(pair_id, half)] = fresh[image_sha]
+    return verdicts, origins
+
+
 @asset(deps=["benchmark_split"], **asset_kwargs(
     "Guards evaluated on the benchmark pairs: accuracy on the unsafe and safe halves, pair accuracy "
-    "(both halves right) and ROC-AUC, per category, on the test split and on all pairs.", CHECKS))
+    "(both halves right) and ROC-AUC, per category, on the test split and on all pairs, for original "
+    "pairs (source vs edit) and controlled pairs (null edit vs edit). Includes the 'edited_only' "
+    "confound probe.", CHECKS))
 def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, duckdb: DuckDBResource):
     stage = Stage(ASSET, context, settings, duckdb)
     guards: dict[str, tuple[Any, str]] = {}
@@ -70,57 +133,47 @@ def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, du
             pairs = stage.store.rows("benchmark_split", {"category": category.slug}, order_by="pair_id")
             predictions: list[dict[str, Any]] = []
             metrics: list[dict[str, Any]] = []
-            for name, (backend, sha) in guards.items():
-                outcomes: dict[str, dict[str, Any]] = {}
-                known = stored_verdicts(stage, category.slug, sha) if isinstance(backend, Judge) else {}
-                for start in range(0, len(pairs), BATCH):
-                    batch = pairs[start:start + BATCH]
-                    halves = [(p, "unsafe", p["image_sha256"], p["unsafe_path"]) for p in batch]
-                    halves += [(p, "safe", p["safe_sha256"], p["safe_path"]) for p in batch]
-                    todo = [h for h in halves if h[2] not in known]
-                    images = [stage.images.open(h[3]) for h in todo]
-                    if not todo:
-                        fresh = []
-                    elif isinstance(backend, Judge):
-                        fresh = backend.judge(images, category)
-                    else:
-                        assert isinstance(backend, Guard)
-                        fresh = backend.predict(images, category)
-                    new = {h[2]: v for h, v in zip(todo, fresh, strict=True)}
-                    for pair, half, sha_img, _ in halves:
-                        v, origin = known[sha_img] if sha_img in known else (new[sha_img], None)
-                        outcomes.setdefault(pair["pair_id"], {})[half] = v
-                        predictions.append({
-                            **stage.base_row(category.slug), "guard": name, "pair_id": pair["pair_id"],
-                            "split": pair["split"], "half": half, "image_sha256": sha_img, "label": half,
-                            "rating": v.rating, "score": v.score, "raw_output": v.raw_output,
-                            "reused_from": origin, "guard_config_sha256": sha,
-                        })
-                if len(outcomes) != len(pairs) or any(len(o) != 2 for o in outcomes.values()):
+            evaluated: dict[str, tuple[dict[tuple[str, str], Verdict], dict[tuple[str, str], str], str]] = {
+                name: (*_guard_verdicts(stage, category, backend, sha, pairs), sha)
+                for name, (backend, sha) in guards.items()}
+            evaluated[EDITED_ONLY] = (edited_only_verdicts(pairs), {}, "provenance-flag-v1")
+            for name, (verdicts, origins, sha) in evaluated.items():
+                by_pair = {p["pair_id"]: p for p in pairs}
+                for (pair_id, half), v in sorted(verdicts.items()):
+                    pair = by_pair[pair_id]
+                    predictions.append({
+                        **stage.base_row(category.slug), "guard": name, "pair_id": pair_id, "split": pair["split"],
+                        "half": half, "image_sha256": pair[HALVES[half][0]], "label": LABELS[half],
+                        "rating": v.rating, "score": v.score, "raw_output": v.raw_output,
+                        "reused_from": origins.get((pair_id, half)), "guard_config_sha256": sha,
+                    })
+                if any((p["pair_id"], h) not in verdicts for p in pairs for h in ("unsafe", "safe")):
                     incomplete.append(f"{category.slug}/{name}")
-                for split in ("test", "all"):
-                    chosen = [p for p in pairs if split == "all" or p["split"] == split]
-                    scores = score_pairs([
-                        PairOutcome(outcomes[p["pair_id"]]["unsafe"].rating, outcomes[p["pair_id"]]["safe"].rating,
-                                    outcomes[p["pair_id"]]["unsafe"].score, outcomes[p["pair_id"]]["safe"].score)
-                        for p in chosen])
-                    row = {**stage.base_row(category.slug), "guard": name, "split": split, "n_pairs": scores.n_pairs,
-                           "acc_unsafe": scores.acc_unsafe, "acc_safe": scores.acc_safe,
-                           "pair_accuracy": scores.pair_accuracy, "roc_auc": scores.roc_auc,
-                           "n_invalid": scores.n_invalid, "guard_config_sha256": sha}
-                    metrics.append(row)
-                    summary.append(row)
+                for pair_type, (bad, good) in PAIR_TYPES.items():
+                    for split in ("test", "all"):
+                        chosen = [p for p in pairs if (split == "all" or p["split"] == split)
+                                  and (p["pair_id"], bad) in verdicts]
+                        scores = score_pairs([
+                            PairOutcome(verdicts[(p["pair_id"], bad)].rating, verdicts[(p["pair_id"], good)].rating,
+                                        verdicts[(p["pair_id"], bad)].score, verdicts[(p["pair_id"], good)].score)
+                            for p in chosen])
+                        row = {**stage.base_row(category.slug), "guard": name, "split": split, "pair_type": pair_type,
+                               "n_pairs": scores.n_pairs, "acc_unsafe": scores.acc_unsafe, "acc_safe": scores.acc_safe,
+                               "pair_accuracy": scores.pair_accuracy, "roc_auc": scores.roc_auc,
+                               "n_invalid": scores.n_invalid, "guard_config_sha256": sha}
+                        metrics.append(row)
+                        summary.append(row)
             stage.store.replace_slice("guard_predictions", {"category": category.slug}, predictions)
             stage.store.replace_slice("guard_metrics", {"category": category.slug}, metrics)
-        stage.record(category.slug, len(pairs), len(pairs), 0, {"guards": sorted(guards)}, metrics)
-    lines = ["| category | guard | split | pairs | acc unsafe | acc safe | pair acc | ROC-AUC |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+        stage.record(category.slug, len(pairs), len(pairs), 0, {"guards": sorted(evaluated)}, metrics)
+    lines = ["| category | guard | pairs | split | n | acc unsafe | acc safe | pair acc | ROC-AUC |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in summary:
-        lines.append(f"| {r['category']} | {r['guard']} | {r['split']} | {r['n_pairs']} | {_fmt(r['acc_unsafe'])} | "
-                     f"{_fmt(r['acc_safe'])} | {_fmt(r['pair_accuracy'])} | {_fmt(r['roc_auc'])} |")
+        lines.append(f"| {r['category']} | {r['guard']} | {r['pair_type']} | {r['split']} | {r['n_pairs']} | "
+                     f"{_fmt(r['acc_unsafe'])} | {_fmt(r['acc_safe'])} | {_fmt(r['pair_accuracy'])} | {_fmt(r['roc_auc'])} |")
     checks = [check_result("every_pair_has_two_predictions", not incomplete,
                            "every guard rated both halves of every pair" if not incomplete else f"incomplete: {incomplete}")]
-    meta: dict[str, Any] = {"metrics": MetadataValue.md("\n".join(lines)), "guards": MetadataValue.json(sorted(guards))}
+    meta: dict[str, Any] = {"metrics": MetadataValue.md("\n".join(lines)), "guards": MetadataValue.json(sorted(evaluated))}
     if skipped:
         meta["skipped_guards"] = MetadataValue.json(skipped)
     return stage.result(meta, checks)

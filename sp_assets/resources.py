@@ -52,6 +52,11 @@ class PipelineSettings(ConfigurableResource):
     max_file_bytes: int = Field(default=64 * 1024 * 1024, description="Larger files are quarantined.")
     edit_seeds: list[int] = Field(default=[0], description="One candidate per seed and instruction variant.")
     instruction_variants: int = Field(default=2, ge=1, description="Instructions per unsafe image (best of N).")
+    control_pairs: bool = Field(
+        default=True,
+        description="Also make a null edit of each unsafe source through the same editor, so the benchmark "
+        "can pair an edited unsafe image with an edited safe one.",
+    )
     min_ssim_outside: float = Field(default=0.95, description="Preservation: mean SSIM outside the edited region.")
     min_psnr_outside: float = Field(default=30.0, description="Preservation: PSNR (dB) outside the edited region.")
     min_embedding_cosine: float = Field(default=0.80, description="Preservation: whole-image embedding cosine.")
@@ -146,6 +151,15 @@ class WriterResource(BackendResource):
 class EditorResource(BackendResource):
     role: ClassVar[str] = "editor"
     profile: str = Field(default="text_region", description="Editor profile (env SP_EDITOR).")
+    also: list[str] = Field(
+        default=[], description="More editor profiles tried in the same run (best of N across editors; env SP_EDITORS_ALSO, comma-separated).")
+
+    @property
+    def names(self) -> list[str]:
+        return list(dict.fromkeys([self.profile, *self.also]))
+
+    def describe_all(self) -> list[dict[str, Any]]:
+        return [registry.describe(self.resolve(name)) for name in self.names]
 
 
 class EmbedderResource(BackendResource):
@@ -163,6 +177,7 @@ def default_resources() -> dict[str, Any]:
         "duckdb": DuckDBResource(database=str(settings.root / "safetypairs.duckdb")),
         "judge": JudgeResource(profile=_env("SP_JUDGE", "scene_text"), verify_profile=_env("SP_VERIFY_JUDGE", "")),
         "writer": WriterResource(profile=_env("SP_WRITER", "template")),
-        "editor": EditorResource(profile=_env("SP_EDITOR", "text_region")),
+        "editor": EditorResource(profile=_env("SP_EDITOR", "text_region"),
+                                 also=[n.strip() for n in _env("SP_EDITORS_ALSO", "").split(",") if n.strip()]),
         "embedder": EmbedderResource(profile=_env("SP_EMBEDDER", "efficientnet_lite0")),
     }

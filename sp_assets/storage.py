@@ -82,7 +82,7 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("writer_profile", "VARCHAR", "profile from resources/writers.yaml"),
         ("writer_config_sha256", "VARCHAR", "hash of the writer's resolved config"),
         ("variant", "INTEGER", "index among the variants for this image"),
-        ("kind", "VARCHAR", "'flip' (removes the violation)"),
+        ("kind", "VARCHAR", "'flip' (removes the violation) or 'null' (control: changes nothing the policy cares about)"),
         ("instruction", "VARCHAR", "the instruction text"),
         ("keep", "VARCHAR", "what must stay unchanged"),
         ("target_json", "VARCHAR", "machine-readable target (regions, replacement text)"),
@@ -125,6 +125,7 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
     "verified_pairs": [
         ("candidate_id", "VARCHAR", "the edited candidate"),
         ("category", "VARCHAR", "partition key"),
+        ("kind", "VARCHAR", "'flip' (must become safe) or 'null' (control edit: must stay unsafe)"),
         ("image_sha256", "VARCHAR", "source (unsafe) image"),
         ("edited_sha256", "VARCHAR", "edited image, if the edit succeeded"),
         ("judge_profile", "VARCHAR", "lineage: judge that labelled the source"),
@@ -169,6 +170,9 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("editor_profile", "VARCHAR", "lineage"),
         ("quality_score", "DOUBLE", "why this candidate won"),
         ("n_accepted_candidates", "INTEGER", "accepted candidates for this source over all profiles"),
+        ("control_candidate_id", "VARCHAR", "null edit of the same source through the same editor (NULL if none passed)"),
+        ("control_sha256", "VARCHAR", "the control image: edited, still unsafe"),
+        ("control_path", "VARCHAR", "relative to the data root"),
         ("split_config_sha256", "VARCHAR", "hash of the split settings"),
         ("run_id", "VARCHAR", "Dagster run"),
         ("created_at", "TIMESTAMP", "UTC"),
@@ -178,7 +182,7 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("guard", "VARCHAR", "guard profile name"),
         ("pair_id", "VARCHAR", "benchmark pair"),
         ("split", "VARCHAR", "split of the pair"),
-        ("half", "VARCHAR", "'unsafe' or 'safe'"),
+        ("half", "VARCHAR", "'unsafe' (source), 'control' (null-edited, unsafe) or 'safe' (flip edit)"),
         ("image_sha256", "VARCHAR", "image judged"),
         ("label", "VARCHAR", "ground truth: 'unsafe' or 'safe'"),
         ("rating", "VARCHAR", "guard's rating ('invalid' counts as wrong)"),
@@ -193,6 +197,7 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("category", "VARCHAR", "partition key"),
         ("guard", "VARCHAR", "guard profile name"),
         ("split", "VARCHAR", "'test' or 'all'"),
+        ("pair_type", "VARCHAR", "'original' (source vs edit) or 'controlled' (null edit vs edit: both halves edited)"),
         ("n_pairs", "INTEGER", "pairs evaluated"),
         ("acc_unsafe", "DOUBLE", "accuracy on the unsafe halves"),
         ("acc_safe", "DOUBLE", "accuracy on the safe halves"),
@@ -257,11 +262,47 @@ JOIN verified_pairs v ON v.candidate_id = b.candidate_id AND v.category = b.cate
 """
 
 
+# Attempts, acceptances and rejection reasons per category and profile set: the yield report.
+YIELD_VIEW = """
+CREATE OR REPLACE VIEW yield_by_profile AS
+WITH reasons AS (
+    SELECT category, judge_profile, writer_profile, editor_profile, kind, unnest(string_split(reject_reason, ';')) AS reason
+    FROM verified_pairs WHERE NOT accepted
+), histogram AS (
+    SELECT category, judge_profile, writer_profile, editor_profile, kind,
+           string_agg(reason || ': ' || n, ', ' ORDER BY n DESC, reason) AS rejection_reasons
+    FROM (SELECT category, judge_profile, writer_profile, editor_profile, kind, reason, count(*) AS n
+          FROM reasons GROUP BY ALL) GROUP BY ALL
+)
+SELECT v.category, v.judge_profile, v.writer_profile, v.editor_profile, v.kind,
+       count(*) AS attempts, count(*) FILTER (WHERE v.accepted) AS accepted,
+       round(count(*) FILTER (WHERE v.accepted) / count(*), 4) AS yield,
+       count(DISTINCT v.image_sha256) AS sources,
+       count(DISTINCT v.image_sha256) FILTER (WHERE v.accepted) AS sources_with_accepted,
+       any_value(h.rejection_reasons) AS rejection_reasons
+FROM verified_pairs v
+LEFT JOIN histogram h USING (category, judge_profile, writer_profile, editor_profile, kind)
+GROUP BY v.category, v.judge_profile, v.writer_profile, v.editor_profile, v.kind
+"""
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    existing: dict[str, set[str]] = {}
+    for table, column in con.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'"
+    ).fetchall():
+        existing.setdefault(table, set()).add(column)
     for table, columns in SCHEMA.items():
-        cols = ", ".join(f"{name} {sql_type}" for name, sql_type, _ in columns)
-        con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
+        if table not in existing:
+            cols = ", ".join(f"{name} {sql_type}" for name, sql_type, _ in columns)
+            con.execute(f"CREATE TABLE {table} ({cols})")
+            continue
+        # A database made by an older version gains the new columns (NULL in old rows).
+        for name, sql_type, _ in columns:
+            if name not in existing[table]:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
     con.execute(LINEAGE_VIEW)
+    con.execute(YIELD_VIEW)
 
 
 def _check_table(table: str) -> list[str]:

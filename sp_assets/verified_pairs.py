@@ -1,12 +1,14 @@
 """Stage 5, ``verified_pairs``: each edit judged again and its preservation measured; accepted or rejected with reasons.
 
-A candidate is accepted when the source was rated unsafe, the edit is rated safe, the two have
-the same size, the edited region is small, and the image outside it is preserved (SSIM and PSNR
-outside the region, whole-image embedding cosine) above the configured thresholds.
+A flip candidate is accepted when the source was rated unsafe, the edit is rated safe, the two
+have the same size, the edited region is small, and the image outside it is preserved (SSIM and
+PSNR outside the region, whole-image embedding cosine) above the configured thresholds. A null
+(control) candidate passes the same preservation tests but must still be rated unsafe.
 
-quality_score ranks accepted candidates (used by benchmark_split to pick one per source):
-    0.5 * P(safe | edit) + 0.25 * SSIM outside the region + 0.25 * embedding cosine
-so a confident flip and a faithful edit both count.
+quality_score ranks accepted candidates (benchmark_split keeps the best per source):
+    0.5 * P(intended label | edit) + 0.25 * SSIM outside the region + 0.25 * embedding cosine
+where the intended label is safe for a flip and unsafe for a null edit, so a confident label and a
+faithful edit both count.
 """
 
 
@@ -35,9 +37,10 @@ CHECKS = [
 ]
 
 
-def quality_score(edit_score: float | None, ssim: float, cosine: float) -> float:
-    p_safe = 1.0 - (edit_score if edit_score is not None else 1.0)
-    return round(0.5 * p_safe + 0.25 * ssim + 0.25 * cosine, 6)
+def quality_score(edit_score: float | None, ssim: float, cosine: float, kind: str = "flip") -> float:
+    p_unsafe = edit_score if edit_score is not None else (1.0 if kind == "flip" else 0.0)  # unknown: worst case
+    p_intended = 1.0 - p_unsafe if kind == "flip" else p_unsafe
+    return round(0.5 * p_intended + 0.25 * ssim + 0.25 * cosine, 6)
 
 
 def reasons_for(row: dict[str, Any], thresholds: dict[str, float]) -> list[str]:
@@ -45,7 +48,10 @@ def reasons_for(row: dict[str, Any], thresholds: dict[str, float]) -> list[str]:
     reasons = []
     if row["source_rating"] != "unsafe":
         reasons.append("source_not_unsafe")
-    if row["edit_rating"] == "invalid":
+    if row.get("kind", "flip") == "null":
+        if row["edit_rating"] != "unsafe":
+            reasons.append("null_edit_not_unsafe")
+    elif row["edit_rating"] == "invalid":
         reasons.append("edit_judged_invalid")
     elif row["edit_rating"] != "safe":
         reasons.append("edit_still_unsafe")
@@ -78,14 +84,17 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
     for category in stage.categories():
         with stage.timed(category.slug):
             candidates = stage.store.query(
-                "SELECT e.*, s.image_path AS source_path, l.rating AS source_rating, l.score AS source_score "
+                "SELECT e.*, i.kind, s.image_path AS source_path, l.rating AS source_rating, l.score AS source_score "
                 "FROM edited_images e "
+                "JOIN edit_instructions i ON i.category = e.category AND i.instruction_id = e.instruction_id "
+                "  AND i.judge_profile = e.judge_profile AND i.writer_profile = e.writer_profile "
                 "JOIN source_images s ON s.category = e.category AND s.image_sha256 = e.image_sha256 "
                 "LEFT JOIN policy_labels l ON l.category = e.category AND l.image_sha256 = e.image_sha256 "
                 "  AND l.judge_profile = e.judge_profile "
-                "WHERE e.category = ? AND e.judge_profile = ? AND e.writer_profile = ? AND e.editor_profile = ? "
-                "ORDER BY e.candidate_id",
-                [category.slug, judge.profile, writer.profile, editor.profile]).to_dicts()
+                "WHERE e.category = ? AND e.judge_profile = ? AND e.writer_profile = ? "
+                "  AND e.editor_profile IN (SELECT UNNEST(?)) "
+                "ORDER BY e.editor_profile, e.candidate_id",
+                [category.slug, judge.profile, writer.profile, editor.names]).to_dicts()
             ok = [c for c in candidates if c["status"] == "ok"]
             if ok and verifier is None:
                 verifier = judge.load(stage.policy, judge.verifier_name)  # type: ignore[assignment]
@@ -119,14 +128,15 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
                                edit_judged_category=edit_view["judged_category"],
                                edit_rationale=verdict.rationale, edit_raw_output=verdict.raw_output)
                     measured[cand["candidate_id"]] = row
-                    if len(previews) < settings.preview_pairs and verdict.rating == "safe":
+                    if len(previews) < settings.preview_pairs and verdict.rating == "safe" and cand["kind"] == "flip":
                         previews.append((category.slug, src, edt, verdict.rationale[:120]))
                 for cand in batch:
                     row = {
-                        **stage.base_row(category.slug), "candidate_id": cand["candidate_id"],
+                        **stage.base_row(category.slug), "candidate_id": cand["candidate_id"], "kind": cand["kind"],
                         "image_sha256": cand["image_sha256"], "edited_sha256": cand["edited_sha256"],
                         "judge_profile": judge.profile, "verifier_profile": judge.verifier_name,
-                        "verifier_config_sha256": verifier_sha, "writer_profile": writer.profile, "editor_profile": editor.profile,
+                        "verifier_config_sha256": verifier_sha, "writer_profile": writer.profile,
+                        "editor_profile": cand["editor_profile"],
                         "embedder_profile": embedder.profile, "verify_config_sha256": verify_sha,
                         "source_rating": cand["source_rating"], "source_score": cand["source_score"],
                         "edit_rating": None, "edit_score": None, "ssim_outside": None, "psnr_outside": None,
@@ -140,22 +150,28 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
                         reasons = reasons_for(row, thresholds)
                         row.update(accepted=not reasons, reject_reason=";".join(reasons) or None)
                         if not reasons:
-                            row["quality_score"] = quality_score(row["edit_score"], row["ssim_outside"], row["embedding_cosine"])
+                            row["quality_score"] = quality_score(row["edit_score"], row["ssim_outside"],
+                                                                 row["embedding_cosine"], row["kind"])
                     rows.append(row)
-            stage.store.replace_slice("verified_pairs", {
-                "category": category.slug, "judge_profile": judge.profile, "writer_profile": writer.profile,
-                "editor_profile": editor.profile}, rows)
+            for name in editor.names:
+                stage.store.replace_slice("verified_pairs", {
+                    "category": category.slug, "judge_profile": judge.profile, "writer_profile": writer.profile,
+                    "editor_profile": name}, [r for r in rows if r["editor_profile"] == name])
         n_acc = sum(1 for r in rows if r["accepted"])
+        flips = [r for r in rows if r["kind"] == "flip"]
+        n_flip_acc = sum(1 for r in flips if r["accepted"])
         reasons: dict[str, int] = {}
-        for r in rows:
+        for r in flips:
             for code in (r["reject_reason"] or "").split(";"):
                 if code:
                     reasons[code] = reasons.get(code, 0) + 1
-        yields[category.slug] = {"attempts": len(rows), "accepted": n_acc,
-                                 "yield": round(n_acc / len(rows), 3) if rows else None, "reasons": reasons}
+        # Yield counts flip edits: the attempts to make a pair. Null edits are controls, reported apart.
+        yields[category.slug] = {"attempts": len(flips), "accepted": n_flip_acc,
+                                 "yield": round(n_flip_acc / len(flips), 3) if flips else None, "reasons": reasons,
+                                 "controls": len(rows) - len(flips), "controls_accepted": n_acc - n_flip_acc}
         stage.record(category.slug, len(rows), n_acc, len(rows) - n_acc,
                      {"judge": judge.profile, "verifier": judge.verifier_name, "writer": writer.profile,
-                      "editor": editor.profile, "embedder": embedder.describe()}, rows)
+                      "editors": editor.names, "embedder": embedder.describe()}, rows)
     attempts = sum(y["attempts"] for y in yields.values())
     accepted = sum(y["accepted"] for y in yields.values())
     overall = accepted / attempts if attempts else 0.0
@@ -170,12 +186,14 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
                      f"yield {overall:.1%} overall; floor {settings.min_yield:.0%}" + (f"; below floor: {low}" if low else ""),
                      blocking=False, overall_yield=round(overall, 4)),
     ]
-    lines = ["| category | attempts | accepted | yield | rejection reasons |", "|---|---:|---:|---:|---|"]
+    lines = ["| category | attempts | accepted | yield | rejection reasons | controls accepted |",
+             "|---|---:|---:|---:|---|---:|"]
     for cat, y in yields.items():
         yv = "n/a" if y["yield"] is None else f"{y['yield']:.0%}"
-        lines.append(f"| {cat} | {y['attempts']} | {y['accepted']} | {yv} | {', '.join(f'{k}: {v}' for k, v in y['reasons'].items()) or '-'} |")
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(y["reasons"].items(), key=lambda kv: -kv[1])) or "-"
+        lines.append(f"| {cat} | {y['attempts']} | {y['accepted']} | {yv} | {why} | {y['controls_accepted']}/{y['controls']} |")
     meta = {"yield": round(overall, 4), "yield_table": MetadataValue.md("\n".join(lines)),
-            "thresholds": MetadataValue.json(thresholds), "editor_profile": editor.profile,
+            "thresholds": MetadataValue.json(thresholds), "editor_profiles": MetadataValue.json(editor.names),
             "verifier_profile": judge.verifier_name, "embedder_profile": embedder.profile}
     if previews:
         meta["preview"] = MetadataValue.md(pairs_markdown(previews, settings.preview_unsafe))

@@ -23,12 +23,13 @@ def graph_resources(data_root: Path, **settings: Any) -> dict[str, Any]:
     values: dict[str, Any] = {"data_root": str(data_root), "demo_unsafe_per_category": 3, "demo_safe_per_category": 1}
     values.update(settings)
     editor = values.pop("editor_profile", "text_region")
+    also = values.pop("editor_also", [])
     return {
         "settings": PipelineSettings(**values),
         "duckdb": DuckDBResource(database=str(data_root / "safetypairs.duckdb")),
         "judge": JudgeResource(profile="scene_text"),
         "writer": WriterResource(profile="template"),
-        "editor": EditorResource(profile=editor),
+        "editor": EditorResource(profile=editor, also=also),
         "embedder": EmbedderResource(profile="efficientnet_lite0"),
     }
 

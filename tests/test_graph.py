@@ -53,7 +53,7 @@ def test_every_stage_wrote_both_categories(graph):
 def test_pairs_flip_the_label_and_keep_the_rest(graph):
     data, *_ = graph
     store = store_at(data)
-    pairs = store.query("SELECT * FROM verified_pairs WHERE accepted").to_dicts()
+    pairs = store.query("SELECT * FROM verified_pairs WHERE accepted AND kind = 'flip'").to_dicts()
     assert pairs, "the demo should yield pairs"
     for p in pairs:
         assert p["source_rating"] == "unsafe" and p["edit_rating"] == "safe"
@@ -95,13 +95,40 @@ def test_guard_metrics_cover_both_guards(graph):
     data, *_ = graph
     store = store_at(data)
     got = store.query("SELECT DISTINCT guard FROM guard_metrics ORDER BY guard")["guard"].to_list()
-    assert got == ["open_nsfw", "scene_text"]
-    preds = store.query("SELECT count(*) AS n FROM guard_predictions").item()
-    pairs = store.query("SELECT count(*) AS n FROM benchmark_split").item()
-    assert preds == 2 * 2 * pairs
-    # The default judge already rated every half while labelling and verifying: reused, not re-read.
+    assert got == ["edited_only", "open_nsfw", "scene_text"]
+    pairs = store.query("SELECT count(*) FROM benchmark_split").item()
+    controls = store.query("SELECT count(control_sha256) FROM benchmark_split").item()
+    per_guard = dict(store.query("SELECT guard, count(*) FROM guard_predictions GROUP BY guard").rows())
+    assert per_guard == {g: 2 * pairs + controls for g in got}
+    # The default judge already rated every image while labelling and verifying: reused, not re-read.
     reuse = dict(store.query("SELECT guard, count(reused_from) FROM guard_predictions GROUP BY guard").rows())
-    assert reuse == {"scene_text": 2 * pairs, "open_nsfw": 0}
+    assert reuse == {"scene_text": 2 * pairs + controls, "open_nsfw": 0, "edited_only": 0}
+
+
+def test_control_pairs_are_edited_and_still_unsafe(graph):
+    data, *_ = graph
+    store = store_at(data)
+    rows = store.query(
+        "SELECT b.editor_profile, v.kind, v.edit_rating, v.editor_profile AS control_editor, v.image_sha256, b.image_sha256 AS src "
+        "FROM benchmark_split b JOIN verified_pairs v ON v.candidate_id = b.control_candidate_id AND v.category = b.category"
+    ).to_dicts()
+    total = store.query("SELECT count(*) FROM benchmark_split").item()
+    assert rows and len(rows) >= total * 0.8
+    for r in rows:
+        assert r["kind"] == "null" and r["edit_rating"] == "unsafe"
+        assert r["control_editor"] == r["editor_profile"] and r["image_sha256"] == r["src"]
+
+
+def test_edited_only_classifier_is_at_chance_on_controlled_pairs(graph):
+    data, *_ = graph
+    store = store_at(data)
+    got = {r["pair_type"]: r for r in store.query(
+        "SELECT pair_type, sum(n_pairs) AS n, sum(acc_unsafe * n_pairs) / sum(n_pairs) AS acc_unsafe, "
+        "sum(acc_safe * n_pairs) / sum(n_pairs) AS acc_safe, sum(pair_accuracy * n_pairs) / sum(n_pairs) AS pair_acc "
+        "FROM guard_metrics WHERE guard = 'edited_only' AND split = 'all' AND n_pairs > 0 GROUP BY pair_type").to_dicts()}
+    assert got["original"]["pair_acc"] == 1.0
+    controlled = got["controlled"]
+    assert (controlled["acc_unsafe"] + controlled["acc_safe"]) / 2 == 0.5 and controlled["pair_acc"] == 0.0
 
 
 def test_rematerializing_gives_the_same_rows(graph):

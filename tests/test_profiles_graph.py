@@ -47,18 +47,27 @@ def test_switching_the_editor_keeps_both_editors_rows(tmp_path, profiles):
     assert [r["run_id"] for r in kept] == [r["run_id"] for r in before]  # untouched, not rewritten
     # The split sees both editors' accepted candidates and keeps one per source.
     split = store.query("SELECT image_sha256, n_accepted_candidates, editor_profile FROM benchmark_split").to_dicts()
-    assert split and all(r["n_accepted_candidates"] == 2 for r in split)
+    editors_per_source = dict(store.query(
+        "SELECT image_sha256, count(DISTINCT editor_profile) FROM verified_pairs WHERE accepted AND kind = 'flip' "
+        "GROUP BY ALL").rows())
+    assert split and all(editors_per_source[r["image_sha256"]] == 2 for r in split)
+    assert all(r["n_accepted_candidates"] >= 2 for r in split)
     assert len({r["image_sha256"] for r in split}) == len(split)
 
 
-def test_a_three_category_backfill_loads_each_model_once(tmp_path):
+def test_a_three_category_backfill_loads_each_model_once(tmp_path, profiles):
     registry.clear_cache()
     registry.LOAD_COUNTS.clear()
-    run_graph(tmp_path / "data", "o1_hate", "o3_sexual", demo_unsafe_per_category=2, demo_safe_per_category=1)
+    data = tmp_path / "data"
+    run_graph(data, "o1_hate", "o3_sexual", demo_unsafe_per_category=2, demo_safe_per_category=1,
+              editor_also=["text_region_ns"])
     assert dict(registry.LOAD_COUNTS) == {
-        "judge:scene_text": 1, "writer:template": 1, "editor:text_region": 1,
+        "judge:scene_text": 1, "writer:template": 1, "editor:text_region": 1, "editor:text_region_ns": 1,
         "embedder:efficientnet_lite0": 1, "guard:open_nsfw": 1,
     }
+    # Both editors of the run made and verified candidates for every category (best of N across editors).
+    got = store_at(data).query("SELECT category, count(DISTINCT editor_profile) FROM verified_pairs GROUP BY ALL").rows()
+    assert sorted(got) == [("o1_hate", 2), ("o2_violence", 2), ("o3_sexual", 2)]
 
 
 def test_missing_weights_stop_the_step_with_the_fix(tmp_path, profiles):

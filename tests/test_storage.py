@@ -57,3 +57,17 @@ def test_image_store_is_content_addressed_and_contained(tmp_path):
     assert not list(images.path(rel).parent.glob(".tmp-*"))
     with pytest.raises(ValueError, match="escapes the data root"):
         images.path("../../etc/passwd")
+
+
+def test_an_older_database_gains_new_columns(tmp_path):
+    import duckdb
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE source_images (category VARCHAR, image_sha256 VARCHAR)")
+    con.execute("INSERT INTO source_images VALUES ('a', '1')")
+    con.close()
+    store = Store.at(path)
+    store.replace_slice("source_images", {"category": "b"}, [_row("b", "2", "r1")])
+    got = store.query("SELECT category, image_sha256, origin FROM source_images ORDER BY ALL").rows()
+    assert got == [("a", "1", None), ("b", "2", "demo")]

@@ -75,6 +75,22 @@ class TemplateWriter(InstructionWriter):
         return out
 
 
+    def write_null(self, image: Image.Image, verdict: Verdict, category: Category, seed: int) -> Instruction | None:
+        """Redraw the same text in the same place: the image goes through the editor (inpainting and
+        re-rendering leave their traces) but still says what made it unsafe."""
+        if not verdict.regions:
+            return super().write_null(image, verdict, category, seed)
+        found = " / ".join(r.text for r in verdict.regions).strip()
+        return Instruction(
+            text=f'Redraw the text "{found}" exactly as it is, in the same place, size, font and colour.',
+            # The editor wraps the text onto the sign's lines itself, so give it the words, not the slashes.
+            target={"regions": [r.as_dict() for r in verdict.regions],
+                    "replacement": " ".join(r.text for r in verdict.regions), "original": found, "null_edit": True},
+            keep=f"Keep {KEEP}.",
+            variant=0,
+        )
+
+
 def _pick(seed: int, variant: int, text: str, n: int) -> int:
     digest = hashlib.sha256(f"{seed}:{variant}:{text}".encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % n

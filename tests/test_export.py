@@ -1,0 +1,385 @@
+"""Benchmark export: Hugging Face Parquet, WebDataset, datasheet and the static gallery, on a real small run."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import types
+from collections import Counter, defaultdict
+from html.parser import HTMLParser
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+from PIL import Image
+
+from sp_assets.export import LABEL_NAMES, SPLITS, export_benchmark, load_command
+from sp_assets.partitions import ACTIVE_POLICY
+from sp_assets.resources import PipelineSettings
+from sp_assets.storage import ImageStore, Store
+from tests.conftest import run_graph, store_at
+
+CHROMIUM = Path(os.environ.get("SP_CHROMIUM", "/usr/bin/chromium"))
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason=f"headless Chromium ({CHROMIUM}) is not installed; CI installs it with apt")
+
+PROFILES_INFO = {"judge": {"profile": "scene_text", "implementation": "scene_text", "config_sha256": "a" * 64},
+                 "editor": [{"profile": "text_region", "implementation": "text_region", "config_sha256": "b" * 64}],
+                 "embedder": "efficientnet_lite0"}
+
+
+def _export(store: Store, data_root: Path, out: Path, **kwargs):
+    return export_benchmark(store, ImageStore(data_root), out, policy=ACTIVE_POLICY, profiles_info=PROFILES_INFO,
+                            thresholds=PipelineSettings(data_root=str(data_root)).thresholds(), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A real two-category run of all seven stages, exported once."""
+    base = tmp_path_factory.mktemp("export")
+    data_root = base / "data"
+    run_graph(data_root, "o1_hate", "o2_violence")
+    store = store_at(data_root)
+    report = _export(store, data_root, base / "export")
+    bench = store.query("SELECT * FROM benchmark_split ORDER BY pair_id").to_dicts()
+    assert bench, "the demo run produced no benchmark pairs"
+    return types.SimpleNamespace(base=base, data_root=data_root, store=store, report=report, bench=bench,
+                                 out=base / "export", images=ImageStore(data_root))
+
+
+def _offline_datasets(monkeypatch, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    return datasets
+
+
+def _load(datasets, out: Path, tmp_path: Path):
+    files = {s: sorted(str(p) for p in (out / "data").glob(f"{s}-*.parquet")) for s in SPLITS}
+    return datasets.load_dataset("parquet", data_files={s: f for s, f in files.items() if f},
+                                 cache_dir=str(tmp_path / "hf-cache"))
+
+
+def _raw(ds, column: str) -> list[dict | None]:
+    """Image cells as stored ({bytes, path}), without decoding."""
+    import datasets
+
+    return ds.cast_column(column, datasets.Image(decode=False))[column]
+
+
+def test_parquet_loads_with_image_features_and_exact_bytes(run, monkeypatch, tmp_path):
+    datasets = _offline_datasets(monkeypatch, tmp_path)
+    ds = _load(datasets, run.out, tmp_path)
+    by_id = {b["pair_id"]: b for b in run.bench}
+    n = 0
+    for split, part in ds.items():
+        for half in ("unsafe", "safe"):
+            assert isinstance(part.features[f"{half}_image"], datasets.Image)
+            assert isinstance(part.features[f"{half}_label"], datasets.ClassLabel)
+            assert part.features[f"{half}_label"].names == LABEL_NAMES
+        first = part[0]
+        assert isinstance(first["unsafe_image"], Image.Image) and isinstance(first["safe_image"], Image.Image)
+        assert first["unsafe_label"] == 1 and first["safe_label"] == 0
+        unsafe, safe = _raw(part, "unsafe_image"), _raw(part, "safe_image")
+        for i, pair_id in enumerate(part["pair_id"]):
+            b = by_id[pair_id]
+            assert part[i]["split"] == split == b["split"]
+            assert unsafe[i]["bytes"] == run.images.path(b["unsafe_path"]).read_bytes()
+            assert safe[i]["bytes"] == run.images.path(b["safe_path"]).read_bytes()
+            assert hashlib.sha256(safe[i]["bytes"]).hexdigest() == b["safe_sha256"]
+            n += 1
+    assert n == len(run.bench)
+    row = ds[run.bench[0]["split"]].filter(lambda r: r["pair_id"] == run.bench[0]["pair_id"])[0]
+    lineage = run.store.query("SELECT * FROM pair_lineage WHERE pair_id = ?", [row["pair_id"]]).to_dicts()[0]
+    for col in ("source_sha256", "source_file", "policy_sha256", "judge_profile", "judge_config_sha256",
+                "writer_profile", "writer_config_sha256", "editor_profile", "editor_config_sha256", "seed",
+                "source_score", "edit_score", "ssim_outside", "embedding_cosine", "split_run_id", "edit_run_id"):
+        assert row[col] == lineage[col], col
+    assert row["instruction"] == run.bench[0]["instruction"]
+    # The folder itself loads too (the dataset card's configs).
+    whole = datasets.load_dataset(str(run.out), cache_dir=str(tmp_path / "hf-cache"))
+    assert sum(len(p) for p in whole.values()) == len(run.bench)
+
+
+def test_counts_and_splits_match_benchmark_split(run):
+    expected: dict[str, dict[str, int]] = defaultdict(lambda: {s: 0 for s in SPLITS})
+    for b in run.bench:
+        expected[b["category"]][b["split"]] += 1
+    assert run.report.counts == dict(expected)
+    assert set(run.report.counts) == {"o1_hate", "o2_violence"}
+    assert run.report.n_pairs == len(run.bench)
+    for split, files in run.report.parquet_files.items():
+        assert [p.name for p in files] == [f"{split}-00000-of-00001.parquet"]
+        assert all(p.is_file() for p in files)
+    assert set(run.report.parquet_files) == {b["split"] for b in run.bench}
+    assert run.report.skipped.get("fiftyone") or run.report.fiftyone_dir
+    manifest = json.loads((run.out / "export_manifest.json").read_text())
+    assert manifest["n_pairs"] == len(run.bench)
+    for rel, sha in manifest["files"].items():
+        assert hashlib.sha256((run.out / rel).read_bytes()).hexdigest() == sha
+
+
+def test_shards_split_by_size_and_output_is_deterministic(run, tmp_path):
+    a = _export(run.store, run.data_root, tmp_path / "a", shard_size=2, gallery=False)
+    b = _export(run.store, run.data_root, tmp_path / "b", shard_size=2, gallery=False)
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    assert files_a == files_b
+    for rel in files_a:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    for split, files in a.parquet_files.items():
+        n = sum(1 for x in run.bench if x["split"] == split)
+        shards = -(-n // 2)
+        assert [p.name for p in files] == [f"{split}-{i:05d}-of-{shards:05d}.parquet" for i in range(shards)]
+        assert [p.name for p in a.webdataset_files[split]] == [f"{split}-{i:06d}.tar" for i in range(shards)]
+    assert a.gallery is None and not (tmp_path / "a" / "gallery").exists()
+    # Re-exporting over an existing folder replaces it whole and leaves no temporary folders behind.
+    (tmp_path / "a" / "stale.txt").write_text("old")
+    _export(run.store, run.data_root, tmp_path / "a", gallery=False, webdataset=False)
+    assert not (tmp_path / "a" / "stale.txt").exists() and not (tmp_path / "a" / "webdataset").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".") and "lock" not in p.name) == []
+
+
+def test_webdataset_has_one_complete_sample_per_pair(run):
+    by_id = {b["pair_id"]: b for b in run.bench}
+    seen = Counter()
+    for split, tars in run.report.webdataset_files.items():
+        assert [t.name for t in tars] == [f"{split}-000000.tar"]
+        with tarfile.open(tars[0]) as tar:
+            members: dict[str, dict[str, bytes]] = defaultdict(dict)
+            for m in tar.getmembers():
+                key, ext = m.name.split(".", 1)
+                members[key][ext] = tar.extractfile(m).read()
+        for key, parts in members.items():
+            assert {"unsafe.png", "safe.png", "json"} <= set(parts), key
+            meta = json.loads(parts["json"])
+            b = by_id[key]
+            assert meta["pair_id"] == key and meta["split"] == split == b["split"]
+            assert meta["unsafe_label"] == "unsafe" and meta["safe_label"] == "safe"
+            assert parts["unsafe.png"] == run.images.path(b["unsafe_path"]).read_bytes()
+            assert parts["safe.png"] == run.images.path(b["safe_path"]).read_bytes()
+            seen[key] += 1
+    assert seen == Counter({b["pair_id"]: 1 for b in run.bench})
+
+
+def test_datasheet_is_a_dataset_card(run):
+    text = run.report.datasheet.read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    front = yaml.safe_load(text.split("---\n")[1])
+    data_files = front["configs"][0]["data_files"]
+    assert {d["split"] for d in data_files} == {b["split"] for b in run.bench}
+    assert front["license"] and front["task_categories"] and front["size_categories"] == ["n<1K"]
+    assert ACTIVE_POLICY.sha256 in text
+    assert load_command("data") in text
+    for needle in ("scene_text", "text_region", "efficientnet_lite0", "Apache-2.0", "BSD-2-Clause", "CC0",
+                   "Known limits and biases", "judge verified its own pairs", "o1_hate", "o2_violence",
+                   "min_ssim_outside", "Yield per category", "Human review"):
+        assert needle in text, needle
+    total = f"| **all** | | | " + " | ".join(str(sum(c[s] for c in run.report.counts.values())) for s in SPLITS)
+    assert total in text
+    assert 'load_dataset("parquet", data_dir=' in run.report.load_command
+
+
+class _Gallery(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cards: list[dict[str, str | None]] = []
+        self.images: list[dict[str, str | None]] = []
+        self.ids: set[str] = set()
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if a.get("id"):
+            self.ids.add(a["id"])
+        if tag == "article" and "card" in (a.get("class") or "").split():
+            self.cards.append(a)
+        if tag == "img":
+            self.images.append(a)
+        for key in ("src", "href"):
+            if a.get(key) and ("://" in a[key] or a[key].startswith("//")):
+                self.external.append(a[key])
+
+
+def _parse(html_text: str) -> _Gallery:
+    parser = _Gallery()
+    parser.feed(html_text)
+    return parser
+
+
+def test_gallery_blurs_unsafe_halves_and_works_offline(run, tmp_path):
+    page = _parse(run.report.gallery.read_text(encoding="utf-8"))
+    assert {"category-filter", "split-filter", "search", "reveal-unsafe", "shown-count"} <= page.ids
+    assert len(page.cards) == len(run.bench)
+    assert {c["data-pair-id"] for c in page.cards} == {b["pair_id"] for b in run.bench}
+    unsafe = [i for i in page.images if i["data-half"] == "unsafe"]
+    safe = [i for i in page.images if i["data-half"] == "safe"]
+    assert len(unsafe) == len(safe) == len(run.bench)
+    assert all("blur" in i["class"].split() for i in unsafe)
+    assert not any("blur" in i["class"].split() for i in safe)
+    assert page.external == []
+    for img in page.images:  # every image is a relative file inside the gallery
+        assert (run.report.gallery.parent / img["src"]).is_file(), img["src"]
+    shown = _export(run.store, run.data_root, tmp_path / "shown", show_unsafe=True, webdataset=False)
+    page = _parse(shown.gallery.read_text(encoding="utf-8"))
+    assert not any("blur" in (i["class"] or "").split() for i in page.images)
+
+
+def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=5000", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@needs_chromium
+def test_gallery_renders_in_headless_chromium(run, tmp_path):
+    shot = tmp_path / "gallery.png"
+    result = _chromium([f"--screenshot={shot}", "--window-size=1280,900", run.report.gallery.as_uri()], tmp_path)
+    assert shot.is_file(), result.stderr[-2000:]
+    with Image.open(shot) as im:
+        im = im.convert("RGB")
+        assert im.size == (1280, 900)
+        colours = im.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 2000, "the screenshot looks blank"
+    top = max(colours)[0] / (1280 * 900)
+    assert top < 0.6, f"one colour covers {top:.0%} of the screenshot"
+    keep = os.environ.get("SP_KEEP_SCREENSHOT")
+    if keep:
+        shutil.copy(shot, keep)
+
+
+@needs_chromium
+def test_gallery_dom_filters_in_headless_chromium(run, tmp_path):
+    result = _chromium(["--dump-dom", run.report.gallery.as_uri()], tmp_path)
+    page = _parse(result.stdout)
+    assert {"category-filter", "split-filter", "search", "reveal-unsafe"} <= page.ids, result.stderr[-2000:]
+    assert len(page.cards) == len(run.bench)
+    assert f"{len(run.bench)} of {len(run.bench)} pairs shown" in result.stdout  # the script ran
+    split = run.bench[0]["split"]
+    expected = sum(1 for b in run.bench if b["category"] == "o2_violence" and b["split"] == split)
+    result = _chromium(["--dump-dom", run.report.gallery.as_uri() + f"#category=o2_violence&split={split}"], tmp_path)
+    visible = [c for c in _parse(result.stdout).cards if "hidden" not in c]
+    assert len(visible) == expected
+    assert all(c["data-category"] == "o2_violence" and c["data-split"] == split for c in visible)
+
+
+def test_control_images_are_exported_when_the_benchmark_has_them(run, tmp_path, monkeypatch):
+    """A benchmark with control columns gets a control_image column; rows without a control hold null."""
+    data_root = tmp_path / "data"
+    data_root.mkdir()
+    shutil.copy(run.data_root / "safetypairs.duckdb", data_root / "safetypairs.duckdb")
+    con = duckdb.connect(str(data_root / "safetypairs.duckdb"))
+    cols = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
+                                      "WHERE table_name = 'benchmark_split'").fetchall()}
+    for col in ("control_candidate_id", "control_sha256", "control_path"):
+        if col not in cols:
+            con.execute(f"ALTER TABLE benchmark_split ADD COLUMN {col} VARCHAR")
+    # Use each pair's safe image as a stand-in control for every other pair; clear the rest.
+    con.execute("UPDATE benchmark_split SET control_candidate_id = NULL, control_sha256 = NULL, control_path = NULL")
+    ids = sorted(b["pair_id"] for b in run.bench)[::2]
+    for pair_id in ids:
+        con.execute("UPDATE benchmark_split SET control_candidate_id = 'c', control_sha256 = safe_sha256, "
+                    "control_path = safe_path WHERE pair_id = ?", [pair_id])
+    con.close()
+    report = export_benchmark(Store.at(data_root / "safetypairs.duckdb", read_only=True), run.images,
+                              tmp_path / "out", policy=ACTIVE_POLICY, profiles_info={}, thresholds={},
+                              gallery=True)
+    assert report.n_controls == len(ids)
+    datasets = _offline_datasets(monkeypatch, tmp_path)
+    ds = _load(datasets, tmp_path / "out", tmp_path)
+    by_id = {b["pair_id"]: b for b in run.bench}
+    for part in ds.values():
+        assert isinstance(part.features["control_image"], datasets.Image)
+        for pair_id, cell, label in zip(part["pair_id"], _raw(part, "control_image"), part["control_label"]):
+            if pair_id in ids:
+                assert cell["bytes"] == run.images.path(by_id[pair_id]["safe_path"]).read_bytes()
+                assert label == 1
+            else:
+                assert cell is None and label is None
+    with tarfile.open(report.webdataset_files[run.bench[0]["split"]][0]) as tar:
+        names = set(tar.getnames())
+    for b in run.bench:
+        if b["split"] == run.bench[0]["split"]:
+            assert (f"{b['pair_id']}.control.png" in names) == (b["pair_id"] in ids)
+    assert "with control" in report.datasheet.read_text()
+    page = _parse(report.gallery.read_text())
+    controls = [i for i in page.images if i["data-half"] == "control"]
+    assert len(controls) == len(ids) and all("blur" in i["class"].split() for i in controls)
+
+
+def test_empty_database_exports_an_empty_split_with_the_schema(tmp_path):
+    import pyarrow.parquet as pq
+
+    store = Store.at(tmp_path / "empty.duckdb")
+    store.init()
+    report = export_benchmark(store, ImageStore(tmp_path), tmp_path / "out", policy=ACTIVE_POLICY,
+                              profiles_info={}, thresholds={})
+    assert report.n_pairs == 0 and report.counts == {}
+    assert any("empty" in w for w in report.warnings)
+    table = pq.read_table(report.parquet_files["train"][0])
+    assert table.num_rows == 0 and "unsafe_image" in table.column_names
+    features = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]
+    assert features["unsafe_image"] == {"_type": "Image"} and features["safe_image"] == {"_type": "Image"}
+    assert "0 pairs" in report.datasheet.read_text()
+
+
+def test_fiftyone_is_skipped_with_the_extra_named_or_exported(run, tmp_path, monkeypatch):
+    import importlib.machinery
+
+    import sp_assets.export as export
+
+    fo, why = export._fiftyone_available()
+    if fo is None:
+        assert "safetypairs[fiftyone]" in why or "import fiftyone failed" in why
+        assert run.report.skipped["fiftyone"] == why
+    # The export path, against a stand-in module with the calls it makes (FiftyOne itself is an extra).
+    calls: dict[str, list] = defaultdict(list)
+
+    class Dataset:
+        def __init__(self, name):
+            calls["name"].append(name)
+
+        def add_group_field(self, field, default):
+            calls["group_field"].append((field, default))
+
+        def add_samples(self, samples):
+            calls["samples"].extend(samples)
+
+        def export(self, export_dir, dataset_type, export_media):
+            Path(export_dir).mkdir(parents=True)
+            (Path(export_dir) / "samples.json").write_text(json.dumps(len(calls["samples"])))
+
+        def delete(self):
+            calls["deleted"].append(True)
+
+    class Group:
+        def element(self, name):
+            return name
+
+    class Sample(dict):
+        def __init__(self, filepath, group, tags):
+            super().__init__(filepath=filepath, group=group, tags=tags)
+
+    fake = types.ModuleType("fiftyone")
+    fake.__spec__ = importlib.machinery.ModuleSpec("fiftyone", None)
+    fake.Dataset, fake.Group, fake.Sample = Dataset, Group, Sample
+    fake.Classification = lambda label: {"label": label}
+    fake.types = types.SimpleNamespace(FiftyOneDataset="FiftyOneDataset")
+    monkeypatch.setitem(sys.modules, "fiftyone", fake)
+    report = _export(run.store, run.data_root, tmp_path / "fo", webdataset=False, gallery=False)
+    assert "fiftyone" not in report.skipped and report.fiftyone_dir == tmp_path / "fo" / "fiftyone"
+    assert json.loads((report.fiftyone_dir / "samples.json").read_text()) == 2 * len(run.bench)
+    assert Counter(s["group"] for s in calls["samples"]) == {"unsafe": len(run.bench), "safe": len(run.bench)}
+    assert calls["deleted"] == [True]
+    assert "FiftyOne" in report.datasheet.read_text()
