@@ -37,19 +37,18 @@ def summary(store: Store, data_root: Path) -> str:
     run_id = run.item()
     out = [f"Run {run_id}", ""]
     per_cat = store.query(
-        "SELECT v.category, count(*) AS attempts, count(*) FILTER (WHERE v.accepted) AS accepted, "
-        "(SELECT count(*) FROM source_images s WHERE s.category = v.category) AS sources, "
-        "(SELECT count(*) FROM benchmark_split b WHERE b.category = v.category) AS pairs "
-        "FROM verified_pairs v GROUP BY v.category ORDER BY v.category")
-    out.append(f"{'category':<24}{'sources':>8}{'attempts':>9}{'accepted':>9}{'yield':>7}{'pairs':>7}")
+        "SELECT y.category, sum(y.attempts) AS attempts, sum(y.accepted) AS accepted, "
+        "any_value(y.rejection_reasons) AS reasons, "
+        "(SELECT count(*) FROM source_images s WHERE s.category = y.category) AS sources, "
+        "(SELECT count(*) FROM benchmark_split b WHERE b.category = y.category) AS pairs, "
+        "(SELECT count(control_sha256) FROM benchmark_split b WHERE b.category = y.category) AS controlled "
+        "FROM yield_by_profile y WHERE y.kind = 'flip' GROUP BY y.category ORDER BY y.category")
+    out.append(f"{'category':<24}{'sources':>8}{'attempts':>9}{'accepted':>9}{'yield':>7}{'pairs':>7}{'controlled':>11}"
+               "  rejection reasons")
     for r in per_cat.iter_rows(named=True):
         y = r["accepted"] / r["attempts"] if r["attempts"] else 0.0
-        out.append(f"{r['category']:<24}{r['sources']:>8}{r['attempts']:>9}{r['accepted']:>9}{y:>7.0%}{r['pairs']:>7}")
-    reasons = store.query(
-        "SELECT reason, count(*) AS n FROM (SELECT unnest(string_split(reject_reason, ';')) AS reason "
-        "FROM verified_pairs WHERE NOT accepted) GROUP BY reason ORDER BY n DESC")
-    if not reasons.is_empty():
-        out.append("rejections: " + ", ".join(f"{r['reason']} {r['n']}" for r in reasons.iter_rows(named=True)))
+        out.append(f"{r['category']:<24}{r['sources']:>8}{r['attempts']:>9}{r['accepted']:>9}{y:>7.0%}{r['pairs']:>7}"
+                   f"{r['controlled']:>11}  {r['reasons'] or '-'}")
     out += ["", "wall time per stage (this run, models included):"]
     times = store.query("SELECT asset, seconds FROM stage_runs WHERE run_id = ? AND category = '*'", [run_id])
     by_asset = {r["asset"]: r["seconds"] for r in times.iter_rows(named=True)}
@@ -57,15 +56,17 @@ def summary(store: Store, data_root: Path) -> str:
         if stage in by_asset:
             out.append(f"  {stage:<20}{by_asset[stage]:>8.1f} s")
     metrics = store.query(
-        "SELECT guard, sum(n_pairs) AS pairs, avg(acc_unsafe) AS acc_unsafe, avg(acc_safe) AS acc_safe, "
-        "sum(pair_accuracy * n_pairs) / nullif(sum(n_pairs), 0) AS pair_acc, avg(roc_auc) AS auc "
-        "FROM guard_metrics WHERE split = 'all' AND n_pairs > 0 GROUP BY guard ORDER BY guard")
+        "SELECT guard, pair_type, sum(n_pairs) AS pairs, sum(acc_unsafe * n_pairs) / sum(n_pairs) AS acc_unsafe, "
+        "sum(acc_safe * n_pairs) / sum(n_pairs) AS acc_safe, sum(pair_accuracy * n_pairs) / sum(n_pairs) AS pair_acc, "
+        "avg(roc_auc) AS auc FROM guard_metrics WHERE split = 'all' AND n_pairs > 0 GROUP BY ALL ORDER BY guard, pair_type DESC")
     if not metrics.is_empty():
-        out += ["", "guards on all benchmark pairs (accuracies: mean over categories; pair acc: pooled):"]
+        out += ["", "guards on all benchmark pairs (pooled over categories; ROC-AUC: mean over categories).",
+                "original = source vs edit; controlled = null edit vs edit (both halves went through the editor):"]
         for r in metrics.iter_rows(named=True):
             auc = "n/a" if r["auc"] is None else f"{r['auc']:.2f}"
-            out.append(f"  {r['guard']:<14} pairs {r['pairs']:>4}  acc unsafe {r['acc_unsafe']:.2f}  "
+            out.append(f"  {r['guard']:<12} {r['pair_type']:<11} pairs {r['pairs']:>4}  acc unsafe {r['acc_unsafe']:.2f}  "
                        f"acc safe {r['acc_safe']:.2f}  pair acc {r['pair_acc']:.2f}  ROC-AUC {auc}")
+        out.append("  edited_only sees only 'was this image edited': perfect on original pairs, chance on controlled ones.")
     out += ["", "Where to look:",
             f"  DuckDB       {data_root / 'safetypairs.duckdb'}  (tables per stage; view pair_lineage)",
             f"  images       {data_root / 'images'}",

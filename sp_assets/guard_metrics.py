@@ -11,9 +11,11 @@ from sp_assets.backends.base import Guard, Judge, RecordJudge, Verdict
 from sp_assets.backends.hf import MissingWeightsError
 from sp_assets.backends.registry import load_guard
 from sp_assets.evaluation import PairOutcome, score_pairs
+from sp_assets.plots import markdown_image
 from sp_assets.policy import Category
 from sp_assets.profiles import ProfileError
-from sp_assets.resources import PipelineSettings
+from sp_assets.resources import EmbedderResource, JudgeResource, PipelineSettings
+from sp_assets.sample_efficiency import guard_figures, run_sample_efficiency
 from sp_assets.stage import Stage, asset_kwargs, check, check_result
 
 ASSET = "guard_metrics"
@@ -111,7 +113,8 @@ def _guard_verdicts(stage: Stage, category: Category, backend: Any, sha: str,
     "(both halves right) and ROC-AUC, per category, on the test split and on all pairs, for original "
     "pairs (source vs edit) and controlled pairs (null edit vs edit). Includes the 'edited_only' "
     "confound probe.", CHECKS))
-def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, duckdb: DuckDBResource):
+def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, duckdb: DuckDBResource,
+                  judge: JudgeResource, embedder: EmbedderResource):
     stage = Stage(ASSET, context, settings, duckdb)
     guards: dict[str, tuple[Any, str]] = {}
     skipped: dict[str, str] = {}
@@ -176,4 +179,36 @@ def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, du
     meta: dict[str, Any] = {"metrics": MetadataValue.md("\n".join(lines)), "guards": MetadataValue.json(sorted(evaluated))}
     if skipped:
         meta["skipped_guards"] = MetadataValue.json(skipped)
+    meta.update(_run_level_experiments(stage, judge, embedder))
     return stage.result(meta, checks)
+
+
+def _run_level_experiments(stage: Stage, judge: JudgeResource, embedder: EmbedderResource) -> dict[str, Any]:
+    """Figures and the sample-efficiency probe, pooled over the run's categories."""
+    categories = [c.slug for c in stage.categories()]
+    scope = ",".join(categories)
+    out_dir = stage.settings.root / "reports" / stage.run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {"reports": MetadataValue.path(str(out_dir))}
+    figures = guard_figures(stage, categories, out_dir)
+    for name, path in figures.items():
+        meta[f"figure_{name}"] = MetadataValue.md(markdown_image(path, name))
+    if stage.settings.probe_seeds <= 0:
+        return meta
+    loaded = embedder.load(stage.policy)
+    probe = run_sample_efficiency(stage, loaded, judge.profile, categories, out_dir, stage.settings.probe_seeds)
+    rows: list[dict[str, Any]] = []
+    if "skipped" in probe:
+        meta["probe"] = MetadataValue.text(f"skipped: {probe['skipped']}")
+    else:
+        for features, result in probe["results"].items():
+            for r in result.summary.iter_rows(named=True):
+                rows.append({"scope": scope, "features": features, "condition": r["condition"], "k": r["k"],
+                             "k_used": r["k_used"], "eval_set": r["eval_set"], "metric": r["metric"],
+                             "mean": r["mean"], "std": r["std"], "n": r["n"], "run_id": stage.run_id,
+                             "created_at": stage.now})
+            meta[f"probe_{features}"] = MetadataValue.md(
+                result.to_markdown() + "\n\n" + markdown_image(probe["figures"][features], f"probe {features}"))
+        meta["probe_roles"] = MetadataValue.json(probe["roles"])
+    stage.store.replace_slice("probe_results", {"scope": scope}, rows)
+    return meta

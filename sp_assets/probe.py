@@ -392,7 +392,8 @@ def plot_probe_curves(result: ProbeResult, path: str | Path, metrics: Mapping[st
         ax.set_ylim(-0.02, 1.02)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best", framealpha=0.8)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7, loc="best", framealpha=0.8)
     seeds = len(result.params.get("seeds", []))
     fig.suptitle(title or f"linear probe, mean ± std over {seeds} seeds", fontsize=9)
     fig.tight_layout()

@@ -65,6 +65,7 @@ class PipelineSettings(ConfigurableResource):
     split_train: float = 0.6
     split_validation: float = 0.2
     split_test: float = 0.2
+    probe_seeds: int = Field(default=10, ge=0, description="Seeds of the sample-efficiency probe (0 turns it off).")
     guards: list[str] = Field(default=["scene_text", "open_nsfw"], description="Guard profiles to evaluate.")
     preview_unsafe: bool = Field(
         default=False, description="Show unsafe images unblurred in UI previews. Off by default."

@@ -143,3 +143,13 @@ def test_preview_blurs_unsafe_halves_by_default(graph):
     _, first, *_ = graph
     mat = first.asset_materializations_for_node("verified_pairs")[0]
     assert "blurred" in mat.metadata["preview"].value
+
+
+def test_guard_metrics_reports_figures_and_the_probe(graph):
+    data, first, *_ = graph
+    meta = first.asset_materializations_for_node("guard_metrics")[0].metadata
+    assert meta["figure_roc"].value.startswith("![roc](data:image/png;base64,")
+    assert "figure_error_vs_similarity" in meta
+    # The tiny test pool is too small for the probe; it says why instead of failing.
+    rows = store_at(data).query("SELECT count(*) FROM probe_results").item()
+    assert rows > 0 or meta["probe"].value.startswith("skipped: ")
