@@ -8,8 +8,8 @@ Round trip::
 
 The page embeds every image as a data URI (no network, no JavaScript library; a Content-Security-Policy
 forbids any fetch) and shows each candidate's source and edit side by side with the instruction and
-the automatic verdict. Unsafe halves (every source, and every edit the verifier did not rate safe)
-are blurred until clicked, unless ``show_unsafe``. Next to the page, a decisions template CSV lists
+the automatic verdict. Unsafe halves (every source, every control edit, and every flip edit the
+verifier did not rate safe) are blurred until clicked, unless ``show_unsafe``. Next to the page, a decisions template CSV lists
 the candidate ids for reviewers who prefer a spreadsheet.
 
 Decisions files (CSV or JSONL) have the columns ``candidate_id, category, reviewer, decided_at,
@@ -149,7 +149,7 @@ def _candidates(store: Store, category: str) -> list[dict[str, Any]]:
     """Every verification row of the category with its edit, instruction and source, all profiles."""
     rows = store.query(
         "SELECT v.*, e.edited_path, e.seed, e.status AS edit_status, e.error AS edit_error, "
-        "  e.instruction_id, i.instruction, i.variant, s.image_path AS source_path, s.origin_ref "
+        "  e.instruction_id, i.instruction, i.variant, i.kind AS instruction_kind, s.image_path AS source_path, s.origin_ref "
         "FROM verified_pairs v "
         "LEFT JOIN edited_images e ON e.candidate_id = v.candidate_id AND e.category = v.category "
         "  AND e.judge_profile = v.judge_profile AND e.writer_profile = v.writer_profile "
@@ -164,6 +164,8 @@ def _candidates(store: Store, category: str) -> list[dict[str, Any]]:
     seen: set[tuple] = set()
     out = []
     for r in rows:  # a join that matched twice must not show a verification twice
+        # kind: on verified_pairs since control edits; older databases have it on the instruction only
+        r["kind"] = r.get("kind") or r.get("instruction_kind") or "flip"
         key = (r["candidate_id"], r["judge_profile"], r["writer_profile"], r["editor_profile"], r["verifier_profile"])
         if key not in seen:
             seen.add(key)
@@ -175,7 +177,9 @@ def _group(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(r["candidate_id"], []).append(r)
-    return list(groups.items())
+    # By source, its flip edits before its control edit, so related candidates sit together.
+    return sorted(groups.items(), key=lambda g: (g[1][0]["origin_ref"] or "", g[1][0]["image_sha256"],
+                                                 g[1][0]["kind"] != "flip", g[0]))
 
 
 class _Encoder:
@@ -247,8 +251,9 @@ def _card(cid: str, rows: list[dict[str, Any]], enc: _Encoder, show_unsafe: bool
           human: Decision | None) -> str:
     first = rows[0]
     auto_ok = any(r["accepted"] for r in rows)
-    # Blur the edit too unless every verifier rated it safe: a failed flip is still unsafe.
-    edit_unsafe = not all(r["edit_rating"] == "safe" for r in rows)
+    # Blur the edit too unless it is a flip every verifier rated safe: a failed flip is still
+    # unsafe, and a control (null) edit is meant to stay unsafe.
+    edit_unsafe = first["kind"] != "flip" or not all(r["edit_rating"] == "safe" for r in rows)
     src_cap = (f"<b>source</b> &middot; {_e(first['origin_ref'])} &middot; rated {_e(first['source_rating'])}"
                f" (P(unsafe) {_fmt(first['source_score'], 2)})")
     edit_cap = (f"<b>edit</b> &middot; seed {_e(first.get('seed'))} &middot; rated {_e(first['edit_rating'] or '-')}"
@@ -260,17 +265,24 @@ def _card(cid: str, rows: list[dict[str, Any]], enc: _Encoder, show_unsafe: bool
         human_html = (f' <span class="badge {cls}" title="{_e(human.note)}">reviewed: {_e(human.verdict)} by '
                       f"{_e(human.reviewer)}, {_e(human.decided_at.isoformat())}Z</span>")
     auto = '<span class="badge acc">auto: accepted</span>' if auto_ok else '<span class="badge rej">auto: rejected</span>'
+    kind = first["kind"]
+    kind_html = ('<span class="badge flip" title="accept = the edit removes the violation and keeps the rest">flip edit</span>'
+                 if kind == "flip" else
+                 f'<span class="badge null" title="accept = the edit changes nothing the policy cares about: it must '
+                 f'stay unsafe, and keep the rest">{"control (null edit)" if kind == "null" else _e(kind)}</span>')
     name = f"v-{cid}"
+    meaning = ("accept = the edit removes the violation and keeps everything else" if kind == "flip" else
+               "accept = a faithful control: still violates the policy, nothing else changed")
     return f"""
-<article class="cand" id="c-{_e(cid)}" data-candidate-id="{_e(cid)}" data-category="{_e(first['category'])}" data-auto="{'accepted' if auto_ok else 'rejected'}">
-<h2>{auto}{human_html} <code class="cid">{_e(cid)}</code></h2>
+<article class="cand" id="c-{_e(cid)}" data-candidate-id="{_e(cid)}" data-category="{_e(first['category'])}" data-auto="{'accepted' if auto_ok else 'rejected'}" data-kind="{_e(kind)}">
+<h2>{kind_html}{auto}{human_html} <code class="cid">{_e(cid)}</code></h2>
 <div class="pair">
 {_figure(enc.uri(first['source_path']), 'source (unsafe half)', src_cap, True, show_unsafe, 'source image missing')}
 {_figure(enc.uri(first['edited_path']), 'edit (candidate safe half)', edit_cap, edit_unsafe, show_unsafe, failed)}
 </div>
 <p class="instruction"><b>instruction:</b> {_e(first.get('instruction') or '(not found)')}</p>
 {_verification_rows(rows)}
-<fieldset class="decision"><legend>your decision</legend>
+<fieldset class="decision"><legend>your decision: {meaning}</legend>
 <label><input type="radio" name="{_e(name)}" value="accept"> accept</label>
 <label><input type="radio" name="{_e(name)}" value="reject"> reject</label>
 <input type="text" class="note" placeholder="note: why (optional)" aria-label="note">
@@ -299,7 +311,7 @@ img.blurred{filter:blur(22px) grayscale(.6)}
 .placeholder{height:200px;display:flex;align-items:center;justify-content:center;background:#eee;color:#666;border:1px dashed #999;padding:1em}
 figcaption{font-size:.85em;color:#444;margin-top:.3em}
 .badge{display:inline-block;padding:0 .5em;border-radius:3px;color:#fff;font-size:.85em;margin-right:.3em}
-.badge.acc{background:#2a7d2a}.badge.rej{background:#b3261e}
+.badge.acc{background:#2a7d2a}.badge.rej{background:#b3261e}.badge.flip{background:#35567d}.badge.null{background:#6b4f8a}
 table.metrics{border-collapse:collapse;font-size:.82em;margin:.4em 0}
 table.metrics td,table.metrics th{border:1px solid #ddd;padding:.15em .4em;text-align:left}
 tr.why td{color:#555}
@@ -439,7 +451,7 @@ def export_review(store: Store, images: ImageStore, category: str, out_dir: Path
     cards = [_card(cid, rows, enc, show_unsafe, human.get(cid)) for cid, rows in groups]
     now = _utcnow()
     blur_note = ("Unsafe images are shown unblurred (--show-unsafe)." if show_unsafe else
-                 "Unsafe images (every source, and edits not rated safe) are blurred: click one to reveal it, "
+                 "Unsafe images (sources, control edits, and edits not rated safe) are blurred: click one to reveal it, "
                  "click again to blur it.")
     reveal = "" if show_unsafe else ' <label><input type="checkbox" id="reveal-all"> reveal all</label>'
     csp = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
@@ -474,9 +486,10 @@ Exported {now.isoformat()}Z.</p>
     _write_atomic(page, doc.encode("utf-8"))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow(DECISION_COLUMNS + ["auto_verdict"])
+    writer.writerow(DECISION_COLUMNS + ["kind", "auto_verdict"])  # the last two are for reading only
     for cid, rows in groups:
-        writer.writerow([cid, category, "", "", "", "", "accepted" if any(r["accepted"] for r in rows) else "rejected"])
+        writer.writerow([cid, category, "", "", "", "", rows[0]["kind"],
+                         "accepted" if any(r["accepted"] for r in rows) else "rejected"])
     _write_atomic(template, buf.getvalue().encode("utf-8"))
     return page
 
@@ -528,7 +541,10 @@ def _read_records(path: Path, data: bytes) -> list[tuple[int, dict[str, Any] | N
             raise DecisionsFileError(f"{path}: no line is a JSON object; expected JSON Lines with the keys "
                                      f"{', '.join(DECISION_COLUMNS)}")
         return out
-    reader = csv.reader(io.StringIO(text, newline=""))
+    first_line = text.split("\n", 1)[0]
+    # Spreadsheets in some locales save with ';' (or tabs); the header row tells which.
+    delimiter = max(",;\t", key=first_line.count) if first_line.count(",") == 0 else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = next(reader, None)
     if header is None:
         return out
@@ -588,7 +604,7 @@ def import_decisions(store: Store, path: Path, reviewer: str | None = None) -> I
     in_file: dict[tuple, tuple[int, dict[str, Any]]] = {}
 
     for n, rec, why in records:
-        def err(column: str, value: Any, problem: str, fix: str) -> None:
+        def err(column: str, value: Any, problem: str, fix: str, n: int = n) -> None:
             report.errors.append(RowError(name, n, column, value, problem, fix))
 
         if rec is None:
@@ -691,6 +707,10 @@ def effective_decisions(store: Store, category: str) -> dict[str, Decision]:
 def apply_review(row: Mapping[str, Any], decision: Decision | None) -> dict[str, Any]:
     """A verified_pairs row with a human decision applied (a copy; ``row`` unchanged).
 
+    The verdict means what the automatic one means for the row's kind: for a flip, 'accept' = the
+    edit removes the violation and keeps the rest; for a control (null) edit, 'accept' = the edit
+    keeps the violation and changes nothing else that matters.
+
     'reject' rejects with reason ``human_rejected`` added to the automatic reasons. 'accept'
     accepts and clears the automatic reasons, except a pair that does not exist as a pair
     (``edit_failed``, ``size_mismatch``: see HARD_REASONS), which stays rejected with
@@ -714,7 +734,7 @@ def apply_review(row: Mapping[str, Any], decision: Decision | None) -> dict[str,
             from sp_assets.verified_pairs import quality_score  # late: verified_pairs may import this module
 
             out["quality_score"] = quality_score(row.get("edit_score"), row.get("ssim_outside") or 0.0,
-                                                 row.get("embedding_cosine") or 0.0)
+                                                 row.get("embedding_cosine") or 0.0, row.get("kind") or "flip")
     return out
 
 

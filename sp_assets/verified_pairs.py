@@ -20,12 +20,31 @@ from dagster import AssetExecutionContext, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
 from sp_assets.backends.base import Embedder, Judge
-from sp_assets.backends.image_metrics import diff_region, psnr_outside, region_mask, ssim_outside
+from sp_assets.backends.image_metrics import (
+    diff_region,
+    psnr_outside,
+    region_mask,
+    ssim_outside,
+)
 from sp_assets.policy_labels import verdict_row
 from sp_assets.previews import pairs_markdown
 from sp_assets.profiles import sha256_json
-from sp_assets.resources import EditorResource, EmbedderResource, JudgeResource, PipelineSettings, WriterResource
-from sp_assets.stage import Stage, asset_kwargs, check, check_result, counts_add_up, no_duplicate_keys
+from sp_assets.resources import (
+    EditorResource,
+    EmbedderResource,
+    JudgeResource,
+    PipelineSettings,
+    WriterResource,
+)
+from sp_assets.review import apply_review, effective_decisions
+from sp_assets.stage import (
+    Stage,
+    asset_kwargs,
+    check,
+    check_result,
+    counts_add_up,
+    no_duplicate_keys,
+)
 
 ASSET = "verified_pairs"
 BATCH = 16
@@ -153,6 +172,16 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
                             row["quality_score"] = quality_score(row["edit_score"], row["ssim_outside"],
                                                                  row["embedding_cosine"], row["kind"])
                     rows.append(row)
+            # Human review overrides the automatic verdict; both are kept in the row.
+            decisions = effective_decisions(stage.store, category.slug)
+            for i, row in enumerate(rows):
+                row.update(auto_accepted=row["accepted"], auto_reject_reason=row["reject_reason"])
+                decision = decisions.get(row["candidate_id"])
+                if decision is not None:
+                    rows[i] = {**apply_review(row, decision), "review_verdict": decision.verdict,
+                               "reviewer": decision.reviewer, "reviewed_at": decision.decided_at,
+                               "review_note": decision.note, "review_decisions_sha256": decision.decisions_sha256}
+            n_reviewed = sum(1 for r in rows if r.get("review_verdict"))
             for name in editor.names:
                 stage.store.replace_slice("verified_pairs", {
                     "category": category.slug, "judge_profile": judge.profile, "writer_profile": writer.profile,
@@ -166,7 +195,7 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
                 if code:
                     reasons[code] = reasons.get(code, 0) + 1
         # Yield counts flip edits: the attempts to make a pair. Null edits are controls, reported apart.
-        yields[category.slug] = {"attempts": len(flips), "accepted": n_flip_acc,
+        yields[category.slug] = {"attempts": len(flips), "accepted": n_flip_acc, "reviewed": n_reviewed,
                                  "yield": round(n_flip_acc / len(flips), 3) if flips else None, "reasons": reasons,
                                  "controls": len(rows) - len(flips), "controls_accepted": n_acc - n_flip_acc}
         stage.record(category.slug, len(rows), n_acc, len(rows) - n_acc,

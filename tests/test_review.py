@@ -104,8 +104,10 @@ def test_unsafe_halves_are_blurred_unless_shown(pages):
     blurred = _cards(pages["blurred"].read_text(encoding="utf-8"))
     shown = _cards(pages["shown"].read_text(encoding="utf-8"))
     for cid, card in blurred.items():
-        source = _imgs(card)[0]
+        source, edit = _imgs(card)
         assert re.search(r'class="[^"]*\bunsafe\b[^"]*\bblurred\b', source), cid
+        if 'data-kind="null"' in card:  # a control edit is meant to stay unsafe: blurred too
+            assert "blurred" in edit, cid
     for card in shown.values():
         assert not any("blurred" in img for img in _imgs(card))
         assert "unsafe" in _imgs(card)[0]  # still clickable to blur
@@ -117,6 +119,7 @@ def test_template_lists_every_candidate_without_verdicts(pages, candidate_ids, d
     rows = list(csv.DictReader(template.open(encoding="utf-8")))
     assert sorted(r["candidate_id"] for r in rows) == candidate_ids
     assert all(r["verdict"] == "" and r["category"] == CATEGORY for r in rows)
+    assert {r["kind"] for r in rows} <= {"flip", "null"} and "flip" in {r["kind"] for r in rows}
     report = import_decisions(Store.at(data / "safetypairs.duckdb"), template)
     assert (report.rows, report.skipped, report.imported, report.errors) == (len(rows), len(rows), 0, [])
     assert _table(data) == []
@@ -213,6 +216,18 @@ def test_apply_review_overrides_the_automatic_verdict():
     hard = apply_review({**base, "reject_reason": "edit_failed"}, accept)
     assert not hard["accepted"] and hard["reject_reason"] == "edit_failed;human_accept_ignored"
     assert apply_review(base, None) == base
+
+
+def test_spreadsheet_csv_with_bom_and_semicolons_imports(data, candidate_ids, tmp_path):
+    path = tmp_path / "from_excel.csv"
+    path.write_bytes(("\ufeffcandidate_id;category;reviewer;decided_at;verdict;note;auto_verdict\r\n"
+                      f"{candidate_ids[0]};{CATEGORY};frank;2025-01-31 14:05;Reject;blurry edit;accepted\r\n"
+                      f"{candidate_ids[1][:20]};{CATEGORY};frank;2025-01-31 14:06;accept;;accepted\r\n").encode())
+    report = import_decisions(Store.at(data / "safetypairs.duckdb"), path)
+    assert (report.imported, report.rejected) == (1, 1)
+    assert candidate_ids[1] in str(report.errors[0]) and "did you mean" in str(report.errors[0])
+    eff = effective_decisions(Store.at(data / "safetypairs.duckdb", read_only=True), CATEGORY)
+    assert eff[candidate_ids[0]].verdict == "reject" and eff[candidate_ids[0]].decided_at == dt.datetime(2025, 1, 31, 14, 5)
 
 
 def test_bad_files_fail_whole(data, tmp_path):
