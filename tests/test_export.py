@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from sp_assets.export import LABEL_NAMES, SPLITS, export_benchmark, load_command
+from sp_assets.export import EAGER_CARDS, LABEL_NAMES, SPLITS, export_benchmark, load_command
 from sp_assets.partitions import ACTIVE_POLICY
 from sp_assets.resources import PipelineSettings
 from sp_assets.storage import ImageStore, Store
@@ -97,6 +96,11 @@ def test_parquet_loads_with_image_features_and_exact_bytes(run, monkeypatch, tmp
             assert unsafe[i]["bytes"] == run.images.path(b["unsafe_path"]).read_bytes()
             assert safe[i]["bytes"] == run.images.path(b["safe_path"]).read_bytes()
             assert hashlib.sha256(safe[i]["bytes"]).hexdigest() == b["safe_sha256"]
+            if b.get("control_path"):  # the pipeline made a null-edit control for this pair
+                assert part.features["control_image"] is not None
+                assert part[i]["control_label"] == 1
+                assert _raw(part.select([i]), "control_image")[0]["bytes"] == \
+                    run.images.path(b["control_path"]).read_bytes()
             n += 1
     assert n == len(run.bench)
     row = ds[run.bench[0]["split"]].filter(lambda r: r["pair_id"] == run.bench[0]["pair_id"])[0]
@@ -131,7 +135,7 @@ def test_counts_and_splits_match_benchmark_split(run):
 
 def test_shards_split_by_size_and_output_is_deterministic(run, tmp_path):
     a = _export(run.store, run.data_root, tmp_path / "a", shard_size=2, gallery=False)
-    b = _export(run.store, run.data_root, tmp_path / "b", shard_size=2, gallery=False)
+    _export(run.store, run.data_root, tmp_path / "b", shard_size=2, gallery=False)
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
     assert files_a == files_b
@@ -185,7 +189,7 @@ def test_datasheet_is_a_dataset_card(run):
                    "Known limits and biases", "judge verified its own pairs", "o1_hate", "o2_violence",
                    "min_ssim_outside", "Yield per category", "Human review"):
         assert needle in text, needle
-    total = f"| **all** | | | " + " | ".join(str(sum(c[s] for c in run.report.counts.values())) for s in SPLITS)
+    total = "| **all** | | | " + " | ".join(str(sum(c[s] for c in run.report.counts.values())) for s in SPLITS)
     assert total in text
     assert 'load_dataset("parquet", data_dir=' in run.report.load_command
 
@@ -266,6 +270,10 @@ def test_gallery_dom_filters_in_headless_chromium(run, tmp_path):
     assert {"category-filter", "split-filter", "search", "reveal-unsafe"} <= page.ids, result.stderr[-2000:]
     assert len(page.cards) == len(run.bench)
     assert f"{len(run.bench)} of {len(run.bench)} pairs shown" in result.stdout  # the script ran
+    n_images = len(page.images)
+    assert n_images >= 2 * len(run.bench)
+    if len(run.bench) <= EAGER_CARDS:  # every image loads at once: the relative files resolve in a browser
+        assert f'data-images-loaded="{n_images}"' in result.stdout
     split = run.bench[0]["split"]
     expected = sum(1 for b in run.bench if b["category"] == "o2_violence" and b["split"] == split)
     result = _chromium(["--dump-dom", run.report.gallery.as_uri() + f"#category=o2_violence&split={split}"], tmp_path)
@@ -379,7 +387,9 @@ def test_fiftyone_is_skipped_with_the_extra_named_or_exported(run, tmp_path, mon
     monkeypatch.setitem(sys.modules, "fiftyone", fake)
     report = _export(run.store, run.data_root, tmp_path / "fo", webdataset=False, gallery=False)
     assert "fiftyone" not in report.skipped and report.fiftyone_dir == tmp_path / "fo" / "fiftyone"
-    assert json.loads((report.fiftyone_dir / "samples.json").read_text()) == 2 * len(run.bench)
-    assert Counter(s["group"] for s in calls["samples"]) == {"unsafe": len(run.bench), "safe": len(run.bench)}
+    n_controls = sum(1 for b in run.bench if b.get("control_sha256"))
+    assert json.loads((report.fiftyone_dir / "samples.json").read_text()) == 2 * len(run.bench) + n_controls
+    expected = {"unsafe": len(run.bench), "safe": len(run.bench), **({"control": n_controls} if n_controls else {})}
+    assert Counter(s["group"] for s in calls["samples"]) == expected
     assert calls["deleted"] == [True]
     assert "FiftyOne" in report.datasheet.read_text()
