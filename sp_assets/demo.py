@@ -67,6 +67,18 @@ def summary(store: Store, data_root: Path) -> str:
             out.append(f"  {r['guard']:<12} {r['pair_type']:<11} pairs {r['pairs']:>4}  acc unsafe {r['acc_unsafe']:.2f}  "
                        f"acc safe {r['acc_safe']:.2f}  pair acc {r['pair_acc']:.2f}  ROC-AUC {auc}")
         out.append("  edited_only sees only 'was this image edited': perfect on original pairs, chance on controlled ones.")
+    probe = store.query(
+        "SELECT features, eval_set, condition, mean, std FROM probe_results WHERE run_id = ? AND k = 32 "
+        "AND ((eval_set = 'heldout_pairs' AND metric = 'pair_accuracy') OR (eval_set = 'non_pair' AND metric = 'accuracy')) "
+        "ORDER BY features, eval_set, condition", [run_id])
+    if not probe.is_empty():
+        out += ["", "sample efficiency: linear probe, base set + k = 32 counterfactual pairs vs 64 ordinary images"]
+        cells: dict[tuple[str, str], dict[str, str]] = {}
+        for r in probe.iter_rows(named=True):
+            cells.setdefault((r["features"], r["eval_set"]), {})[r["condition"]] = f"{r['mean']:.2f} ± {r['std'] or 0:.2f}"
+        for (features, eval_set), c in cells.items():
+            metric = "pair accuracy on held-out pairs" if eval_set == "heldout_pairs" else "accuracy on non-pair images"
+            out.append(f"  {features:<11} {metric:<33} pairs {c.get('pairs', 'n/a')}   ordinary {c.get('ordinary', 'n/a')}")
     out += ["", "Where to look:",
             f"  DuckDB       {data_root / 'safetypairs.duckdb'}  (tables per stage; view pair_lineage)",
             f"  images       {data_root / 'images'}",
