@@ -18,8 +18,15 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from sp_assets.backends.base import Embedder, ModelInfo
-from sp_assets.backends.hf import ModelSource, library_version, resolve_device, resolve_dtype, resolved_revision
+from sp_assets.backends.base import Embedder
+from sp_assets.backends.hf import (
+    ModelSource,
+    hf_model_info,
+    library_version,
+    resolve_device,
+    resolve_dtype,
+    resolved_revision,
+)
 
 DEFAULT_MODEL = "openai/clip-vit-large-patch14"
 
@@ -107,13 +114,7 @@ class CLIPEmbedder(Embedder):
         self.revision = resolved_revision(self.source)
         self.processor_sha256 = processor_sha256(self._processor)
         self.dim = self._embedding_dim()
-        self.info = ModelInfo(
-            model_id=self.source.model,
-            revision=self.revision,
-            device=self.device,
-            dtype=str(self.torch_dtype).removeprefix("torch."),
-            library=f"transformers {library_version('transformers')}; torch {torch.__version__}",
-        )
+        self.info = hf_model_info(self.source, self.revision, self.device, self.torch_dtype)
 
     def _embedding_dim(self) -> int:
         cfg = self._model.config

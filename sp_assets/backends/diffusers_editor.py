@@ -39,9 +39,19 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
-from sp_assets.backends.base import EditResult, Editor, Instruction, ModelInfo, check_edit_args
+from sp_assets.backends.base import (
+    Editor,
+    EditResult,
+    Instruction,
+    ModelInfo,
+    check_edit_args,
+)
 from sp_assets.backends.hf import (
-    MissingWeightsError, ModelSource, library_version, resolve_device, resolve_dtype,
+    MissingWeightsError,
+    ModelSource,
+    library_version,
+    resolve_device,
+    resolve_dtype,
 )
 from sp_assets.profiles import ProfileError
 
@@ -387,7 +397,10 @@ class DiffusersEditor(Editor):
         if not img2img_only and isinstance(cls, type) and takes_image_and_prompt(cls):
             return cls
         try:
-            from diffusers.pipelines.auto_pipeline import AUTO_IMAGE2IMAGE_PIPELINES_MAPPING, _get_task_class
+            from diffusers.pipelines.auto_pipeline import (
+                AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
+                _get_task_class,
+            )
 
             i2i = _get_task_class(AUTO_IMAGE2IMAGE_PIPELINES_MAPPING, name, throw_error_if_not_exist=False)
         except Exception:  # noqa: BLE001 - a private helper; without it 'auto' just cannot map

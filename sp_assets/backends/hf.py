@@ -151,3 +151,18 @@ def resolved_revision(source: ModelSource) -> str:
         return ref.read_text(encoding="utf-8").strip() or (source.revision or "")
     except OSError:
         return source.revision or ""
+
+
+def hf_model_info(source: ModelSource, revision: str, device: str, torch_dtype: Any) -> Any:
+    """The ModelInfo every transformers backend records: model, resolved revision, device, dtype, versions."""
+    import torch
+
+    from sp_assets.backends.base import ModelInfo
+
+    return ModelInfo(
+        model_id=source.model,
+        revision=revision,
+        device=device,
+        dtype=str(torch_dtype).removeprefix("torch."),
+        library=f"transformers {library_version('transformers')}; torch {torch.__version__}",
+    )

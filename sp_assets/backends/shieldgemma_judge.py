@@ -23,10 +23,16 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from sp_assets.backends.base import Judge, ModelInfo, Verdict
+from sp_assets.backends.base import Judge, Verdict
 from sp_assets.backends.clip_embedder import processor_sha256
-from sp_assets.backends.hf import resolved_revision
-from sp_assets.backends.hf import ModelSource, library_version, resolve_device, resolve_dtype
+from sp_assets.backends.hf import (
+    ModelSource,
+    hf_model_info,
+    library_version,
+    resolve_device,
+    resolve_dtype,
+    resolved_revision,
+)
 from sp_assets.policy import Category, Policy
 
 log = logging.getLogger(__name__)
@@ -131,13 +137,7 @@ class ShieldGemma2Judge(Judge):
         self.yes_token_index = int(self._model.yes_token_index)
         self.no_token_index = int(self._model.no_token_index)
         self.token_check = self._check_answer_tokens()
-        self.info = ModelInfo(
-            model_id=self.source.model,
-            revision=self.revision,
-            device=self.device,
-            dtype=str(self.torch_dtype).removeprefix("torch."),
-            library=f"transformers {library_version('transformers')}; torch {torch.__version__}",
-        )
+        self.info = hf_model_info(self.source, self.revision, self.device, self.torch_dtype)
 
     def _check_answer_tokens(self) -> str:
         """Does the tokenizer agree that 'Yes'/'No' are the tokens the model reads the answer from?

@@ -20,7 +20,12 @@ from typing import Any, Sequence
 from PIL import Image
 
 from sp_assets.backends.base import ModelInfo
-from sp_assets.backends.hf import ModelSource, library_version, resolve_device, resolve_dtype
+from sp_assets.backends.hf import (
+    ModelSource,
+    library_version,
+    resolve_device,
+    resolve_dtype,
+)
 
 RUNNER_VERSION = "1"
 
