@@ -15,8 +15,20 @@ from dagster_duckdb import DuckDBResource
 
 from sp_assets.backends.base import Editor, EditResult, Instruction
 from sp_assets.profiles import sha256_json
-from sp_assets.resources import EditorResource, JudgeResource, PipelineSettings, WriterResource
-from sp_assets.stage import Stage, asset_kwargs, check, check_result, counts_add_up, no_duplicate_keys
+from sp_assets.resources import (
+    EditorResource,
+    JudgeResource,
+    PipelineSettings,
+    WriterResource,
+)
+from sp_assets.stage import (
+    Stage,
+    asset_kwargs,
+    check,
+    check_result,
+    counts_add_up,
+    no_duplicate_keys,
+)
 
 ASSET = "edited_images"
 BATCH = 8

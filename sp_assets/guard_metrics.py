@@ -210,5 +210,40 @@ def _run_level_experiments(stage: Stage, judge: JudgeResource, embedder: Embedde
             meta[f"probe_{features}"] = MetadataValue.md(
                 result.to_markdown() + "\n\n" + markdown_image(probe["figures"][features], f"probe {features}"))
         meta["probe_roles"] = MetadataValue.json(probe["roles"])
+        _score_probe_guards(stage, probe)
     stage.store.replace_slice("probe_results", {"scope": scope}, rows)
     return meta
+
+
+def _score_probe_guards(stage: Stage, probe: dict[str, Any]) -> None:
+    """The trained probes, scored on each category's test pairs like the other guards (added to the
+    category slices this run has just written)."""
+    predictions: list[dict[str, Any]] = []
+    metrics: list[dict[str, Any]] = []
+    for guard, info in probe["probe_guards"].items():
+        sha = f"probe-{info['features']}-seed{stage.settings.seed}"
+        for category in [c.slug for c in stage.categories()]:
+            test = [p for p in probe["pairs"] if p["category"] == category and p["split"] == "test"]
+            verdicts: dict[tuple[str, str], Verdict] = {}
+            for p in test:
+                for half, col in (("unsafe", "image_sha256"), ("safe", "safe_sha256"), ("control", "control_sha256")):
+                    if p[col]:
+                        score = info["p_unsafe"][p[col]]
+                        verdicts[(p["pair_id"], half)] = Verdict("unsafe" if score >= 0.5 else "safe", "", score,
+                                                                 "linear probe", json.dumps({"p_unsafe": round(score, 6)}))
+                        predictions.append({**stage.base_row(category), "guard": guard, "pair_id": p["pair_id"],
+                                            "split": "test", "half": half, "image_sha256": p[col], "label": LABELS[half],
+                                            "rating": verdicts[(p["pair_id"], half)].rating, "score": score,
+                                            "raw_output": verdicts[(p["pair_id"], half)].raw_output,
+                                            "guard_config_sha256": sha})
+            for pair_type, (bad, good) in PAIR_TYPES.items():
+                chosen = [p for p in test if (p["pair_id"], bad) in verdicts]
+                scores = score_pairs([PairOutcome(verdicts[(p["pair_id"], bad)].rating, verdicts[(p["pair_id"], good)].rating,
+                                                  verdicts[(p["pair_id"], bad)].score, verdicts[(p["pair_id"], good)].score)
+                                      for p in chosen])
+                metrics.append({**stage.base_row(category), "guard": guard, "split": "test", "pair_type": pair_type,
+                                "n_pairs": scores.n_pairs, "acc_unsafe": scores.acc_unsafe, "acc_safe": scores.acc_safe,
+                                "pair_accuracy": scores.pair_accuracy, "roc_auc": scores.roc_auc,
+                                "n_invalid": scores.n_invalid, "guard_config_sha256": sha})
+    stage.store.append("guard_predictions", predictions)
+    stage.store.append("guard_metrics", metrics)

@@ -164,6 +164,11 @@ def _pair_rows(pair_index: Any, y: np.ndarray, name: str) -> list[tuple[int, int
 # -- the probe ------------------------------------------------------------------------------------
 
 
+def fit_probe(X: np.ndarray, y: np.ndarray, C: float = 1.0, balanced: bool = True):
+    """The probe of the experiment (standardised features, logistic regression), fitted once."""
+    return _fit_probe(np.asarray(X, dtype=float), np.asarray(y, dtype=int), C, balanced)
+
+
 def _fit_probe(X: np.ndarray, y: np.ndarray, C: float, balanced: bool):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline

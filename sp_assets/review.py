@@ -731,7 +731,9 @@ def apply_review(row: Mapping[str, Any], decision: Decision | None) -> dict[str,
         out["accepted"] = True
         out["reject_reason"] = None
         if out.get("quality_score") is None:
-            from sp_assets.verified_pairs import quality_score  # late: verified_pairs may import this module
+            from sp_assets.verified_pairs import (
+                quality_score,  # late: verified_pairs may import this module
+            )
 
             out["quality_score"] = quality_score(row.get("edit_score"), row.get("ssim_outside") or 0.0,
                                                  row.get("embedding_cosine") or 0.0, row.get("kind") or "flip")

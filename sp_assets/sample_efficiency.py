@@ -17,6 +17,7 @@ from sp_assets.plots import pair_error_rows, plot_error_vs_similarity, plot_roc_
 from sp_assets.probe import (
     ProbeResult,
     concat_features,
+    fit_probe,
     plot_probe_curves,
     run_probe_experiment,
     text_embedding_features,
@@ -35,7 +36,10 @@ def _text(raw: str | None) -> str:
 def probe_inputs(stage: Any, judge_profile: str, categories: list[str]) -> dict[str, Any]:
     """Pairs (by split), rated source images, their paths and the scene text the judge read."""
     pairs = stage.store.query(
-        "SELECT b.pair_id, b.split, b.image_sha256, b.unsafe_path, b.safe_sha256, b.safe_path, v.edit_raw_output "
+        "SELECT b.pair_id, b.category, b.split, b.image_sha256, b.unsafe_path, b.safe_sha256, b.safe_path, "
+        "b.control_sha256, b.control_path, v.edit_raw_output, "
+        "(SELECT c.edit_raw_output FROM verified_pairs c WHERE c.candidate_id = b.control_candidate_id "
+        "  AND c.category = b.category LIMIT 1) AS control_raw_output "
         "FROM benchmark_split b JOIN verified_pairs v ON v.candidate_id = b.candidate_id AND v.category = b.category "
         "  AND v.judge_profile = b.judge_profile AND v.writer_profile = b.writer_profile "
         "  AND v.editor_profile = b.editor_profile "
@@ -82,6 +86,9 @@ def run_sample_efficiency(stage: Any, embedder: Any, judge_profile: str, categor
         paths.setdefault(p["image_sha256"], p["unsafe_path"])
         paths[p["safe_sha256"]] = p["safe_path"]
         texts[p["safe_sha256"]] = _text(p["edit_raw_output"])
+        if p["control_sha256"]:
+            paths[p["control_sha256"]] = p["control_path"]
+            texts[p["control_sha256"]] = _text(p["control_raw_output"])
     shas = sorted(paths)
     vectors: list[np.ndarray] = []
     for start in range(0, len(shas), 32):  # stream: never hold the whole pool of images
@@ -114,7 +121,21 @@ def run_sample_efficiency(stage: Any, embedder: Any, judge_profile: str, categor
         results[name] = result
         figures[name] = plot_probe_curves(result, out_dir / f"probe_{name.replace('+', '_')}.png",
                                           title=f"linear probe on {name} features")
-    return {"results": results, "figures": figures,
+    # The trained probes as guards: base + every train pair, against base + the whole ordinary pool,
+    # on the richest feature set; guard_metrics scores them on the test split like any other guard.
+    name, feat = list(feature_sets.items())[-1]
+    X = lambda keys: np.stack([feat[k] for k in keys])  # noqa: E731
+    pair_probe = fit_probe(np.vstack([X(base_unsafe + base_safe), X([p["image_sha256"] for p in train]),
+                                      X([p["safe_sha256"] for p in train])]),
+                           [1] * len(base_unsafe) + [0] * len(base_safe) + [1] * len(train) + [0] * len(train))
+    ordinary_probe = fit_probe(X(base_unsafe + base_safe + pool_unsafe + pool_safe),
+                               [1] * len(base_unsafe) + [0] * len(base_safe) + [1] * len(pool_unsafe) + [0] * len(pool_safe))
+    all_shas = sorted(feat)
+    guards = {}
+    for guard, probe in (("probe_pairs", pair_probe), ("probe_ordinary", ordinary_probe)):
+        p_unsafe = probe.predict_proba(X(all_shas))[:, list(probe.classes_).index(1)]
+        guards[guard] = {"features": name, "p_unsafe": dict(zip(all_shas, map(float, p_unsafe)))}
+    return {"results": results, "figures": figures, "probe_guards": guards, "pairs": pairs,
             "roles": {"base": [len(base_unsafe), len(base_safe)], "train_pairs": len(train), "heldout_pairs": len(held),
                       "ordinary_pool": [len(pool_unsafe), len(pool_safe)], "non_pair_eval": [len(held_src), len(eval_safe)]}}
 

@@ -8,7 +8,12 @@ from typing import Any
 from dagster import AssetExecutionContext, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
-from sp_assets.backends.folder_source import FORMAT_SUFFIX, Checked, check_file, iter_entries
+from sp_assets.backends.folder_source import (
+    FORMAT_SUFFIX,
+    Checked,
+    check_file,
+    iter_entries,
+)
 from sp_assets.policy import Category, Policy
 from sp_assets.profiles import sha256_json
 from sp_assets.resources import PipelineSettings
@@ -25,7 +30,7 @@ CHECKS = [
 def demo_slug_for(category: Category, policy: Policy) -> str:
     """The demo pool speaks the default policy; map another policy's category to it by slug or id."""
     from sp_assets.backends.demo_pool import DEMO_PHRASES
-    from sp_assets.policy import load_policy, DEFAULT_POLICY_PATH
+    from sp_assets.policy import DEFAULT_POLICY_PATH, load_policy
 
     if category.slug in DEMO_PHRASES:
         return category.slug

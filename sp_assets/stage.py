@@ -11,11 +11,11 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from dagster import (
     AssetCheckResult,
-    BetaWarning,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     BackfillPolicy,
+    BetaWarning,
     DataVersion,
     MaterializeResult,
     MetadataValue,
