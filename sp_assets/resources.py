@@ -60,6 +60,7 @@ class PipelineSettings(ConfigurableResource):
     min_ssim_outside: float = Field(default=0.95, description="Preservation: mean SSIM outside the edited region.")
     min_psnr_outside: float = Field(default=30.0, description="Preservation: PSNR (dB) outside the edited region.")
     min_embedding_cosine: float = Field(default=0.80, description="Preservation: whole-image embedding cosine.")
+    lpips: bool = Field(default=True, description="Compute LPIPS when torchvision and its cached backbone are present.")
     max_changed_fraction: float = Field(default=0.5, description="Edits that change more of the image are rejected.")
     min_yield: float = Field(default=0.2, description="Asset check floor on accepted / attempted candidates.")
     split_train: float = 0.6

@@ -145,6 +145,7 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("ssim_outside", "DOUBLE", "mean SSIM outside the edited region"),
         ("psnr_outside", "DOUBLE", "PSNR (dB) outside the edited region, capped at 100"),
         ("embedding_cosine", "DOUBLE", "cosine similarity of whole-image embeddings"),
+        ("lpips", "DOUBLE", "LPIPS distance of the whole images, when its weights are on the machine (else NULL)"),
         ("changed_fraction", "DOUBLE", "share of pixels inside the edited region"),
         ("region_source", "VARCHAR", "'editor' (reported) or 'diff' (derived from a difference map)"),
         ("sizes_match", "BOOLEAN", "source and edit have the same size"),

@@ -22,6 +22,7 @@ from dagster_duckdb import DuckDBResource
 from sp_assets.backends.base import Embedder, Judge
 from sp_assets.backends.image_metrics import (
     diff_region,
+    lpips_scorer,
     psnr_outside,
     region_mask,
     ssim_outside,
@@ -96,6 +97,7 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
     thresholds = settings.thresholds()
     verifier_sha = judge.config_sha256(judge.verifier_name)
     verify_sha = sha256_json({"thresholds": thresholds, "verifier": verifier_sha, "embedder": embedder.config_sha256()})
+    lpips, lpips_note = lpips_scorer() if settings.lpips else (None, "LPIPS off (settings.lpips)")
     verifier: Judge | None = None
     embed: Embedder | None = None
     yields: dict[str, dict[str, Any]] = {}
@@ -142,6 +144,8 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
                         row["changed_fraction"] = float(round(mask.mean(), 6))
                         row["ssim_outside"] = float(round(ssim_outside(src, edt, mask), 6))
                         row["psnr_outside"] = float(round(psnr_outside(src, edt, mask), 4))
+                        if lpips is not None:
+                            row["lpips"] = round(lpips(src, edt), 6)
                     edit_view = verdict_row(verdict)
                     row.update(edit_rating=verdict.rating, edit_score=verdict.score,
                                edit_judged_category=edit_view["judged_category"],
@@ -222,7 +226,7 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
         why = ", ".join(f"{k}: {v}" for k, v in sorted(y["reasons"].items(), key=lambda kv: -kv[1])) or "-"
         lines.append(f"| {cat} | {y['attempts']} | {y['accepted']} | {yv} | {why} | {y['controls_accepted']}/{y['controls']} |")
     meta = {"yield": round(overall, 4), "yield_table": MetadataValue.md("\n".join(lines)),
-            "thresholds": MetadataValue.json(thresholds), "editor_profiles": MetadataValue.json(editor.names),
+            "thresholds": MetadataValue.json(thresholds), "lpips": MetadataValue.text(lpips_note), "editor_profiles": MetadataValue.json(editor.names),
             "verifier_profile": judge.verifier_name, "embedder_profile": embedder.profile}
     if previews:
         meta["preview"] = MetadataValue.md(pairs_markdown(previews, settings.preview_unsafe))

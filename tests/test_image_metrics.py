@@ -121,3 +121,19 @@ def test_diff_region_two_boxes_and_noise_floor(photo):
     assert diff_region(photo, photo).boxes == []
     # With threshold 0 every drifted pixel counts.
     assert diff_region(photo, drift, threshold=0).changed_pixels > 0.5 * 512 * 512
+
+
+def test_lpips_is_skipped_with_a_reason_when_it_cannot_run_offline():
+    from sp_assets.backends.image_metrics import lpips_scorer
+
+    score, note = lpips_scorer()
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001
+        assert score is None and note.startswith("LPIPS skipped: torchvision")
+        return
+    if score is None:
+        assert "not cached" in note
+    else:
+        a = np.zeros((32, 32, 3), np.uint8)
+        assert score(a, a) == pytest.approx(0.0, abs=1e-6)

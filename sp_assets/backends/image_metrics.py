@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
@@ -167,3 +168,38 @@ def diff_region(
         boxes.append((x0 + int(cols.min()), y0 + int(rows.min()), x0 + int(cols.max()) + 1, y0 + int(rows.max()) + 1))
     boxes.sort(key=lambda bx: (bx[1], bx[0]))
     return DiffRegion(boxes=boxes, mask=mask, changed_pixels=int(mask.sum()))
+
+
+# LPIPS backbones torchvision caches under torch.hub's checkpoints folder.
+LPIPS_BACKBONES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth", "squeeze": "squeezenet1_1-b8a52dc0.pth"}
+
+
+def lpips_scorer(net: str = "alex") -> tuple[Any, str]:
+    """(score(a, b) -> LPIPS distance over the whole image, note), or (None, why it is skipped).
+
+    LPIPS needs torchvision's pretrained backbone, which this project does not install (PyPI's
+    torchvision does not import beside the CPU torch wheel). It runs only when torchvision imports
+    and the backbone is already in the torch hub cache, so it never downloads.
+    """
+    if net not in LPIPS_BACKBONES:
+        raise ValueError(f"LPIPS net {net!r} is not one of {', '.join(LPIPS_BACKBONES)}")
+    try:
+        import torchvision  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any import failure means LPIPS cannot run here
+        return None, f"LPIPS skipped: torchvision is not importable ({type(exc).__name__}); install it with a matching torch to enable LPIPS"
+    import torch
+
+    checkpoint = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONES[net]
+    if not checkpoint.is_file():
+        return None, f"LPIPS skipped: {net} backbone weights are not cached at {checkpoint}"
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+    metric = LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True).eval()
+
+    def score(a: ImageLike, b: ImageLike) -> float:
+        xa, xb = _pair(a, b)
+        to_tensor = lambda x: torch.from_numpy(x).permute(2, 0, 1)[None].float() / 255.0  # noqa: E731
+        with torch.no_grad():
+            return float(metric(to_tensor(xa), to_tensor(xb)))
+
+    return score, f"LPIPS ({net}, whole image)"
