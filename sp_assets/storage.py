@@ -308,6 +308,20 @@ GROUP BY v.category, v.judge_profile, v.writer_profile, v.editor_profile, v.kind
 """
 
 
+# Every guard over all categories: accuracies pooled over pairs (the per-category rows weighted by
+# their pair counts). ROC-AUC does not pool this way; the run's ROC figure pools the scores instead.
+OVERALL_VIEW = """
+CREATE OR REPLACE VIEW guard_metrics_overall AS
+SELECT guard, split, pair_type, count(DISTINCT category) AS categories, sum(n_pairs) AS n_pairs,
+       sum(acc_unsafe * n_pairs) / nullif(sum(n_pairs), 0) AS acc_unsafe,
+       sum(acc_safe * n_pairs) / nullif(sum(n_pairs), 0) AS acc_safe,
+       sum(pair_accuracy * n_pairs) / nullif(sum(n_pairs), 0) AS pair_accuracy,
+       sum(n_invalid) AS n_invalid
+FROM guard_metrics WHERE n_pairs > 0
+GROUP BY guard, split, pair_type
+"""
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     existing: dict[str, set[str]] = {}
     for table, column in con.execute(
@@ -325,6 +339,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
                 con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
     con.execute(LINEAGE_VIEW)
     con.execute(YIELD_VIEW)
+    con.execute(OVERALL_VIEW)
 
 
 def _check_table(table: str) -> list[str]:

@@ -127,6 +127,9 @@ def test_edited_only_classifier_is_at_chance_on_controlled_pairs(graph):
         "sum(acc_safe * n_pairs) / sum(n_pairs) AS acc_safe, sum(pair_accuracy * n_pairs) / sum(n_pairs) AS pair_acc "
         "FROM guard_metrics WHERE guard = 'edited_only' AND split = 'all' AND n_pairs > 0 GROUP BY pair_type").to_dicts()}
     assert got["original"]["pair_acc"] == 1.0
+    overall = dict(store.query("SELECT pair_type, pair_accuracy FROM guard_metrics_overall "
+                               "WHERE guard = 'edited_only' AND split = 'all'").rows())
+    assert overall == {"original": 1.0, "controlled": 0.0}
     controlled = got["controlled"]
     assert (controlled["acc_unsafe"] + controlled["acc_safe"]) / 2 == 0.5 and controlled["pair_acc"] == 0.0
 
