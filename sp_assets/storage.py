@@ -270,7 +270,8 @@ SELECT
     e.model_revision AS editor_revision, e.seed, e.edited_path, b.safe_sha256,
     e.computed_run_id AS edit_run_id,
     v.edit_rating, v.edit_score, v.ssim_outside, v.psnr_outside, v.embedding_cosine,
-    v.quality_score, v.thresholds_json, v.run_id AS verify_run_id,
+    v.quality_score, v.thresholds_json, v.auto_accepted, v.review_verdict, v.reviewer, v.reviewed_at,
+    v.review_note, v.run_id AS verify_run_id, b.control_candidate_id, b.control_sha256,
     b.run_id AS split_run_id
 FROM benchmark_split b
 JOIN source_images s ON s.category = b.category AND s.image_sha256 = b.image_sha256
