@@ -228,6 +228,15 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
     meta = {"yield": round(overall, 4), "yield_table": MetadataValue.md("\n".join(lines)),
             "thresholds": MetadataValue.json(thresholds), "lpips": MetadataValue.text(lpips_note), "editor_profiles": MetadataValue.json(editor.names),
             "verifier_profile": judge.verifier_name, "embedder_profile": embedder.profile}
+    by_profile = stage.store.query(
+        "SELECT category, editor_profile, kind, attempts, accepted, yield, rejection_reasons FROM yield_by_profile "
+        "WHERE category IN (SELECT UNNEST(?)) AND judge_profile = ? AND writer_profile = ? ORDER BY ALL",
+        [list(yields), judge.profile, writer.profile]).to_dicts()
+    profile_lines = ["| category | editor | kind | attempts | accepted | yield | rejection reasons |",
+                     "|---|---|---|---:|---:|---:|---|"]
+    profile_lines += [f"| {r['category']} | {r['editor_profile']} | {r['kind']} | {r['attempts']} | {r['accepted']} | "
+                      f"{r['yield']:.0%} | {r['rejection_reasons'] or '-'} |" for r in by_profile]
+    meta["yield_by_profile"] = MetadataValue.md("\n".join(profile_lines))
     if previews:
         meta["preview"] = MetadataValue.md(pairs_markdown(previews, settings.preview_unsafe))
     return stage.result(meta, checks)

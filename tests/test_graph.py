@@ -142,6 +142,15 @@ def test_rematerializing_gives_the_same_rows(graph):
     assert meta["computed"].value == 0 and meta["reused_from_cache"].value > 0
 
 
+def test_yield_is_reported_per_category_and_profile(graph):
+    data, first, *_ = graph
+    meta = first.asset_materializations_for_node("verified_pairs")[0].metadata
+    assert "| o1_hate | text_region | flip |" in meta["yield_by_profile"].value
+    assert "| o2_violence | text_region | null |" in meta["yield_by_profile"].value
+    view = store_at(data).query("SELECT sum(attempts) FROM yield_by_profile").item()
+    assert view == store_at(data).query("SELECT count(*) FROM verified_pairs").item()
+
+
 def test_preview_blurs_unsafe_halves_by_default(graph):
     _, first, *_ = graph
     mat = first.asset_materializations_for_node("verified_pairs")[0]
