@@ -684,6 +684,11 @@ def _gallery_card(pair: Mapping[str, Any], files: Mapping[str, tuple[str, tuple[
     prov = "".join(f"<dt>{e(k)}</dt><dd>{e(str(pair[k]))}</dd>" for k in prov_keys if pair.get(k) not in (None, ""))
     search = " ".join(str(pair.get(k) or "") for k in ("pair_id", "category", "category_title", "instruction",
                                                        "source_file", "editor_profile", "judge_profile")).lower()
+    # The instruction quotes the violating text; like the unsafe image, it stays hidden until asked for.
+    text = e(str(pair.get("instruction") or ""))
+    instruction = (f'<p class="instruction"><b>Instruction:</b> {text}</p>' if show_unsafe else
+                   f'<details class="instruction"><summary><b>Instruction</b> (quotes the unsafe text: click to show)'
+                   f'</summary><p>{text}</p></details>')
     return (
         f'<article class="card" data-pair-id="{e(pair["pair_id"])}" data-category="{e(pair["category"])}" '
         f'data-split="{e(pair["split"])}" data-search="{e(search)}">'
@@ -691,7 +696,7 @@ def _gallery_card(pair: Mapping[str, Any], files: Mapping[str, tuple[str, tuple[
         f'<span class="badge split-{e(pair["split"])}">{e(pair["split"])}</span>'
         f'<span class="badge">{e(str(pair.get("editor_profile") or ""))}</span></div>'
         f'<div class="halves">{"".join(figures)}</div>'
-        f'<p class="instruction"><b>Instruction:</b> {e(str(pair.get("instruction") or ""))}</p>'
+        + instruction +
         f'<table class="scores">{score_rows}</table>'
         f'<details><summary>provenance</summary><dl>{prov}</dl></details></article>')
 

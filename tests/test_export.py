@@ -237,6 +237,10 @@ def test_gallery_blurs_unsafe_halves_and_works_offline(run, tmp_path):
     shown = _export(run.store, run.data_root, tmp_path / "shown", show_unsafe=True, webdataset=False)
     page = _parse(shown.gallery.read_text(encoding="utf-8"))
     assert not any("blur" in (i["class"] or "").split() for i in page.images)
+    # The instruction quotes the violating text: folded away by default, shown only when opted in.
+    hidden = run.report.gallery.read_text(encoding="utf-8")
+    assert hidden.count('<details class="instruction">') == len(run.bench)
+    assert shown.gallery.read_text(encoding="utf-8").count('<details class="instruction">') == 0
 
 
 def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
