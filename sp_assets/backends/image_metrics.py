@@ -183,8 +183,14 @@ def lpips_scorer(net: str = "alex") -> tuple[Any, str]:
     """
     if net not in LPIPS_BACKBONES:
         raise ValueError(f"LPIPS net {net!r} is not one of {', '.join(LPIPS_BACKBONES)}")
+    import importlib
+    import importlib.util
+
     try:
-        import torchvision  # noqa: F401
+        # Optional, never a dependency: only a torchvision the user installed themselves is used.
+        if importlib.util.find_spec("torchvision") is None:
+            raise ImportError("not installed")
+        importlib.import_module("torchvision")
     except Exception as exc:  # noqa: BLE001 - any import failure means LPIPS cannot run here
         return None, f"LPIPS skipped: torchvision is not importable ({type(exc).__name__}); install it with a matching torch to enable LPIPS"
     import torch
