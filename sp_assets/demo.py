@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from sp_assets.policy import REPO_ROOT, load_active_policy
-from sp_assets.resources import PipelineSettings
+from sp_assets.core.policy import REPO_ROOT, load_active_policy
+from sp_assets.defs.resources import PipelineSettings
 from sp_assets.storage import Store
 
 STAGES = ["source_pool", "policy_labels", "edit_instructions", "edited_images", "verified_pairs",

@@ -10,7 +10,7 @@ from dagster import DagsterInstance, materialize
 from dagster_duckdb import DuckDBResource
 
 from sp_assets.definitions import STAGES
-from sp_assets.resources import (
+from sp_assets.defs.resources import (
     EditorResource, EmbedderResource, JudgeResource, PipelineSettings, WriterResource,
 )
 from sp_assets.storage import Store

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sp_assets.policy import REPO_ROOT
+from sp_assets.core.policy import REPO_ROOT
 from tests.conftest import store_at
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")

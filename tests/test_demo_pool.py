@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from sp_assets.backends.demo_pool import (
+from sp_assets.backends.sources.demo import (
     DEMO_PHOTOS,
     DEMO_PHRASES,
     MAX_SIDE,
@@ -18,7 +18,7 @@ from sp_assets.backends.demo_pool import (
     load_photo,
     render_recipe,
 )
-from sp_assets.policy import DEFAULT_POLICY_PATH, load_policy
+from sp_assets.core.policy import DEFAULT_POLICY_PATH, load_policy
 
 POLICY = load_policy(DEFAULT_POLICY_PATH)
 

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from sp_assets.policy import REPO_ROOT, load_active_policy
+from sp_assets.core.policy import REPO_ROOT, load_active_policy
 
 QUERY = "{ assetNodes { assetKey { path } partitionKeys groupName } }"
 

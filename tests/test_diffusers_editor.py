@@ -18,12 +18,12 @@ import yaml
 from PIL import Image
 
 from sp_assets.backends.base import EditResult, Instruction
-from sp_assets.backends.diffusers_editor import (
+from sp_assets.backends.editors.diffusers_pipeline import (
     DiffusersEditor, accepted_call_args, pipeline_class, target_size,
 )
-from sp_assets.backends.hf import MissingWeightsError
-from sp_assets.policy import REPO_ROOT
-from sp_assets.profiles import Profile, ProfileError
+from sp_assets.backends.common.hf import MissingWeightsError
+from sp_assets.core.policy import REPO_ROOT
+from sp_assets.backends.profiles import Profile, ProfileError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_diffusers import build_tiny_instruct_pix2pix  # noqa: E402

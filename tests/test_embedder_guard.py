@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from sp_assets.backends.efficientnet_embedder import EMBED_DIM, EfficientNetLite0Embedder
-from sp_assets.backends.open_nsfw_guard import OpenNSFWGuard
-from sp_assets.policy import Category
+from sp_assets.backends.embedders.efficientnet import EMBED_DIM, EfficientNetLite0Embedder
+from sp_assets.backends.guards.open_nsfw import OpenNSFWGuard
+from sp_assets.core.policy import Category
 
 CATEGORY = Category(
     id="O4",

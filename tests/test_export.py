@@ -19,9 +19,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from sp_assets.export import EAGER_CARDS, LABEL_NAMES, SPLITS, export_benchmark, load_command
-from sp_assets.partitions import ACTIVE_POLICY
-from sp_assets.resources import PipelineSettings
+from sp_assets.release import LABEL_NAMES, SPLITS, export_benchmark, load_command
+from sp_assets.release.export import EAGER_CARDS
+from sp_assets.defs.partitions import ACTIVE_POLICY
+from sp_assets.defs.resources import PipelineSettings
 from sp_assets.storage import ImageStore, Store
 from tests.conftest import run_graph, store_at
 
@@ -349,7 +350,7 @@ def test_empty_database_exports_an_empty_split_with_the_schema(tmp_path):
 def test_fiftyone_is_skipped_with_the_extra_named_or_exported(run, tmp_path, monkeypatch):
     import importlib.machinery
 
-    import sp_assets.export as export
+    import sp_assets.release.export as export
 
     fo, why = export._fiftyone_available()
     if fo is None:

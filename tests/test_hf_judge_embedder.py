@@ -21,8 +21,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sp_assets.backends.hf import MissingWeightsError  # noqa: E402
-from sp_assets.policy import DEFAULT_POLICY_PATH, load_policy  # noqa: E402
+from sp_assets.backends.common.hf import MissingWeightsError  # noqa: E402
+from sp_assets.core.policy import DEFAULT_POLICY_PATH, load_policy  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
@@ -83,7 +83,7 @@ def _images(n: int = 4) -> list[Image.Image]:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind,dim,model_type", [("clip", 8, "clip"), ("siglip", 16, "siglip")])
 def test_embedder_unit_vectors_deterministic_and_batch_invariant(tiny, kind, dim, model_type, device):
-    from sp_assets.backends.clip_embedder import CLIPEmbedder
+    from sp_assets.backends.embedders.clip import CLIPEmbedder
 
     images = _images(4)
     one = CLIPEmbedder(model=str(tiny[kind]), batch_size=1, device=device, profile_name=f"tiny_{kind}")
@@ -107,7 +107,7 @@ def test_embedder_unit_vectors_deterministic_and_batch_invariant(tiny, kind, dim
 
 
 def test_embedder_bfloat16_still_returns_float32_unit_vectors(tiny):
-    from sp_assets.backends.clip_embedder import CLIPEmbedder
+    from sp_assets.backends.embedders.clip import CLIPEmbedder
 
     emb = CLIPEmbedder(model=str(tiny["siglip"]), dtype="bfloat16", device="cpu")
     vectors = emb.embed(_images(2))
@@ -116,9 +116,9 @@ def test_embedder_bfloat16_still_returns_float32_unit_vectors(tiny):
 
 
 def test_embedder_built_by_the_registry_factory(tiny, policy):
-    from sp_assets.backends.clip_embedder import CLIPEmbedder
+    from sp_assets.backends.embedders.clip import CLIPEmbedder
     from sp_assets.backends.registry import FACTORIES
-    from sp_assets.profiles import Profile
+    from sp_assets.backends.profiles import Profile
 
     profile = Profile(role="embedder", name="tiny_clip", implementation="clip",
                       params={"model": str(tiny["clip"]), "batch_size": 2, "device": "cpu"})
@@ -129,8 +129,8 @@ def test_embedder_built_by_the_registry_factory(tiny, policy):
 
 
 def test_embedder_profiles_in_resources_match_the_constructor():
-    from sp_assets.backends.clip_embedder import CLIPEmbedder
-    from sp_assets.profiles import load_profiles
+    from sp_assets.backends.embedders.clip import CLIPEmbedder
+    from sp_assets.backends.profiles import load_profiles
 
     profiles = load_profiles("embedder")
     expected = {"clip_vit_l14": "openai/clip-vit-large-patch14", "siglip_so400m": "google/siglip-so400m-patch14-384"}
@@ -161,7 +161,7 @@ class _Spy:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_shieldgemma2_judge_scores_and_records_the_custom_policy(tiny, policy, device):
-    from sp_assets.backends.shieldgemma_judge import ShieldGemma2Judge, render_policy
+    from sp_assets.backends.judges.shieldgemma2 import ShieldGemma2Judge, render_policy
 
     category = policy.category("o2_violence")
     judge = ShieldGemma2Judge(policy, model=str(tiny["shieldgemma2"]), batch_size=2, device=device,
@@ -201,7 +201,7 @@ def test_shieldgemma2_judge_scores_and_records_the_custom_policy(tiny, policy, d
 
 
 def test_shieldgemma2_threshold_and_policy_style(tiny, policy):
-    from sp_assets.backends.shieldgemma_judge import ShieldGemma2Judge
+    from sp_assets.backends.judges.shieldgemma2 import ShieldGemma2Judge
 
     category = policy.category("O7")
     images = _images(2)
@@ -217,7 +217,7 @@ def test_shieldgemma2_threshold_and_policy_style(tiny, policy):
 
 
 def test_shieldgemma2_fails_closed_on_unusable_probabilities(tiny, policy, monkeypatch):
-    from sp_assets.backends.shieldgemma_judge import ShieldGemma2Judge
+    from sp_assets.backends.judges.shieldgemma2 import ShieldGemma2Judge
 
     judge = ShieldGemma2Judge(policy, model=str(tiny["shieldgemma2"]), batch_size=8)
     fake = [(math.nan, math.nan), (math.inf, 0.0), (0.7, 0.7), (-0.5, 1.5), (0.3, 0.7), (0.9, 0.1)]
@@ -232,7 +232,7 @@ def test_shieldgemma2_fails_closed_on_unusable_probabilities(tiny, policy, monke
 
 
 def test_shieldgemma2_rejects_bad_params_before_loading(policy):
-    from sp_assets.backends.shieldgemma_judge import ShieldGemma2Judge
+    from sp_assets.backends.judges.shieldgemma2 import ShieldGemma2Judge
 
     for bad in ({"threshold": 0.0}, {"threshold": 1.5}, {"batch_size": 0}, {"policy_style": "prose"}):
         with pytest.raises(ValueError, match="judge profile 'sg'"):
@@ -241,8 +241,8 @@ def test_shieldgemma2_rejects_bad_params_before_loading(policy):
 
 def test_shieldgemma2_built_by_the_registry_factory(tiny, policy):
     from sp_assets.backends.registry import FACTORIES
-    from sp_assets.backends.shieldgemma_judge import ShieldGemma2Judge
-    from sp_assets.profiles import Profile
+    from sp_assets.backends.judges.shieldgemma2 import ShieldGemma2Judge
+    from sp_assets.backends.profiles import Profile
 
     profile = Profile(role="judge", name="tiny_sg2", implementation="shieldgemma2",
                       params={"model": str(tiny["shieldgemma2"]), "threshold": 0.4, "device": "cpu"})
@@ -253,8 +253,8 @@ def test_shieldgemma2_built_by_the_registry_factory(tiny, policy):
 
 
 def test_shieldgemma2_profile_in_resources_matches_the_constructor():
-    from sp_assets.backends.shieldgemma_judge import ShieldGemma2Judge
-    from sp_assets.profiles import load_profiles
+    from sp_assets.backends.judges.shieldgemma2 import ShieldGemma2Judge
+    from sp_assets.backends.profiles import load_profiles
 
     profiles = {k: v for k, v in load_profiles("judge").items() if v.implementation == "shieldgemma2"}
     if not profiles:
@@ -282,10 +282,10 @@ def empty_hf_cache(tmp_path, monkeypatch):
 
 def _make(kind: str, policy, **params):
     if kind == "embedder":
-        from sp_assets.backends.clip_embedder import CLIPEmbedder
+        from sp_assets.backends.embedders.clip import CLIPEmbedder
 
         return CLIPEmbedder(profile_name="my_profile", **params)
-    from sp_assets.backends.shieldgemma_judge import ShieldGemma2Judge
+    from sp_assets.backends.judges.shieldgemma2 import ShieldGemma2Judge
 
     return ShieldGemma2Judge(policy, profile_name="my_profile", **params)
 

@@ -8,7 +8,7 @@ from PIL import Image
 from skimage import data
 from skimage.metrics import structural_similarity
 
-from sp_assets.backends.image_metrics import (
+from sp_assets.core.image_metrics import (
     PSNR_CAP_DB,
     diff_region,
     psnr_outside,
@@ -124,7 +124,7 @@ def test_diff_region_two_boxes_and_noise_floor(photo):
 
 
 def test_lpips_is_skipped_with_a_reason_when_it_cannot_run_offline():
-    from sp_assets.backends.image_metrics import lpips_scorer
+    from sp_assets.core.image_metrics import lpips_scorer
 
     import importlib
     import importlib.util

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sp_assets.backends.judge_parsing import (
+from sp_assets.backends.common.json_answers import (
     NA, classify_rating, match_category, parse_judge_answer, rating_value_offset,
 )
-from sp_assets.policy import DEFAULT_POLICY_PATH, load_policy
+from sp_assets.core.policy import DEFAULT_POLICY_PATH, load_policy
 
 POLICY = load_policy(DEFAULT_POLICY_PATH)
 ASKED = POLICY.category("o2_violence")

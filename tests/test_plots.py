@@ -7,8 +7,8 @@ import base64
 import numpy as np
 import pytest
 
-from sp_assets.evaluation import roc_auc
-from sp_assets.plots import (
+from sp_assets.core.evaluation import roc_auc
+from sp_assets.core.plots import (
     data_uri,
     error_by_similarity_bins,
     markdown_image,

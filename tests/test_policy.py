@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sp_assets.policy import DEFAULT_POLICY_PATH, REPO_ROOT, PolicyError, load_policy, parse_policy
+from sp_assets.core.policy import DEFAULT_POLICY_PATH, REPO_ROOT, PolicyError, load_policy, parse_policy
 
 DEFAULT_SLUGS = ["o1_hate", "o2_violence", "o3_sexual", "o4_nudity", "o5_criminal_planning",
                  "o6_weapons_substances", "o7_self_harm", "o8_animal_cruelty", "o9_disasters"]
@@ -87,7 +87,7 @@ def test_parse_policy_is_independent_of_disk():
 
 
 def _load_definitions(policy: Path) -> subprocess.CompletedProcess:
-    code = ("from sp_assets.definitions import defs; from sp_assets.partitions import category_partitions as p; "
+    code = ("from sp_assets.definitions import defs; from sp_assets.defs.partitions import category_partitions as p; "
             "print(','.join(p.get_partition_keys())); print(len(list(defs.assets)))")
     env = {**os.environ, "SP_POLICY": str(policy)}
     return subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sp_assets.evaluation import PairOutcome, roc_auc, score_pairs
-from sp_assets.probe import (
+from sp_assets.core.evaluation import PairOutcome, roc_auc, score_pairs
+from sp_assets.core.probe import (
     ProbeResult,
     concat_features,
     plot_probe_curves,
@@ -179,7 +179,7 @@ def test_concat_features():
 
 
 def test_text_embedding_features_offline_model():
-    from sp_assets.probe import text_embedding_features
+    from sp_assets.core.probe import text_embedding_features
 
     X = text_embedding_features(["KILL THEM ALL", "kill   them all", "Fresh bread daily", "", None])
     assert X.shape == (5, 384) and X.dtype == np.float32

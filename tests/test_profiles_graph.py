@@ -11,7 +11,7 @@ from dagster import DagsterInstance, materialize
 
 from sp_assets.backends import registry
 from sp_assets.definitions import STAGES
-from sp_assets.policy import REPO_ROOT
+from sp_assets.core.policy import REPO_ROOT
 from tests.conftest import RANGE_END, RANGE_START, graph_resources, run_graph, store_at
 
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sp_assets.backends import scene_text
-from sp_assets.backends.demo_pool import DEMO_PHRASES, generate_demo_pool, load_photo, render_recipe
-from sp_assets.backends.scene_text import SceneTextJudge, SceneTextReader
-from sp_assets.policy import DEFAULT_POLICY_PATH, load_policy
+from sp_assets.backends.judges import scene_text
+from sp_assets.backends.sources.demo import DEMO_PHRASES, generate_demo_pool, load_photo, render_recipe
+from sp_assets.backends.judges.scene_text import SceneTextJudge, SceneTextReader
+from sp_assets.core.policy import DEFAULT_POLICY_PATH, load_policy
 
 POLICY = load_policy(DEFAULT_POLICY_PATH)
 

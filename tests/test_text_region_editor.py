@@ -8,9 +8,9 @@ from PIL import Image, ImageDraw
 from skimage import data
 
 from sp_assets.backends.base import Instruction, TextRegion
-from sp_assets.backends.fonts import load_font
-from sp_assets.backends.image_metrics import region_mask
-from sp_assets.backends.text_region_editor import TextRegionEditor
+from sp_assets.backends.common.fonts import load_font
+from sp_assets.core.image_metrics import region_mask
+from sp_assets.backends.editors.text_region import TextRegionEditor
 
 SIGN = (60, 330, 330, 450)
 SIGN_FILL = (250, 245, 235)

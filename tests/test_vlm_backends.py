@@ -19,10 +19,10 @@ from PIL import Image
 from transformers import LogitsProcessor
 
 from sp_assets.backends.base import RATINGS, Verdict
-from sp_assets.backends.hf import MissingWeightsError
-from sp_assets.backends.vlm_judge import VLMJudge, classify_token_text, score_from_logs
-from sp_assets.backends.vlm_writer import VLMWriter
-from sp_assets.policy import DEFAULT_POLICY_PATH, load_policy
+from sp_assets.backends.common.hf import MissingWeightsError
+from sp_assets.backends.judges.vlm import VLMJudge, classify_token_text, score_from_logs
+from sp_assets.backends.writers.vlm import VLMWriter
+from sp_assets.core.policy import DEFAULT_POLICY_PATH, load_policy
 from tiny_vlm import build_tiny_llm, build_tiny_vlm
 
 POLICY = load_policy(DEFAULT_POLICY_PATH)
@@ -294,7 +294,7 @@ def test_trust_remote_code_stays_off_unless_the_profile_sets_it(tiny_dir, monkey
 
 def test_registry_builds_the_vlm_profiles(tiny_dir):
     from sp_assets.backends import registry
-    from sp_assets.profiles import Profile
+    from sp_assets.backends.profiles import Profile
 
     params = {"model": str(tiny_dir), "device": "cpu", "max_new_tokens": 8}
     judge_profile = Profile(role="judge", name="tiny_vlm_judge", implementation="vlm", params=params)
@@ -310,7 +310,7 @@ def test_registry_builds_the_vlm_profiles(tiny_dir):
 
 
 def test_shipped_profiles_name_parameters_the_classes_accept():
-    from sp_assets.profiles import load_profiles
+    from sp_assets.backends.profiles import load_profiles
 
     judges = load_profiles("judge")
     writers = load_profiles("writer")

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from sp_assets.policy import Category
+from sp_assets.core.policy import Category
 
 RATINGS = ("unsafe", "safe", "invalid")
 Box = tuple[int, int, int, int]

@@ -13,8 +13,9 @@ from collections import Counter
 from typing import Any, Callable
 
 from sp_assets.backends.base import Backend
-from sp_assets.policy import Policy
-from sp_assets.profiles import Profile, ProfileError, sha256_json
+from sp_assets.core.policy import Policy
+from sp_assets.backends.profiles import Profile, ProfileError
+from sp_assets.core.hashing import sha256_json
 
 Factory = Callable[[Profile, Policy], Backend]
 
@@ -36,67 +37,67 @@ CODE_VERSIONS: dict[str, str] = {
 
 
 def _scene_text(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.scene_text import SceneTextJudge
+    from sp_assets.backends.judges.scene_text import SceneTextJudge
 
     return SceneTextJudge(policy, **profile.params)
 
 
 def _manifest(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.manifest_judge import ManifestJudge
+    from sp_assets.backends.judges.manifest import ManifestJudge
 
     return ManifestJudge(policy, **profile.params)
 
 
 def _template(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.template_writer import TemplateWriter
+    from sp_assets.backends.writers.template import TemplateWriter
 
     return TemplateWriter(**profile.params)
 
 
 def _text_region(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.text_region_editor import TextRegionEditor
+    from sp_assets.backends.editors.text_region import TextRegionEditor
 
     return TextRegionEditor(**profile.params)
 
 
 def _efficientnet_lite0(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.efficientnet_embedder import EfficientNetLite0Embedder
+    from sp_assets.backends.embedders.efficientnet import EfficientNetLite0Embedder
 
     return EfficientNetLite0Embedder(**profile.params)
 
 
 def _open_nsfw(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.open_nsfw_guard import OpenNSFWGuard
+    from sp_assets.backends.guards.open_nsfw import OpenNSFWGuard
 
     return OpenNSFWGuard(**profile.params)
 
 
 def _diffusers(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.diffusers_editor import DiffusersEditor
+    from sp_assets.backends.editors.diffusers_pipeline import DiffusersEditor
 
     return DiffusersEditor(profile_name=profile.name, **profile.params)
 
 
 def _vlm_judge(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.vlm_judge import VLMJudge
+    from sp_assets.backends.judges.vlm import VLMJudge
 
     return VLMJudge(policy, profile_name=profile.name, **profile.params)
 
 
 def _shieldgemma2(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.shieldgemma_judge import ShieldGemma2Judge
+    from sp_assets.backends.judges.shieldgemma2 import ShieldGemma2Judge
 
     return ShieldGemma2Judge(policy, profile_name=profile.name, **profile.params)
 
 
 def _vlm_writer(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.vlm_writer import VLMWriter
+    from sp_assets.backends.writers.vlm import VLMWriter
 
     return VLMWriter(policy, profile_name=profile.name, **profile.params)
 
 
 def _clip(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.clip_embedder import CLIPEmbedder
+    from sp_assets.backends.embedders.clip import CLIPEmbedder
 
     return CLIPEmbedder(profile_name=profile.name, **profile.params)
 
@@ -167,7 +168,7 @@ def describe(profile: Profile) -> dict[str, Any]:
 
 def load_guard(name: str, policy: Policy) -> tuple[Backend, str]:
     """A guard profile's backend and config hash. A guard of kind 'judge' reuses a judge profile."""
-    from sp_assets.profiles import get_profile
+    from sp_assets.backends.profiles import get_profile
 
     profile = get_profile("guard", name)
     if profile.implementation == "judge":

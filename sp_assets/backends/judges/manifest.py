@@ -1,0 +1,46 @@
+"""Human labels from a source manifest, recorded as a judge so provenance says who decided."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+from PIL import Image
+
+from sp_assets.backends.base import ModelInfo, RecordJudge, Verdict
+from sp_assets.core.policy import Category, Policy
+
+# Words annotators use for each rating; anything else is refused as 'invalid' (fail closed).
+_UNSAFE = {"unsafe", "1", "true", "yes", "harmful", "review needed", "unsafe_image"}
+_SAFE = {"safe", "0", "false", "no", "compliant", "safe_image"}
+
+
+class ManifestJudge(RecordJudge):
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self.info = ModelInfo(model_id="manifest", revision="human-labels", device="none")
+
+    def judge(self, images: Sequence[Image.Image], category: Category) -> list[Verdict]:
+        raise TypeError(
+            "the 'manifest' judge only labels source images from their manifest rows; it cannot "
+            "judge new edits. Set a pixel judge as the verifier (SP_VERIFY_JUDGE=scene_text)."
+        )
+
+    def judge_records(self, records: Sequence[dict[str, Any]], category: Category) -> list[Verdict]:
+        return [self._one(r, category) for r in records]
+
+    def _one(self, record: dict[str, Any], category: Category) -> Verdict:
+        raw = {k: record.get(k) for k in ("manifest_rating", "manifest_category", "manifest_rationale")}
+        raw_output = json.dumps(raw, sort_keys=True)
+        rating = str(record.get("manifest_rating") or "").strip().lower()
+        if rating in _UNSAFE:
+            labelled = str(record.get("manifest_category") or "").strip()
+            try:
+                judged = self.policy.category(labelled).slug if labelled else category.slug
+            except KeyError:
+                judged = category.slug
+            return Verdict("unsafe", judged, 1.0, str(record.get("manifest_rationale") or "labelled unsafe"), raw_output)
+        if rating in _SAFE:
+            return Verdict("safe", "", 0.0, str(record.get("manifest_rationale") or "labelled safe"), raw_output)
+        why = "no manifest label" if not rating else f"unrecognised manifest rating {rating!r}"
+        return Verdict("invalid", "", None, why, raw_output)

@@ -1,0 +1,98 @@
+"""Backend profiles as data: read ``resources/<role>s.yaml``, resolve a named profile, hash it.
+
+A profile's hash covers everything that can change its output (implementation, parameters, the
+implementation's code version), so rows made under different settings never share a key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sp_assets.core.policy import REPO_ROOT
+
+ROLES = ("judge", "writer", "editor", "embedder", "guard")
+PROFILES_DIR_ENV_VAR = "SP_PROFILES_DIR"
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used; the message names the file, the profile and the fix."""
+
+
+def profiles_dir() -> Path:
+    raw = os.environ.get(PROFILES_DIR_ENV_VAR, "").strip()
+    return Path(raw).expanduser().resolve() if raw else REPO_ROOT / "resources"
+
+
+@dataclass(frozen=True)
+class Profile:
+    role: str
+    name: str
+    implementation: str
+    params: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    source_file: str = ""
+
+    def resolved(self, code_version: str = "") -> dict[str, Any]:
+        """The fully resolved config: what gets hashed and recorded."""
+        return {
+            "role": self.role,
+            "name": self.name,
+            "implementation": self.implementation,
+            "implementation_version": code_version,
+            "params": self.params,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+
+def load_profiles(role: str, directory: Path | None = None) -> dict[str, Profile]:
+    if role not in ROLES:
+        raise ProfileError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+    path = (directory or profiles_dir()) / f"{role}s.yaml"
+    if not path.is_file():
+        raise ProfileError(f"{path}: profile file for {role}s not found; create it or set {PROFILES_DIR_ENV_VAR}.")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ProfileError(f"{path}: expected a mapping of profile name -> settings.")
+    profiles: dict[str, Profile] = {}
+    for name, entry in doc.items():
+        if not isinstance(entry, dict):
+            raise ProfileError(f"{path}: profile {name!r} must be a mapping with 'implementation' and 'params'.")
+        entry = dict(entry)
+        implementation = entry.pop("implementation", None)
+        if role == "guard" and entry.get("kind") == "judge":
+            implementation = implementation or "judge"
+        if not implementation:
+            raise ProfileError(f"{path}: profile {name!r} has no 'implementation'; name a backend.")
+        params = entry.pop("params", None) or {}
+        if not isinstance(params, dict):
+            raise ProfileError(f"{path}: profile {name!r} 'params' must be a mapping, got {params!r}.")
+        description = " ".join(str(entry.pop("description", "")).split())
+        profiles[str(name)] = Profile(
+            role=role,
+            name=str(name),
+            implementation=str(implementation),
+            params=params,
+            description=description,
+            extra=entry,
+            source_file=str(path),
+        )
+    return profiles
+
+
+def get_profile(role: str, name: str, directory: Path | None = None) -> Profile:
+    profiles = load_profiles(role, directory)
+    if name not in profiles:
+        raise ProfileError(
+            f"{role} profile {name!r} is not defined in {(directory or profiles_dir()) / f'{role}s.yaml'}; "
+            f"defined profiles: {', '.join(profiles) or '(none)'}."
+        )
+    return profiles[name]

@@ -1,0 +1,96 @@
+"""The offline instruction writer: fills a template from the judge's finding and the policy's edit guidance."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+from PIL import Image
+
+from sp_assets.backends.base import Instruction, InstructionWriter, ModelInfo, Verdict
+from sp_assets.core.policy import Category
+
+KEEP = (
+    "everything else: the people, animals, objects, background, lighting and camera view, "
+    "and the sign's position, size, font and colour"
+)
+
+
+class TemplateWriter(InstructionWriter):
+    """Writes one instruction per variant.
+
+    For scene text (the judge reported text regions) the instruction replaces the text with one of
+    the category's ``replacement_texts``; the choice is a hash of (seed, variant, source text), so
+    it is reproducible and variants differ. Without regions it writes a prose instruction from the
+    rationale and guidance, which a text-region editor cannot apply but a diffusion editor can.
+    """
+
+    def __init__(self, variants: int = 1):
+        if variants < 1:
+            raise ValueError(f"writer param 'variants' must be at least 1, got {variants}")
+        self.variants = variants
+        self.info = ModelInfo(model_id="template", revision="1", device="none")
+
+    def write(
+        self,
+        image: Image.Image,
+        verdict: Verdict,
+        category: Category,
+        n_variants: int | None = None,
+        seed: int = 0,
+    ) -> list[Instruction]:
+        n = n_variants or self.variants
+        found = " / ".join(r.text for r in verdict.regions).strip()
+        options: Sequence[str] = category.replacement_texts
+        out: list[Instruction] = []
+        used: set[str] = set()
+        for variant in range(n):
+            if verdict.regions and options:
+                start = _pick(seed, variant, found, len(options))
+                # Walk from the hashed start to the next unused replacement so variants differ.
+                replacement = next(
+                    (options[(start + k) % len(options)] for k in range(len(options))
+                     if options[(start + k) % len(options)] not in used),
+                    None,
+                )
+                if replacement is None:
+                    break
+                used.add(replacement)
+                text = (
+                    f'Replace the text "{found}" with "{replacement}" in the same place, size, font '
+                    f"and colour. {category.edit_guidance}"
+                )
+                target = {
+                    "regions": [r.as_dict() for r in verdict.regions],
+                    "replacement": replacement,
+                    "original": found,
+                }
+            else:
+                if variant > 0:
+                    break
+                reason = verdict.rationale or f"content that violates {category.id} {category.title}"
+                text = f"Edit the image so it no longer shows {reason.rstrip('.')}. {category.edit_guidance}"
+                target = {}
+            out.append(Instruction(text=text, target=target, keep=f"Keep {KEEP}.", variant=variant))
+        return out
+
+
+    def write_null(self, image: Image.Image, verdict: Verdict, category: Category, seed: int) -> Instruction | None:
+        """Redraw the same text in the same place: the image goes through the editor (inpainting and
+        re-rendering leave their traces) but still says what made it unsafe."""
+        if not verdict.regions:
+            return super().write_null(image, verdict, category, seed)
+        found = " / ".join(r.text for r in verdict.regions).strip()
+        return Instruction(
+            text=f'Redraw the text "{found}" exactly as it is, in the same place, size, font and colour.',
+            # The editor wraps the text onto the sign's lines itself, so give it the words, not the slashes.
+            target={"regions": [r.as_dict() for r in verdict.regions],
+                    "replacement": " ".join(r.text for r in verdict.regions), "original": found, "null_edit": True},
+            keep=f"Keep {KEEP}.",
+            variant=0,
+        )
+
+
+def _pick(seed: int, variant: int, text: str, n: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{variant}:{text}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % n

@@ -1,0 +1,202 @@
+"""Safety policies as data: load, validate and hash a policy YAML file.
+
+The active policy decides the category partitions of every asset. Which file is active comes
+from the ``SP_POLICY`` environment variable (a path), falling back to ``policies/default.yaml``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_POLICY_PATH = REPO_ROOT / "policies" / "default.yaml"
+POLICY_ENV_VAR = "SP_POLICY"
+
+_SLUG_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_REQUIRED_CATEGORY_FIELDS = ("id", "slug", "title", "forbids", "allows", "edit_guidance")
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used. The message names the file, the entry and the fix."""
+
+
+@dataclass(frozen=True)
+class Category:
+    id: str
+    slug: str
+    title: str
+    forbids: tuple[str, ...]
+    allows: tuple[str, ...]
+    edit_guidance: str
+    replacement_texts: tuple[str, ...] = ()
+    violating_examples: tuple[str, ...] = ()
+    allowed_examples: tuple[str, ...] = ()
+
+    def rules_text(self) -> str:
+        """The category's rules as plain prose, for prompts and reports."""
+        lines = [f"{self.id} {self.title}.", "Should not contain:"]
+        lines += [f"- {rule}" for rule in self.forbids]
+        lines.append("Can contain:")
+        lines += [f"- {rule}" for rule in self.allows]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    path: Path
+    sha256: str
+    categories: tuple[Category, ...]
+    description: str = ""
+    version: str = ""
+    _by_slug: dict[str, Category] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def slugs(self) -> list[str]:
+        return [c.slug for c in self.categories]
+
+    def category(self, key: str) -> Category:
+        """Look a category up by slug or id (``o2_violence`` or ``O2``, case-insensitive)."""
+        if not self._by_slug:
+            for c in self.categories:
+                self._by_slug[c.slug] = c
+                self._by_slug[c.id.lower()] = c
+        found = self._by_slug.get(str(key).strip().lower())
+        if found is None:
+            raise KeyError(
+                f"category {key!r} is not in policy {self.name!r} ({self.path}); "
+                f"known categories: {', '.join(self.slugs)}"
+            )
+        return found
+
+
+def active_policy_path() -> Path:
+    raw = os.environ.get(POLICY_ENV_VAR, "").strip()
+    if not raw:
+        return DEFAULT_POLICY_PATH
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else (Path.cwd() / path)
+
+
+def load_active_policy() -> Policy:
+    return load_policy(active_policy_path())
+
+
+def _text_list(value: Any, where: str, key: str, path: Path, required: bool) -> tuple[str, ...]:
+    if value is None:
+        if required:
+            raise PolicyError(f"{path}: {where} is missing '{key}'; add a list of short sentences.")
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise PolicyError(
+            f"{path}: {where} field '{key}' must be a list of non-empty strings, got {value!r}."
+        )
+    if required and not value:
+        raise PolicyError(f"{path}: {where} field '{key}' is empty; give at least one entry.")
+    return tuple(v.strip() for v in value)
+
+
+def parse_policy(text: str, path: Path) -> Policy:
+    """Validate a policy document. ``path`` is only used in error messages and provenance."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PolicyError(f"{path}: not valid YAML{where}: {exc}. Fix the syntax and reload.") from exc
+    if not isinstance(doc, dict):
+        raise PolicyError(
+            f"{path}: expected a mapping with 'name' and 'categories' at the top, got {type(doc).__name__}."
+        )
+    name = doc.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise PolicyError(f"{path}: top-level 'name' is missing; give the policy a short name.")
+    raw_categories = doc.get("categories")
+    if not isinstance(raw_categories, list) or not raw_categories:
+        raise PolicyError(f"{path}: 'categories' must be a non-empty list of category entries.")
+
+    categories: list[Category] = []
+    seen_ids: dict[str, int] = {}
+    seen_slugs: dict[str, int] = {}
+    for index, entry in enumerate(raw_categories):
+        where = f"categories[{index}]"
+        if not isinstance(entry, dict):
+            raise PolicyError(f"{path}: {where} must be a mapping, got {entry!r}.")
+        if isinstance(entry.get("id"), str):
+            where = f"categories[{index}] (id {entry['id']!r})"
+        for key in _REQUIRED_CATEGORY_FIELDS:
+            if entry.get(key) in (None, "", []):
+                raise PolicyError(f"{path}: {where} is missing required field '{key}'.")
+        cat_id = str(entry["id"]).strip()
+        slug = str(entry["slug"]).strip()
+        if not _SLUG_RE.match(slug):
+            raise PolicyError(
+                f"{path}: {where} slug {slug!r} is not a valid partition key; use lowercase "
+                "letters, digits and underscores, starting with a letter (e.g. 'o2_violence')."
+            )
+        if cat_id.lower() in seen_ids:
+            raise PolicyError(
+                f"{path}: {where} repeats id {cat_id!r} already used by categories"
+                f"[{seen_ids[cat_id.lower()]}]; give every category its own id."
+            )
+        if slug in seen_slugs:
+            raise PolicyError(
+                f"{path}: {where} repeats slug {slug!r} already used by categories"
+                f"[{seen_slugs[slug]}]; give every category its own slug."
+            )
+        seen_ids[cat_id.lower()] = index
+        seen_slugs[slug] = index
+        examples = entry.get("judge_examples") or {}
+        if not isinstance(examples, dict):
+            raise PolicyError(
+                f"{path}: {where} 'judge_examples' must be a mapping with 'violating' and 'allowed' lists."
+            )
+        guidance = entry["edit_guidance"]
+        if not isinstance(guidance, str):
+            raise PolicyError(f"{path}: {where} 'edit_guidance' must be text, got {guidance!r}.")
+        categories.append(
+            Category(
+                id=cat_id,
+                slug=slug,
+                title=str(entry["title"]).strip(),
+                forbids=_text_list(entry.get("forbids"), where, "forbids", path, True),
+                allows=_text_list(entry.get("allows"), where, "allows", path, True),
+                edit_guidance=" ".join(guidance.split()),
+                replacement_texts=_text_list(
+                    entry.get("replacement_texts"), where, "replacement_texts", path, False
+                ),
+                violating_examples=_text_list(
+                    examples.get("violating"), where, "judge_examples.violating", path, False
+                ),
+                allowed_examples=_text_list(
+                    examples.get("allowed"), where, "judge_examples.allowed", path, False
+                ),
+            )
+        )
+    return Policy(
+        name=name.strip(),
+        path=path,
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        categories=tuple(categories),
+        description=" ".join(str(doc.get("description", "")).split()),
+        version=str(doc.get("version", "")),
+    )
+
+
+def load_policy(path: str | os.PathLike[str]) -> Policy:
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyError(
+            f"{path}: policy file not found. Point {POLICY_ENV_VAR} at a YAML policy "
+            f"(see {DEFAULT_POLICY_PATH.relative_to(REPO_ROOT)})."
+        )
+    return parse_policy(path.read_text(encoding="utf-8"), path)

@@ -1,0 +1,186 @@
+"""Dagster resources: the run settings, and one swappable resource per backend role.
+
+Each backend resource holds only a profile name; the profile's implementation and parameters
+live in ``resources/<role>s.yaml``. Defaults come from environment variables so the CLI, the UI
+and the Makefile agree; the launchpad (or ``--config-json``) can override any field per run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from sp_assets.backends import registry
+from sp_assets.backends.base import Backend
+from sp_assets.core.policy import Policy
+from sp_assets.backends.profiles import Profile, get_profile
+from sp_assets.core.hashing import sha256_json
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} must be a whole number") from exc
+
+
+class PipelineSettings(ConfigurableResource):
+    """Everything about a run that is not a model: where data lives, the source, seeds, thresholds."""
+
+    data_root: str = Field(description="Folder for the DuckDB file, images and exports (env SP_DATA_ROOT).")
+    source: str = Field(default="demo", description="'demo' (embedded offline pool) or 'folder' (your images).")
+    source_dir: str = Field(default="", description="Folder of your images, for source 'folder' (env SP_SOURCE_DIR).")
+    manifest: str = Field(
+        default="",
+        description="Optional CSV, JSONL or Parquet with columns path[, rating, category, rationale] (env SP_MANIFEST).",
+    )
+    seed: int = Field(default=0, description="Seed for the demo pool, the writer and the split.")
+    demo_unsafe_per_category: int = Field(default=12, ge=1)
+    demo_safe_per_category: int = Field(default=6, ge=0)
+    max_image_pixels: int = Field(default=40_000_000, description="Larger images are quarantined.")
+    max_file_bytes: int = Field(default=64 * 1024 * 1024, description="Larger files are quarantined.")
+    edit_seeds: list[int] = Field(default=[0], description="One candidate per seed and instruction variant.")
+    instruction_variants: int = Field(default=2, ge=1, description="Instructions per unsafe image (best of N).")
+    control_pairs: bool = Field(
+        default=True,
+        description="Also make a null edit of each unsafe source through the same editor, so the benchmark "
+        "can pair an edited unsafe image with an edited safe one.",
+    )
+    min_ssim_outside: float = Field(default=0.95, description="Preservation: mean SSIM outside the edited region.")
+    min_psnr_outside: float = Field(default=30.0, description="Preservation: PSNR (dB) outside the edited region.")
+    min_embedding_cosine: float = Field(default=0.80, description="Preservation: whole-image embedding cosine.")
+    lpips: bool = Field(default=True, description="Compute LPIPS when torchvision and its cached backbone are present.")
+    max_changed_fraction: float = Field(default=0.5, description="Edits that change more of the image are rejected.")
+    min_yield: float = Field(default=0.2, description="Asset check floor on accepted / attempted candidates.")
+    split_train: float = 0.6
+    split_validation: float = 0.2
+    split_test: float = 0.2
+    probe_seeds: int = Field(default=10, ge=0, description="Seeds of the sample-efficiency probe (0 turns it off).")
+    guards: list[str] = Field(default=["scene_text", "open_nsfw"], description="Guard profiles to evaluate.")
+    preview_unsafe: bool = Field(
+        default=False, description="Show unsafe images unblurred in UI previews. Off by default."
+    )
+    preview_pairs: int = Field(default=3, ge=0, description="Pairs shown in materialization previews.")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "PipelineSettings":
+        values: dict[str, Any] = {
+            "data_root": _env("SP_DATA_ROOT", "data"),
+            "source": _env("SP_SOURCE", "demo"),
+            "source_dir": _env("SP_SOURCE_DIR", ""),
+            "manifest": _env("SP_MANIFEST", ""),
+            "demo_unsafe_per_category": _env_int("SP_DEMO_UNSAFE", 12),
+            "demo_safe_per_category": _env_int("SP_DEMO_SAFE", 6),
+            "seed": _env_int("SP_SEED", 0),
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.data_root).expanduser().resolve()
+
+    def source_config(self) -> dict[str, Any]:
+        """The settings that decide the source pool; hashed into source rows."""
+        keys = ["source", "source_dir", "manifest", "seed", "demo_unsafe_per_category",
+                "demo_safe_per_category", "max_image_pixels", "max_file_bytes"]
+        return {k: getattr(self, k) for k in keys}
+
+    def thresholds(self) -> dict[str, float]:
+        return {
+            "min_ssim_outside": self.min_ssim_outside,
+            "min_psnr_outside": self.min_psnr_outside,
+            "min_embedding_cosine": self.min_embedding_cosine,
+            "max_changed_fraction": self.max_changed_fraction,
+        }
+
+    def split_config(self) -> dict[str, Any]:
+        return {"seed": self.seed, "train": self.split_train, "validation": self.split_validation,
+                "test": self.split_test, "method": "sorted-hash-v1"}
+
+    def split_config_sha256(self) -> str:
+        return sha256_json(self.split_config())
+
+
+class BackendResource(ConfigurableResource):
+    """A profile name for one backend role. Subclasses set ``role``."""
+
+    role: ClassVar[str] = ""
+    profile: str
+
+    def resolve(self, name: str | None = None) -> Profile:
+        return get_profile(self.role, name or self.profile)
+
+    def config_sha256(self, name: str | None = None) -> str:
+        return registry.config_sha256(self.resolve(name))
+
+    def load(self, policy: Policy, name: str | None = None) -> Backend:
+        """The loaded backend; loads at most once per process for the same config and policy."""
+        return registry.build(self.resolve(name), policy)
+
+    def describe(self) -> dict[str, Any]:
+        return registry.describe(self.resolve())
+
+
+class JudgeResource(BackendResource):
+    role: ClassVar[str] = "judge"
+    profile: str = Field(default="scene_text", description="Judge profile for source labels (env SP_JUDGE).")
+    verify_profile: str = Field(
+        default="", description="Judge profile for edited images; empty means the same as 'profile'."
+    )
+
+    @property
+    def verifier_name(self) -> str:
+        return self.verify_profile or self.profile
+
+
+class WriterResource(BackendResource):
+    role: ClassVar[str] = "writer"
+    profile: str = Field(default="template", description="Instruction-writer profile (env SP_WRITER).")
+
+
+class EditorResource(BackendResource):
+    role: ClassVar[str] = "editor"
+    profile: str = Field(default="text_region", description="Editor profile (env SP_EDITOR).")
+    also: list[str] = Field(
+        default=[], description="More editor profiles tried in the same run (best of N across editors; env SP_EDITORS_ALSO, comma-separated).")
+
+    @property
+    def names(self) -> list[str]:
+        return list(dict.fromkeys([self.profile, *self.also]))
+
+    def describe_all(self) -> list[dict[str, Any]]:
+        return [registry.describe(self.resolve(name)) for name in self.names]
+
+
+class EmbedderResource(BackendResource):
+    role: ClassVar[str] = "embedder"
+    profile: str = Field(default="efficientnet_lite0", description="Embedder profile (env SP_EMBEDDER).")
+
+
+def default_resources() -> dict[str, Any]:
+    """The resources every asset uses, with defaults from the environment."""
+    from dagster_duckdb import DuckDBResource
+
+    settings = PipelineSettings.from_env()
+    return {
+        "settings": settings,
+        "duckdb": DuckDBResource(database=str(settings.root / "safetypairs.duckdb")),
+        "judge": JudgeResource(profile=_env("SP_JUDGE", "scene_text"), verify_profile=_env("SP_VERIFY_JUDGE", "")),
+        "writer": WriterResource(profile=_env("SP_WRITER", "template")),
+        "editor": EditorResource(profile=_env("SP_EDITOR", "text_region"),
+                                 also=[n.strip() for n in _env("SP_EDITORS_ALSO", "").split(",") if n.strip()]),
+        "embedder": EmbedderResource(profile=_env("SP_EMBEDDER", "efficientnet_lite0")),
+    }

@@ -1,0 +1,7 @@
+"""``python -m sp_assets.review``: export a review page, import decisions."""
+
+import sys
+
+from sp_assets.review import main
+
+sys.exit(main())
