@@ -7,9 +7,9 @@ import base64
 import numpy as np
 import pytest
 
+from sp_assets.core.encoding import file_data_uri
 from sp_assets.core.evaluation import roc_auc
 from sp_assets.core.plots import (
-    data_uri,
     error_by_similarity_bins,
     markdown_image,
     pair_error_rows,
@@ -84,6 +84,6 @@ def test_figures_are_small_valid_pngs(tmp_path):
     for path in (roc, err, empty):
         raw = path.read_bytes()
         assert raw.startswith(PNG_MAGIC) and len(raw) < 150_000
-    uri = data_uri(roc)
+    uri = file_data_uri(roc)
     assert uri.startswith("data:image/png;base64,") and base64.b64decode(uri.split(",", 1)[1]) == roc.read_bytes()
     assert markdown_image(b"\x89PNG", "roc").startswith("![roc](data:image/png;base64,")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sp_assets.defs.benchmark_split import assign_splits, split_counts
-from sp_assets.defs.verified_pairs import quality_score, reasons_for
+from sp_assets.core.splitting import assign_splits, split_counts
+from sp_assets.core.verification import quality_score, reasons_for
 
 THRESHOLDS = {"min_ssim_outside": 0.95, "min_psnr_outside": 30.0, "min_embedding_cosine": 0.8,
               "max_changed_fraction": 0.5}

@@ -37,6 +37,9 @@ class Profile:
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     source_file: str = ""
+    # (component, licence) pairs: what the benchmark's datasheet says about the profile's terms.
+    # Not part of the resolved config: a licence note does not change any output.
+    licences: tuple[tuple[str, str], ...] = ()
 
     def resolved(self, code_version: str = "") -> dict[str, Any]:
         """The fully resolved config: what gets hashed and recorded."""
@@ -76,6 +79,7 @@ def load_profiles(role: str, directory: Path | None = None) -> dict[str, Profile
         if not isinstance(params, dict):
             raise ProfileError(f"{path}: profile {name!r} 'params' must be a mapping, got {params!r}.")
         description = " ".join(str(entry.pop("description", "")).split())
+        licences = _licences(entry.pop("licences", None) or [], path, str(name))
         profiles[str(name)] = Profile(
             role=role,
             name=str(name),
@@ -84,8 +88,17 @@ def load_profiles(role: str, directory: Path | None = None) -> dict[str, Profile
             description=description,
             extra=entry,
             source_file=str(path),
+            licences=licences,
         )
     return profiles
+
+
+def _licences(raw: Any, path: Path, name: str) -> tuple[tuple[str, str], ...]:
+    ok = isinstance(raw, list) and all(isinstance(e, dict) and {"component", "licence"} <= set(e) for e in raw)
+    if not ok:
+        raise ProfileError(f"{path}: profile {name!r} 'licences' must be a list of {{component: ..., licence: ...}} "
+                           f"entries, got {raw!r}.")
+    return tuple((str(e["component"]), str(e["licence"])) for e in raw)
 
 
 def get_profile(role: str, name: str, directory: Path | None = None) -> Profile:

@@ -13,7 +13,6 @@ markdown metadata.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from sp_assets.core.encoding import data_uri
 from sp_assets.core.evaluation import roc_auc
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
@@ -228,12 +228,7 @@ def plot_error_vs_similarity(rows: Iterable[Mapping[str, Any]] | pl.DataFrame, p
     return _save(fig, path, dpi)
 
 
-def data_uri(image: str | Path | bytes, mime: str = "image/png") -> str:
-    """``data:image/png;base64,...`` for a file or bytes."""
-    raw = image if isinstance(image, bytes) else Path(image).read_bytes()
-    return f"data:{mime};base64,{base64.b64encode(raw).decode('ascii')}"
-
-
 def markdown_image(image: str | Path | bytes, alt: str = "figure") -> str:
     """A markdown image with the PNG inline, for ``MetadataValue.md``."""
-    return f"![{alt}]({data_uri(image)})"
+    raw = image if isinstance(image, bytes) else Path(image).read_bytes()
+    return f"![{alt}]({data_uri(raw)})"

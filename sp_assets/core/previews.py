@@ -6,23 +6,17 @@ log, where anyone who can open the UI sees them.
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import Iterable
 
-from PIL import Image, ImageFilter
+from PIL import Image
+
+from sp_assets.core.encoding import image_data_uri
 
 THUMB = 160
 
 
 def thumbnail_uri(image: Image.Image, blur: bool) -> str:
-    im = image.convert("RGB").copy()
-    im.thumbnail((THUMB, THUMB))
-    if blur:
-        im = im.filter(ImageFilter.GaussianBlur(radius=max(4, im.width // 16)))
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return image_data_uri(image, THUMB, blur=blur)
 
 
 def pairs_markdown(pairs: Iterable[tuple[str, Image.Image, Image.Image, str]], show_unsafe: bool) -> str:

@@ -20,40 +20,15 @@ from dagster_duckdb import DuckDBResource
 
 from sp_assets.release import export_benchmark
 from sp_assets.core.hashing import sha256_json
+from sp_assets.core.splitting import SPLITS, assign_splits
 from sp_assets.defs.resources import PipelineSettings
 from sp_assets.defs.stage import Stage, asset_kwargs, check, check_result, no_duplicate_keys
 
 ASSET = "benchmark_split"
-SPLITS = ("train", "validation", "test")
 CHECKS = [
     check(ASSET, f"{ASSET}_has_unique_keys", "One pair per source image."),
     check(ASSET, "sources_in_one_split", "No source image appears in two splits."),
 ]
-
-
-def split_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
-    """Exact counts per split for n items (largest remainder; ties go to train, then validation)."""
-    total = sum(fractions.values())
-    if total <= 0:
-        raise ValueError(f"split fractions must sum to more than 0, got {fractions}")
-    raw = {k: n * v / total for k, v in fractions.items()}
-    counts = {k: math.floor(v) for k, v in raw.items()}
-    left = n - sum(counts.values())
-    for k in sorted(raw, key=lambda k: (-(raw[k] - counts[k]), SPLITS.index(k)))[:left]:
-        counts[k] += 1
-    return counts
-
-
-def assign_splits(sources: list[str], seed: int, fractions: dict[str, float]) -> dict[str, str]:
-    order = sorted(sources, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
-    counts = split_counts(len(order), fractions)
-    out: dict[str, str] = {}
-    i = 0
-    for name in SPLITS:
-        for sha in order[i:i + counts[name]]:
-            out[sha] = name
-        i += counts[name]
-    return out
 
 
 def write_parquet(frame: pl.DataFrame, dest: Path) -> None:

@@ -18,7 +18,8 @@ from sp_assets.core.policy import Category, Policy
 from sp_assets.core.hashing import sha256_json
 from sp_assets.defs.resources import PipelineSettings
 from sp_assets.defs.stage import Stage, asset_kwargs, check, counts_add_up, no_duplicate_keys
-from sp_assets.storage import png_bytes, sha256_bytes
+from sp_assets.core.hashing import sha256_bytes
+from sp_assets.storage import png_bytes
 
 ASSET = "source_pool"
 CHECKS = [

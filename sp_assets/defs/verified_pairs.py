@@ -37,6 +37,7 @@ from sp_assets.defs.resources import (
     PipelineSettings,
     WriterResource,
 )
+from sp_assets.core.verification import quality_score, reasons_for
 from sp_assets.review import apply_review, effective_decisions
 from sp_assets.defs.stage import (
     Stage,
@@ -55,37 +56,6 @@ CHECKS = [
     check(ASSET, "pairs_have_matching_sizes", "No accepted pair whose halves differ in size."),
     check(ASSET, "yield_above_floor", "Accepted / attempted is at least settings.min_yield.", blocking=False),
 ]
-
-
-def quality_score(edit_score: float | None, ssim: float, cosine: float, kind: str = "flip") -> float:
-    p_unsafe = edit_score if edit_score is not None else (1.0 if kind == "flip" else 0.0)  # unknown: worst case
-    p_intended = 1.0 - p_unsafe if kind == "flip" else p_unsafe
-    return round(0.5 * p_intended + 0.25 * ssim + 0.25 * cosine, 6)
-
-
-def reasons_for(row: dict[str, Any], thresholds: dict[str, float]) -> list[str]:
-    """Every test the candidate fails, as short codes. Empty means accepted."""
-    reasons = []
-    if row["source_rating"] != "unsafe":
-        reasons.append("source_not_unsafe")
-    if row.get("kind", "flip") == "null":
-        if row["edit_rating"] != "unsafe":
-            reasons.append("null_edit_not_unsafe")
-    elif row["edit_rating"] == "invalid":
-        reasons.append("edit_judged_invalid")
-    elif row["edit_rating"] != "safe":
-        reasons.append("edit_still_unsafe")
-    if not row["sizes_match"]:
-        reasons.append("size_mismatch")
-    if row["changed_fraction"] is not None and row["changed_fraction"] > thresholds["max_changed_fraction"]:
-        reasons.append("changed_too_much")
-    if row["ssim_outside"] is not None and row["ssim_outside"] < thresholds["min_ssim_outside"]:
-        reasons.append("ssim_outside_low")
-    if row["psnr_outside"] is not None and row["psnr_outside"] < thresholds["min_psnr_outside"]:
-        reasons.append("psnr_outside_low")
-    if row["embedding_cosine"] is not None and row["embedding_cosine"] < thresholds["min_embedding_cosine"]:
-        reasons.append("embedding_changed")
-    return reasons
 
 
 @asset(deps=["edited_images"], **asset_kwargs(

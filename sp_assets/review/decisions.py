@@ -43,6 +43,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 from PIL import Image
 
+from sp_assets.core.verification import quality_score
 from sp_assets.storage import ImageStore, Store
 
 DECISION_COLUMNS = ["candidate_id", "category", "reviewer", "decided_at", "verdict", "note"]
@@ -731,10 +732,6 @@ def apply_review(row: Mapping[str, Any], decision: Decision | None) -> dict[str,
         out["accepted"] = True
         out["reject_reason"] = None
         if out.get("quality_score") is None:
-            from sp_assets.defs.verified_pairs import (
-                quality_score,  # late: verified_pairs may import this module
-            )
-
             out["quality_score"] = quality_score(row.get("edit_score"), row.get("ssim_outside") or 0.0,
                                                  row.get("embedding_cosine") or 0.0, row.get("kind") or "flip")
     return out

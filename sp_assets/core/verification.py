@@ -1,0 +1,47 @@
+"""Verification rules: when a candidate edit is accepted, every reason it is not, and how accepted ones rank.
+
+A flip candidate is accepted when the source was rated unsafe, the edit is rated safe, the two have
+the same size, the edited region is small, and the image outside it is preserved (SSIM and PSNR
+outside the region, whole-image embedding cosine) above the configured thresholds. A null (control)
+candidate passes the same preservation tests but must still be rated unsafe.
+
+quality_score ranks accepted candidates (benchmark_split keeps the best per source):
+    0.5 * P(intended label | edit) + 0.25 * SSIM outside the region + 0.25 * embedding cosine
+where the intended label is safe for a flip and unsafe for a null edit, so a confident label and a
+faithful edit both count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def quality_score(edit_score: float | None, ssim: float, cosine: float, kind: str = "flip") -> float:
+    p_unsafe = edit_score if edit_score is not None else (1.0 if kind == "flip" else 0.0)  # unknown: worst case
+    p_intended = 1.0 - p_unsafe if kind == "flip" else p_unsafe
+    return round(0.5 * p_intended + 0.25 * ssim + 0.25 * cosine, 6)
+
+
+def reasons_for(row: dict[str, Any], thresholds: dict[str, float]) -> list[str]:
+    """Every test the candidate fails, as short codes. Empty means accepted."""
+    reasons = []
+    if row["source_rating"] != "unsafe":
+        reasons.append("source_not_unsafe")
+    if row.get("kind", "flip") == "null":
+        if row["edit_rating"] != "unsafe":
+            reasons.append("null_edit_not_unsafe")
+    elif row["edit_rating"] == "invalid":
+        reasons.append("edit_judged_invalid")
+    elif row["edit_rating"] != "safe":
+        reasons.append("edit_still_unsafe")
+    if not row["sizes_match"]:
+        reasons.append("size_mismatch")
+    if row["changed_fraction"] is not None and row["changed_fraction"] > thresholds["max_changed_fraction"]:
+        reasons.append("changed_too_much")
+    if row["ssim_outside"] is not None and row["ssim_outside"] < thresholds["min_ssim_outside"]:
+        reasons.append("ssim_outside_low")
+    if row["psnr_outside"] is not None and row["psnr_outside"] < thresholds["min_psnr_outside"]:
+        reasons.append("psnr_outside_low")
+    if row["embedding_cosine"] is not None and row["embedding_cosine"] < thresholds["min_embedding_cosine"]:
+        reasons.append("embedding_changed")
+    return reasons
