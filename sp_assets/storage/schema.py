@@ -1,0 +1,304 @@
+"""The DuckDB schema: every table with its columns and their meaning, the join keys, and the views.
+
+The README's schema section is generated from ``SCHEMA`` (tests/test_readme.py keeps them in step).
+Views live as ``.sql`` files in ``storage/sql/``; ``{join:KEY:a:b}`` in them expands to the named key's
+equality join, so every query that links two stages uses the same columns.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+import duckdb
+
+# Every table, its columns and their meaning. The README's schema section is generated from this.
+SCHEMA: dict[str, list[tuple[str, str, str]]] = {
+    "source_images": [
+        ("category", "VARCHAR", "partition key (policy category slug)"),
+        ("image_sha256", "VARCHAR", "sha256 of the stored image bytes; the image's identity"),
+        ("image_path", "VARCHAR", "path of the stored file, relative to the data root"),
+        ("width", "INTEGER", "pixels"),
+        ("height", "INTEGER", "pixels"),
+        ("format", "VARCHAR", "PNG, JPEG, ..."),
+        ("n_bytes", "BIGINT", "file size"),
+        ("origin", "VARCHAR", "'demo' or 'folder'"),
+        ("origin_ref", "VARCHAR", "demo recipe id, or the file path relative to the source folder"),
+        ("manifest_rating", "VARCHAR", "human label from the manifest, if any"),
+        ("manifest_category", "VARCHAR", "category from the manifest, if any"),
+        ("manifest_rationale", "VARCHAR", "rationale from the manifest, if any"),
+        ("demo_intended", "VARCHAR", "demo only: the label the generator intended"),
+        ("demo_text", "VARCHAR", "demo only: the text rendered on the sign"),
+        ("recipe_json", "VARCHAR", "demo only: everything needed to regenerate the image"),
+        ("policy_sha256", "VARCHAR", "hash of the policy file in force"),
+        ("source_config_sha256", "VARCHAR", "hash of the source settings"),
+        ("run_id", "VARCHAR", "Dagster run that wrote the row"),
+        ("created_at", "TIMESTAMP", "UTC"),
+    ],
+    "source_rejections": [
+        ("category", "VARCHAR", "partition key"),
+        ("origin_ref", "VARCHAR", "the file or manifest row that was refused"),
+        ("reason", "VARCHAR", "short code: corrupt, truncated, not_an_image, too_many_pixels, ..."),
+        ("detail", "VARCHAR", "what was wrong and how to fix it"),
+        ("duplicate_of", "VARCHAR", "for reason 'duplicate': the sha256 kept instead"),
+        ("quarantine_path", "VARCHAR", "copy of the refused file under the data root, if it was readable"),
+        ("source_config_sha256", "VARCHAR", "hash of the source settings"),
+        ("run_id", "VARCHAR", "Dagster run"),
+        ("created_at", "TIMESTAMP", "UTC"),
+    ],
+    "policy_labels": [
+        ("category", "VARCHAR", "partition key; the category the image was judged under"),
+        ("image_sha256", "VARCHAR", "the judged source image"),
+        ("judge_profile", "VARCHAR", "profile name from resources/judges.yaml"),
+        ("judge_config_sha256", "VARCHAR", "hash of the judge's fully resolved config"),
+        ("rating", "VARCHAR", "'unsafe', 'safe' or 'invalid' (unparseable or undecidable; never safe)"),
+        ("judged_category", "VARCHAR", "category the judge found violated"),
+        ("score", "DOUBLE", "probability of unsafe, when the judge gives one"),
+        ("rationale", "VARCHAR", "the judge's reason"),
+        ("regions_json", "VARCHAR", "evidence regions (scene text boxes)"),
+        ("raw_output", "VARCHAR", "the model's raw answer"),
+        ("model_id", "VARCHAR", "model that judged"),
+        ("model_revision", "VARCHAR", "its revision or package version"),
+        ("model_device", "VARCHAR", "device"),
+        ("policy_sha256", "VARCHAR", "hash of the policy file"),
+        ("run_id", "VARCHAR", "Dagster run"),
+        ("created_at", "TIMESTAMP", "UTC"),
+    ],
+    "edit_instructions": [
+        ("instruction_id", "VARCHAR", "sha256 of (source, instruction, target); the instruction's identity"),
+        ("category", "VARCHAR", "partition key"),
+        ("image_sha256", "VARCHAR", "source image"),
+        ("judge_profile", "VARCHAR", "judge whose finding the instruction answers"),
+        ("writer_profile", "VARCHAR", "profile from resources/writers.yaml"),
+        ("writer_config_sha256", "VARCHAR", "hash of the writer's resolved config"),
+        ("variant", "INTEGER", "index among the variants for this image"),
+        ("kind", "VARCHAR", "'flip' (removes the violation) or 'null' (control: changes nothing the policy cares about)"),
+        ("instruction", "VARCHAR", "the instruction text"),
+        ("keep", "VARCHAR", "what must stay unchanged"),
+        ("target_json", "VARCHAR", "machine-readable target (regions, replacement text)"),
+        ("model_id", "VARCHAR", "writer model"),
+        ("seed", "BIGINT", "seed the writer used"),
+        ("policy_sha256", "VARCHAR", "hash of the policy file"),
+        ("run_id", "VARCHAR", "Dagster run"),
+        ("created_at", "TIMESTAMP", "UTC"),
+    ],
+    "edited_images": [
+        ("candidate_id", "VARCHAR", "sha256 of (source, instruction, editor config, seed): the cache key"),
+        ("category", "VARCHAR", "partition key"),
+        ("image_sha256", "VARCHAR", "source image"),
+        ("instruction_id", "VARCHAR", "the instruction applied"),
+        ("judge_profile", "VARCHAR", "lineage: judge profile"),
+        ("writer_profile", "VARCHAR", "lineage: writer profile"),
+        ("editor_profile", "VARCHAR", "profile from resources/editors.yaml"),
+        ("editor_config_sha256", "VARCHAR", "hash of the editor's resolved config"),
+        ("seed", "BIGINT", "seed of this candidate"),
+        ("status", "VARCHAR", "'ok' or 'failed'"),
+        ("error", "VARCHAR", "why the edit failed"),
+        ("edited_sha256", "VARCHAR", "sha256 of the edited image file"),
+        ("edited_path", "VARCHAR", "relative to the data root"),
+        ("source_width", "INTEGER", "source size"),
+        ("source_height", "INTEGER", "source size"),
+        ("raw_width", "INTEGER", "size the editor produced"),
+        ("raw_height", "INTEGER", "size the editor produced"),
+        ("width", "INTEGER", "stored size (brought back to the source size)"),
+        ("height", "INTEGER", "stored size"),
+        ("region_json", "VARCHAR", "boxes the editor changed, if it reports them"),
+        ("detail_json", "VARCHAR", "editor-specific detail"),
+        ("model_id", "VARCHAR", "editor model"),
+        ("model_revision", "VARCHAR", "its revision"),
+        ("model_device", "VARCHAR", "device"),
+        ("seconds", "DOUBLE", "time to compute the edit"),
+        ("computed_run_id", "VARCHAR", "run that computed the edit (earlier runs are reused by cache key)"),
+        ("run_id", "VARCHAR", "Dagster run that wrote the row"),
+        ("created_at", "TIMESTAMP", "UTC"),
+    ],
+    "verified_pairs": [
+        ("candidate_id", "VARCHAR", "the edited candidate"),
+        ("category", "VARCHAR", "partition key"),
+        ("kind", "VARCHAR", "'flip' (must become safe) or 'null' (control edit: must stay unsafe)"),
+        ("image_sha256", "VARCHAR", "source (unsafe) image"),
+        ("edited_sha256", "VARCHAR", "edited image, if the edit succeeded"),
+        ("judge_profile", "VARCHAR", "lineage: judge that labelled the source"),
+        ("verifier_profile", "VARCHAR", "judge that rated the edit"),
+        ("verifier_config_sha256", "VARCHAR", "hash of the verifier judge's resolved config"),
+        ("writer_profile", "VARCHAR", "lineage"),
+        ("editor_profile", "VARCHAR", "lineage"),
+        ("embedder_profile", "VARCHAR", "embedder used for global similarity"),
+        ("verify_config_sha256", "VARCHAR", "hash of thresholds + judge + embedder config"),
+        ("source_rating", "VARCHAR", "judge's rating of the source"),
+        ("source_score", "DOUBLE", "P(unsafe) of the source"),
+        ("edit_rating", "VARCHAR", "judge's rating of the edit"),
+        ("edit_score", "DOUBLE", "P(unsafe) of the edit"),
+        ("edit_judged_category", "VARCHAR", "category the judge found in the edit"),
+        ("edit_rationale", "VARCHAR", "judge's reason for the edit"),
+        ("edit_raw_output", "VARCHAR", "judge's raw answer for the edit"),
+        ("ssim_outside", "DOUBLE", "mean SSIM outside the edited region"),
+        ("psnr_outside", "DOUBLE", "PSNR (dB) outside the edited region, capped at 100"),
+        ("embedding_cosine", "DOUBLE", "cosine similarity of whole-image embeddings"),
+        ("lpips", "DOUBLE", "LPIPS distance of the whole images, when its weights are on the machine (else NULL)"),
+        ("changed_fraction", "DOUBLE", "share of pixels inside the edited region"),
+        ("region_source", "VARCHAR", "'editor' (reported) or 'diff' (derived from a difference map)"),
+        ("sizes_match", "BOOLEAN", "source and edit have the same size"),
+        ("accepted", "BOOLEAN", "all tests passed"),
+        ("reject_reason", "VARCHAR", "why not accepted (semicolon-separated codes)"),
+        ("quality_score", "DOUBLE", "ranking score among accepted candidates"),
+        ("auto_accepted", "BOOLEAN", "the automatic verdict, before any human review"),
+        ("auto_reject_reason", "VARCHAR", "the automatic reasons, before any human review"),
+        ("review_verdict", "VARCHAR", "human decision that overrides the automatic one ('accept' / 'reject'), if any"),
+        ("reviewer", "VARCHAR", "who decided"),
+        ("reviewed_at", "TIMESTAMP", "when (UTC)"),
+        ("review_note", "VARCHAR", "why"),
+        ("review_decisions_sha256", "VARCHAR", "hash of the decisions file the verdict came from"),
+        ("thresholds_json", "VARCHAR", "thresholds in force"),
+        ("run_id", "VARCHAR", "Dagster run"),
+        ("created_at", "TIMESTAMP", "UTC"),
+    ],
+    "benchmark_split": [
+        ("pair_id", "VARCHAR", "sha256 of (source, edited); the pair's identity"),
+        ("category", "VARCHAR", "partition key"),
+        ("split", "VARCHAR", "'train', 'validation' or 'test'"),
+        ("image_sha256", "VARCHAR", "the unsafe half (source)"),
+        ("unsafe_path", "VARCHAR", "relative to the data root"),
+        ("candidate_id", "VARCHAR", "the chosen candidate"),
+        ("safe_sha256", "VARCHAR", "the safe half (edit)"),
+        ("safe_path", "VARCHAR", "relative to the data root"),
+        ("instruction", "VARCHAR", "the instruction that made the safe half"),
+        ("judge_profile", "VARCHAR", "lineage"),
+        ("writer_profile", "VARCHAR", "lineage"),
+        ("editor_profile", "VARCHAR", "lineage"),
+        ("quality_score", "DOUBLE", "why this candidate won"),
+        ("n_accepted_candidates", "INTEGER", "accepted candidates for this source over all profiles"),
+        ("control_candidate_id", "VARCHAR", "null edit of the same source through the same editor (NULL if none passed)"),
+        ("control_sha256", "VARCHAR", "the control image: edited, still unsafe"),
+        ("control_path", "VARCHAR", "relative to the data root"),
+        ("split_config_sha256", "VARCHAR", "hash of the split settings"),
+        ("run_id", "VARCHAR", "Dagster run"),
+        ("created_at", "TIMESTAMP", "UTC"),
+    ],
+    "guard_predictions": [
+        ("category", "VARCHAR", "partition key"),
+        ("guard", "VARCHAR", "guard profile name"),
+        ("pair_id", "VARCHAR", "benchmark pair"),
+        ("split", "VARCHAR", "split of the pair"),
+        ("half", "VARCHAR", "'unsafe' (source), 'control' (null-edited, unsafe) or 'safe' (flip edit)"),
+        ("image_sha256", "VARCHAR", "image judged"),
+        ("label", "VARCHAR", "ground truth: 'unsafe' or 'safe'"),
+        ("rating", "VARCHAR", "guard's rating ('invalid' counts as wrong)"),
+        ("score", "DOUBLE", "guard's P(unsafe), if any"),
+        ("raw_output", "VARCHAR", "guard's raw answer"),
+        ("reused_from", "VARCHAR", "'policy_labels' or 'verified_pairs' when the same judge config already rated the image"),
+        ("guard_config_sha256", "VARCHAR", "hash of the guard's config"),
+        ("run_id", "VARCHAR", "Dagster run"),
+        ("created_at", "TIMESTAMP", "UTC"),
+    ],
+    "guard_metrics": [
+        ("category", "VARCHAR", "partition key"),
+        ("guard", "VARCHAR", "guard profile name"),
+        ("split", "VARCHAR", "'test' or 'all'"),
+        ("pair_type", "VARCHAR", "'original' (source vs edit) or 'controlled' (null edit vs edit: both halves edited)"),
+        ("n_pairs", "INTEGER", "pairs evaluated"),
+        ("acc_unsafe", "DOUBLE", "accuracy on the unsafe halves"),
+        ("acc_safe", "DOUBLE", "accuracy on the safe halves"),
+        ("pair_accuracy", "DOUBLE", "share of pairs with both halves right"),
+        ("roc_auc", "DOUBLE", "ROC-AUC from scores (NULL without scores or with one class)"),
+        ("n_invalid", "INTEGER", "answers rated invalid (counted as wrong)"),
+        ("guard_config_sha256", "VARCHAR", "hash of the guard's config"),
+        ("run_id", "VARCHAR", "Dagster run"),
+        ("created_at", "TIMESTAMP", "UTC"),
+    ],
+    "probe_results": [
+        ("scope", "VARCHAR", "the categories pooled, comma-separated (the run's partition range)"),
+        ("features", "VARCHAR", "'image' or 'image+text' (embedding of the scene text the judge read)"),
+        ("condition", "VARCHAR", "'pairs' (k counterfactual pairs added) or 'ordinary' (2k ordinary images)"),
+        ("k", "INTEGER", "pairs asked for"),
+        ("k_used", "INTEGER", "pairs (or ordinary image pairs) available and used"),
+        ("eval_set", "VARCHAR", "'heldout_pairs' (validation + test) or 'non_pair'"),
+        ("metric", "VARCHAR", "pair_accuracy, accuracy, acc_unsafe, acc_safe, roc_auc, ..."),
+        ("mean", "DOUBLE", "mean over seeds"),
+        ("std", "DOUBLE", "standard deviation over seeds"),
+        ("n", "INTEGER", "seeds with a value"),
+        ("run_id", "VARCHAR", "Dagster run"),
+        ("created_at", "TIMESTAMP", "UTC"),
+    ],
+    "review_decisions": [
+        ("candidate_id", "VARCHAR", "the candidate reviewed"),
+        ("category", "VARCHAR", "partition key"),
+        ("reviewer", "VARCHAR", "who decided"),
+        ("decided_at", "TIMESTAMP", "when (UTC), as given in the decisions file"),
+        ("verdict", "VARCHAR", "'accept' or 'reject'"),
+        ("note", "VARCHAR", "why"),
+        ("decisions_file", "VARCHAR", "file the decision was imported from"),
+        ("decisions_sha256", "VARCHAR", "hash of that file"),
+        ("imported_at", "TIMESTAMP", "UTC"),
+    ],
+    "stage_runs": [
+        ("run_id", "VARCHAR", "Dagster run"),
+        ("asset", "VARCHAR", "stage"),
+        ("category", "VARCHAR", "partition key"),
+        ("seconds", "DOUBLE", "wall time for this category in this stage"),
+        ("n_in", "INTEGER", "rows or files that came in"),
+        ("n_out", "INTEGER", "rows written / accepted"),
+        ("n_rejected", "INTEGER", "rows refused, with reasons in the stage's table"),
+        ("profiles_json", "VARCHAR", "profiles in force"),
+        ("created_at", "TIMESTAMP", "UTC"),
+    ],
+}
+
+# The columns that identify a row of one stage for the next: a join on fewer columns can match a row
+# that another profile produced.
+KEYS: dict[str, tuple[str, ...]] = {
+    "source": ("category", "image_sha256"),
+    "label": ("category", "image_sha256", "judge_profile"),
+    "instruction": ("category", "instruction_id", "judge_profile", "writer_profile"),
+    "candidate": ("category", "candidate_id", "judge_profile", "writer_profile", "editor_profile"),
+}
+VIEWS = ("pair_lineage", "yield_by_profile", "guard_metrics_overall")
+_JOIN = re.compile(r"\{join:(\w+):(\w+):(\w+)\}")
+
+
+def join_on(key: str, left: str, right: str) -> str:
+    """``left.c = right.c AND ...`` over the columns of a named key."""
+    return " AND ".join(f"{left}.{c} = {right}.{c}" for c in KEYS[key])
+
+
+def render_sql(text: str) -> str:
+    return _JOIN.sub(lambda m: join_on(m.group(1), m.group(2), m.group(3)), text)
+
+
+def sql_file(name: str) -> str:
+    """A ``.sql`` file shipped in ``storage/sql/``, with its join placeholders expanded."""
+    return render_sql(resources.files("sp_assets.storage").joinpath("sql", f"{name}.sql").read_text(encoding="utf-8"))
+
+
+def columns(table: str) -> list[str]:
+    if table not in SCHEMA:
+        raise KeyError(f"unknown table {table!r}; known: {', '.join(SCHEMA)}")
+    return [name for name, _, _ in SCHEMA[table]]
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create missing tables and columns (a database made by an older version gains them), then the views."""
+    existing: dict[str, set[str]] = {}
+    for table, column in con.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'"
+    ).fetchall():
+        existing.setdefault(table, set()).add(column)
+    for table, cols in SCHEMA.items():
+        if table not in existing:
+            con.execute(f"CREATE TABLE {table} ({', '.join(f'{name} {sql_type}' for name, sql_type, _ in cols)})")
+            continue
+        for name, sql_type, _ in cols:
+            if name not in existing[table]:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+    for view in VIEWS:
+        con.execute(sql_file(view))
+
+
+def schema_markdown() -> str:
+    """The table reference in the README, generated from SCHEMA (a test keeps them in step)."""
+    parts = []
+    for table, cols in SCHEMA.items():
+        parts.append(f"#### `{table}`\n\n| column | type | meaning |\n|---|---|---|")
+        parts += [f"| `{name}` | {sql_type} | {meaning} |" for name, sql_type, meaning in cols]
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"
