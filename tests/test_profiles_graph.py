@@ -10,7 +10,7 @@ import yaml
 from dagster import DagsterInstance, materialize
 
 from sp_assets.backends import registry
-from sp_assets.definitions import STAGES
+from sp_assets.defs import STAGES
 from sp_assets.core.policy import REPO_ROOT
 from tests.conftest import RANGE_END, RANGE_START, graph_resources, run_graph, store_at
 
@@ -62,7 +62,7 @@ def test_a_three_category_backfill_loads_each_model_once(tmp_path, profiles):
     run_graph(data, "o1_hate", "o3_sexual", demo_unsafe_per_category=2, demo_safe_per_category=1,
               editor_also=["text_region_ns"])
     assert dict(registry.LOAD_COUNTS) == {
-        "judge:scene_text": 1, "writer:template": 1, "editor:text_region": 1, "editor:text_region_ns": 1,
+        "source:demo": 1, "judge:scene_text": 1, "writer:template": 1, "editor:text_region": 1, "editor:text_region_ns": 1,
         "embedder:efficientnet_lite0": 1, "guard:open_nsfw": 1,
     }
     # Both editors of the run made and verified candidates for every category (best of N across editors).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import itertools
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import pytest
 from sp_assets.review import (
     Decision, DecisionsFileError, apply_review, effective_decisions, export_review, import_decisions, page_paths,
 )
+from sp_assets.core.review_rules import pick_effective
 from sp_assets.review import main as review_main
 from sp_assets.storage import ImageStore, Store
 from tests.conftest import run_graph
@@ -216,6 +218,23 @@ def test_apply_review_overrides_the_automatic_verdict():
     hard = apply_review({**base, "reject_reason": "edit_failed"}, accept)
     assert not hard["accepted"] and hard["reject_reason"] == "edit_failed;human_accept_ignored"
     assert apply_review(base, None) == base
+
+
+def test_effective_decision_is_latest_then_reject_then_first_reviewer():
+    noon = dt.datetime(2025, 1, 1, 12)
+
+    def decision(reviewer: str, verdict: str, when: dt.datetime = noon) -> Decision:
+        return Decision("c", CATEGORY, reviewer, when, verdict)
+
+    cases = [
+        ([decision("amy", "accept", noon + dt.timedelta(seconds=1)), decision("bob", "reject")], ("amy", "accept")),
+        ([decision("amy", "accept"), decision("zed", "reject")], ("zed", "reject")),
+        ([decision("bob", "accept"), decision("carol", "reject"), decision("al", "reject")], ("al", "reject")),
+    ]
+    for decisions, (reviewer, verdict) in cases:
+        for order in itertools.permutations(decisions):  # the input order never matters
+            chosen = pick_effective(order)["c"]
+            assert (chosen.reviewer, chosen.verdict) == (reviewer, verdict)
 
 
 def test_spreadsheet_csv_with_bom_and_semicolons_imports(data, candidate_ids, tmp_path):

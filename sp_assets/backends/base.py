@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Iterator, Sequence
 
 import numpy as np
+import yaml
 from PIL import Image
 
-from sp_assets.core.policy import Category
+from sp_assets.core.policy import Category, Policy
 
 RATINGS = ("unsafe", "safe", "invalid")
 Box = tuple[int, int, int, int]
@@ -148,13 +151,18 @@ class InstructionWriter(Backend):
 
     def write_null(self, image: Image.Image, verdict: Verdict, category: Category, seed: int) -> Instruction | None:
         """A control instruction: run the image through the editor changing nothing the policy cares
-        about, so the benchmark can pair an edited unsafe image with an edited safe one."""
-        return Instruction(
-            text="Make the lighting of the whole scene very slightly warmer. Change nothing else.",
-            target={"null_edit": True},
-            keep="Keep every object, person, text and detail exactly as it is.",
-            variant=0,
-        )
+        about, so the benchmark can pair an edited unsafe image with an edited safe one. The text is
+        data (``writers/control_edit.yaml``)."""
+        text = control_edit()
+        return Instruction(text=text["instruction"], target={"null_edit": True}, keep=text["keep"], variant=0)
+
+
+@lru_cache(maxsize=1)
+def control_edit() -> dict[str, str]:
+    """The control edit's instruction and keep clause, from ``backends/writers/control_edit.yaml``."""
+    raw = resources.files("sp_assets.backends.writers").joinpath("control_edit.yaml").read_text(encoding="utf-8")
+    doc = yaml.safe_load(raw)
+    return {"instruction": str(doc["instruction"]).strip(), "keep": str(doc["keep"]).strip()}
 
 
 def check_edit_args(images: Sequence[Any], instructions: Sequence[Any], seeds: Sequence[Any]) -> None:
@@ -202,3 +210,47 @@ class RecordJudge(Judge):
     @abstractmethod
     def judge_records(self, records: Sequence[dict[str, Any]], category: Category) -> list[Verdict]:
         """One verdict per source record (rows of the ``source_images`` table)."""
+
+
+@dataclass
+class SourceItem:
+    """One file (or generated image) a source offers for a category.
+
+    ``reason`` is set when the source already knows the item cannot be used (a corrupt file, a path
+    outside the root, a manifest row naming an unknown category): it is quarantined with ``detail``.
+    ``columns`` are the source-specific columns of ``source_images`` (manifest labels, demo recipe).
+    """
+
+    ref: str
+    data: bytes | None
+    suffix: str = ".img"
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    reason: str | None = None
+    detail: str = ""
+    columns: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """The run settings a source reads (from the settings resource)."""
+
+    policy: Policy
+    seed: int = 0
+    source_dir: str = ""
+    manifest: str = ""
+    demo_unsafe_per_category: int = 12
+    demo_safe_per_category: int = 6
+    max_image_pixels: int = 40_000_000
+    max_file_bytes: int = 64 * 1024 * 1024
+
+
+class Source(Backend):
+    """Where source images come from: a profile in ``resources/sources.yaml`` picks one."""
+
+    origin: str  # recorded in source_images.origin
+
+    @abstractmethod
+    def scan(self, category: Category, options: SourceOptions) -> Iterator[SourceItem]:
+        """Every item the source offers for ``category``, usable or not (in = accepted + rejected)."""

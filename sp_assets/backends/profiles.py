@@ -15,7 +15,7 @@ import yaml
 
 from sp_assets.core.policy import REPO_ROOT
 
-ROLES = ("judge", "writer", "editor", "embedder", "guard")
+ROLES = ("source", "judge", "writer", "editor", "embedder", "guard")
 PROFILES_DIR_ENV_VAR = "SP_PROFILES_DIR"
 
 

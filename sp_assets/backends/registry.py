@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from sp_assets.backends.base import Backend
 from sp_assets.core.policy import Policy
-from sp_assets.backends.profiles import Profile, ProfileError
+from sp_assets.backends.profiles import Profile, ProfileError, get_profile
 from sp_assets.core.hashing import sha256_json
 
 Factory = Callable[[Profile, Policy], Backend]
@@ -33,6 +33,8 @@ CODE_VERSIONS: dict[str, str] = {
     "vlm": "1",
     "shieldgemma2": "1",
     "clip": "1",
+    "demo": "1",
+    "folder": "1",
 }
 
 
@@ -102,17 +104,48 @@ def _clip(profile: Profile, policy: Policy) -> Backend:
     return CLIPEmbedder(profile_name=profile.name, **profile.params)
 
 
+def _demo(profile: Profile, policy: Policy) -> Backend:
+    from sp_assets.backends.sources.demo import DemoSource
+
+    return DemoSource(policy, **profile.params)
+
+
+def _folder(profile: Profile, policy: Policy) -> Backend:
+    from sp_assets.backends.sources.folder import FolderSource
+
+    return FolderSource(policy, **profile.params)
+
+
+def _judge_as_guard(profile: Profile, policy: Policy) -> Backend:
+    return build(judge_of(profile), policy)
+
+
 FACTORIES: dict[str, dict[str, Factory]] = {
+    "source": {"demo": _demo, "folder": _folder},
     "judge": {"scene_text": _scene_text, "manifest": _manifest, "vlm": _vlm_judge, "shieldgemma2": _shieldgemma2},
     "writer": {"template": _template, "vlm": _vlm_writer},
     "editor": {"text_region": _text_region, "diffusers": _diffusers},
     "embedder": {"efficientnet_lite0": _efficientnet_lite0, "clip": _clip},
-    "guard": {"open_nsfw": _open_nsfw},
+    "guard": {"open_nsfw": _open_nsfw, "judge": _judge_as_guard},
 }
 
 
+def judge_of(profile: Profile) -> Profile:
+    """The judge profile a guard of implementation 'judge' evaluates (its ``judge_profile``)."""
+    name = profile.extra.get("judge_profile")
+    if not name:
+        raise ProfileError(f"{profile.source_file}: guard {profile.name!r} of kind 'judge' needs 'judge_profile'.")
+    return get_profile("judge", str(name))
+
+
 def config_sha256(profile: Profile) -> str:
-    """Hash of the profile's fully resolved config, known before any model loads."""
+    """Hash of the profile's fully resolved config, known before any model loads.
+
+    A judge evaluated as a guard has its judge's hash: the same model gives the same answers, so its
+    stored verdicts can be reused.
+    """
+    if profile.role == "guard" and profile.implementation == "judge":
+        return config_sha256(judge_of(profile))
     return sha256_json(profile.resolved(CODE_VERSIONS.get(profile.implementation, "")))
 
 
@@ -130,9 +163,11 @@ def build(profile: Profile, policy: Policy) -> Backend:
             f"{profile.source_file}: {profile.role} profile {profile.name!r} names implementation "
             f"{profile.implementation!r}, which does not exist; choose one of {', '.join(factories)}."
         )
+    if factory is _judge_as_guard:
+        return factory(profile, policy)  # cached under the judge's own key
     key = (profile.role, config_sha256(profile), policy.sha256)
     with _LOCK:
-        backend = _cache_get(key)
+        backend = _CACHE.get(key)
         if backend is None:
             try:
                 backend = factory(profile, policy)
@@ -144,10 +179,6 @@ def build(profile: Profile, policy: Policy) -> Backend:
             _CACHE[key] = backend
             LOAD_COUNTS[f"{profile.role}:{profile.name}"] += 1
     return backend
-
-
-def _cache_get(key: tuple[str, str, str]) -> Backend | None:
-    return _CACHE.get(key)
 
 
 def clear_cache() -> None:
@@ -164,17 +195,3 @@ def describe(profile: Profile) -> dict[str, Any]:
         "implementation": profile.implementation,
         "config_sha256": config_sha256(profile),
     }
-
-
-def load_guard(name: str, policy: Policy) -> tuple[Backend, str]:
-    """A guard profile's backend and config hash. A guard of kind 'judge' reuses a judge profile."""
-    from sp_assets.backends.profiles import get_profile
-
-    profile = get_profile("guard", name)
-    if profile.implementation == "judge":
-        judge_name = profile.extra.get("judge_profile")
-        if not judge_name:
-            raise ProfileError(f"{profile.source_file}: guard {name!r} of kind 'judge' needs 'judge_profile'.")
-        judge_profile = get_profile("judge", str(judge_name))
-        return build(judge_profile, policy), config_sha256(judge_profile)
-    return build(profile, policy), config_sha256(profile)

@@ -9,6 +9,13 @@ from pathlib import Path
 from PIL import Image, ImageFilter
 
 
+def png_bytes(image: Image.Image) -> bytes:
+    """Deterministic PNG encoding: no metadata, fixed compression, so equal pixels give equal bytes."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
 def data_uri(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 

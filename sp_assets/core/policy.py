@@ -105,8 +105,7 @@ def _text_list(value: Any, where: str, key: str, path: Path, required: bool) -> 
     return tuple(v.strip() for v in value)
 
 
-def parse_policy(text: str, path: Path) -> Policy:
-    """Validate a policy document. ``path`` is only used in error messages and provenance."""
+def _document(text: str, path: Path) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -120,70 +119,72 @@ def parse_policy(text: str, path: Path) -> Policy:
     name = doc.get("name")
     if not isinstance(name, str) or not name.strip():
         raise PolicyError(f"{path}: top-level 'name' is missing; give the policy a short name.")
-    raw_categories = doc.get("categories")
-    if not isinstance(raw_categories, list) or not raw_categories:
+    if not isinstance(doc.get("categories"), list) or not doc["categories"]:
         raise PolicyError(f"{path}: 'categories' must be a non-empty list of category entries.")
+    return doc
 
+
+def _check_identity(entry: dict[str, Any], index: int, where: str, path: Path, seen_ids: dict[str, int],
+                    seen_slugs: dict[str, int]) -> tuple[str, str]:
+    """The category's id and slug, checked: every required field present, the slug a valid key, both unique."""
+    for key in _REQUIRED_CATEGORY_FIELDS:
+        if entry.get(key) in (None, "", []):
+            raise PolicyError(f"{path}: {where} is missing required field '{key}'.")
+    cat_id, slug = str(entry["id"]).strip(), str(entry["slug"]).strip()
+    if not _SLUG_RE.match(slug):
+        raise PolicyError(
+            f"{path}: {where} slug {slug!r} is not a valid partition key; use lowercase "
+            "letters, digits and underscores, starting with a letter (e.g. 'o2_violence')."
+        )
+    for kind, value, seen in (("id", cat_id.lower(), seen_ids), ("slug", slug, seen_slugs)):
+        if value in seen:
+            shown = cat_id if kind == "id" else slug
+            raise PolicyError(
+                f"{path}: {where} repeats {kind} {shown!r} already used by categories"
+                f"[{seen[value]}]; give every category its own {kind}."
+            )
+        seen[value] = index
+    return cat_id, slug
+
+
+def _category(entry: dict[str, Any], cat_id: str, slug: str, where: str, path: Path) -> Category:
+    examples = entry.get("judge_examples") or {}
+    if not isinstance(examples, dict):
+        raise PolicyError(
+            f"{path}: {where} 'judge_examples' must be a mapping with 'violating' and 'allowed' lists."
+        )
+    guidance = entry["edit_guidance"]
+    if not isinstance(guidance, str):
+        raise PolicyError(f"{path}: {where} 'edit_guidance' must be text, got {guidance!r}.")
+    return Category(
+        id=cat_id,
+        slug=slug,
+        title=str(entry["title"]).strip(),
+        forbids=_text_list(entry.get("forbids"), where, "forbids", path, True),
+        allows=_text_list(entry.get("allows"), where, "allows", path, True),
+        edit_guidance=" ".join(guidance.split()),
+        replacement_texts=_text_list(entry.get("replacement_texts"), where, "replacement_texts", path, False),
+        violating_examples=_text_list(examples.get("violating"), where, "judge_examples.violating", path, False),
+        allowed_examples=_text_list(examples.get("allowed"), where, "judge_examples.allowed", path, False),
+    )
+
+
+def parse_policy(text: str, path: Path) -> Policy:
+    """Validate a policy document. ``path`` is only used in error messages and provenance."""
+    doc = _document(text, path)
     categories: list[Category] = []
     seen_ids: dict[str, int] = {}
     seen_slugs: dict[str, int] = {}
-    for index, entry in enumerate(raw_categories):
+    for index, entry in enumerate(doc["categories"]):
         where = f"categories[{index}]"
         if not isinstance(entry, dict):
             raise PolicyError(f"{path}: {where} must be a mapping, got {entry!r}.")
         if isinstance(entry.get("id"), str):
             where = f"categories[{index}] (id {entry['id']!r})"
-        for key in _REQUIRED_CATEGORY_FIELDS:
-            if entry.get(key) in (None, "", []):
-                raise PolicyError(f"{path}: {where} is missing required field '{key}'.")
-        cat_id = str(entry["id"]).strip()
-        slug = str(entry["slug"]).strip()
-        if not _SLUG_RE.match(slug):
-            raise PolicyError(
-                f"{path}: {where} slug {slug!r} is not a valid partition key; use lowercase "
-                "letters, digits and underscores, starting with a letter (e.g. 'o2_violence')."
-            )
-        if cat_id.lower() in seen_ids:
-            raise PolicyError(
-                f"{path}: {where} repeats id {cat_id!r} already used by categories"
-                f"[{seen_ids[cat_id.lower()]}]; give every category its own id."
-            )
-        if slug in seen_slugs:
-            raise PolicyError(
-                f"{path}: {where} repeats slug {slug!r} already used by categories"
-                f"[{seen_slugs[slug]}]; give every category its own slug."
-            )
-        seen_ids[cat_id.lower()] = index
-        seen_slugs[slug] = index
-        examples = entry.get("judge_examples") or {}
-        if not isinstance(examples, dict):
-            raise PolicyError(
-                f"{path}: {where} 'judge_examples' must be a mapping with 'violating' and 'allowed' lists."
-            )
-        guidance = entry["edit_guidance"]
-        if not isinstance(guidance, str):
-            raise PolicyError(f"{path}: {where} 'edit_guidance' must be text, got {guidance!r}.")
-        categories.append(
-            Category(
-                id=cat_id,
-                slug=slug,
-                title=str(entry["title"]).strip(),
-                forbids=_text_list(entry.get("forbids"), where, "forbids", path, True),
-                allows=_text_list(entry.get("allows"), where, "allows", path, True),
-                edit_guidance=" ".join(guidance.split()),
-                replacement_texts=_text_list(
-                    entry.get("replacement_texts"), where, "replacement_texts", path, False
-                ),
-                violating_examples=_text_list(
-                    examples.get("violating"), where, "judge_examples.violating", path, False
-                ),
-                allowed_examples=_text_list(
-                    examples.get("allowed"), where, "judge_examples.allowed", path, False
-                ),
-            )
-        )
+        cat_id, slug = _check_identity(entry, index, where, path, seen_ids, seen_slugs)
+        categories.append(_category(entry, cat_id, slug, where, path))
     return Policy(
-        name=name.strip(),
+        name=doc["name"].strip(),
         path=path,
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         categories=tuple(categories),

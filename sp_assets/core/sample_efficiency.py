@@ -2,14 +2,16 @@
 
 Pooled over the categories of the run (about a dozen pairs per category is too few for a curve).
 Labels of ordinary (non-pair) images come from the judge's ratings in ``policy_labels``, so the
-experiment works on any source, not only the demo.
+experiment works on any source, not only the demo. The caller reads the rows and embeds the images;
+everything here is computed from what it is given.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -24,6 +26,8 @@ from sp_assets.core.probe import (
 )
 
 N_BASE = 4  # unpaired unsafe and safe images every probe starts from
+EMBED_CHUNK = 32  # images embedded at a time: the pool is streamed, never held whole
+Features = dict[str, np.ndarray]
 
 
 def _text(raw: str | None) -> str:
@@ -33,41 +37,37 @@ def _text(raw: str | None) -> str:
         return ""
 
 
-def probe_inputs(stage: Any, judge_profile: str, categories: list[str]) -> dict[str, Any]:
-    """Pairs (by split), rated source images, their paths and the scene text the judge read."""
-    pairs = stage.store.query(
-        "SELECT b.pair_id, b.category, b.split, b.image_sha256, b.unsafe_path, b.safe_sha256, b.safe_path, "
-        "b.control_sha256, b.control_path, v.edit_raw_output, "
-        "(SELECT c.edit_raw_output FROM verified_pairs c WHERE c.candidate_id = b.control_candidate_id "
-        "  AND c.category = b.category LIMIT 1) AS control_raw_output "
-        "FROM benchmark_split b JOIN verified_pairs v ON v.candidate_id = b.candidate_id AND v.category = b.category "
-        "  AND v.judge_profile = b.judge_profile AND v.writer_profile = b.writer_profile "
-        "  AND v.editor_profile = b.editor_profile "
-        "WHERE b.category IN (SELECT UNNEST(?)) ORDER BY b.pair_id", [categories]).to_dicts()
-    sources = stage.store.query(
-        "SELECT DISTINCT s.image_sha256, s.image_path, l.rating, l.raw_output FROM source_images s "
-        "JOIN policy_labels l ON l.category = s.category AND l.image_sha256 = s.image_sha256 AND l.judge_profile = ? "
-        "WHERE s.category IN (SELECT UNNEST(?)) AND l.rating IN ('unsafe', 'safe') ORDER BY s.image_sha256",
-        [judge_profile, categories]).to_dicts()
-    return {"pairs": pairs, "sources": sources}
+@dataclass
+class Roles:
+    """Which images play which part in the probe experiment (all lists of image hashes)."""
+
+    train: list[dict[str, Any]]  # train-split pairs: the counterfactual pairs a probe may add
+    held: list[dict[str, Any]]  # validation + test pairs: evaluation
+    base_unsafe: list[str]
+    base_safe: list[str]
+    pool_unsafe: list[str]  # ordinary images a probe may add instead of pairs
+    pool_safe: list[str]
+    held_sources: list[str]
+    eval_safe: list[str]
+
+    def summary(self) -> dict[str, Any]:
+        return {"base": [len(self.base_unsafe), len(self.base_safe)], "train_pairs": len(self.train),
+                "heldout_pairs": len(self.held), "ordinary_pool": [len(self.pool_unsafe), len(self.pool_safe)],
+                "non_pair_eval": [len(self.held_sources), len(self.eval_safe)]}
 
 
-def run_sample_efficiency(stage: Any, embedder: Any, judge_profile: str, categories: list[str], out_dir: Path,
-                          seeds: int, ks: tuple[int, ...] = (0, 2, 4, 8, 16, 32)) -> dict[str, Any]:
-    """Probe trained on a base set plus k counterfactual pairs vs the same number of ordinary images.
+def assign_roles(pairs: Sequence[dict[str, Any]], sources: Sequence[dict[str, Any]], seed: int) -> Roles | str:
+    """The experiment's roles, or why it cannot run.
 
-    Roles: base = N_BASE unpaired unsafe + N_BASE safe sources; pairs = the train split; ordinary
-    pool = the other sources not held out; evaluation = validation + test pairs (held out) and the
-    held-out pairs' sources with the remaining safe images (non-pair). Features: image embeddings,
-    plus the embedding of the scene text the judge read when there is any.
+    base = N_BASE unpaired unsafe + N_BASE safe sources; pairs = the train split; ordinary pool = the
+    other sources not held out; evaluation = validation + test pairs and the held-out pairs' sources
+    with the remaining safe images (non-pair).
     """
-    data = probe_inputs(stage, judge_profile, categories)
-    pairs, sources = data["pairs"], data["sources"]
     train = [p for p in pairs if p["split"] == "train"]
     held = [p for p in pairs if p["split"] != "train"]
     if len(train) < 2 or not held:
-        return {"skipped": f"needs at least 2 train pairs and 1 held-out pair; have {len(train)} and {len(held)}"}
-    rng = np.random.default_rng(stage.settings.seed)
+        return f"needs at least 2 train pairs and 1 held-out pair; have {len(train)} and {len(held)}"
+    rng = np.random.default_rng(seed)
     held_src = {p["image_sha256"] for p in held}
     paired = {p["image_sha256"] for p in train}
     unsafe = [s["image_sha256"] for s in sources if s["rating"] == "unsafe" and s["image_sha256"] not in held_src]
@@ -75,11 +75,15 @@ def run_sample_efficiency(stage: Any, embedder: Any, judge_profile: str, categor
     unpaired = [str(s) for s in rng.permutation([s for s in unsafe if s not in paired])]
     base_unsafe, base_safe = unpaired[:N_BASE], safe[:N_BASE]
     rest_safe = safe[N_BASE:]
-    pool_safe, eval_safe = rest_safe[: len(rest_safe) // 2], rest_safe[len(rest_safe) // 2:]
-    pool_unsafe = [s for s in unsafe if s not in base_unsafe]
     if not base_unsafe or not base_safe:
-        return {"skipped": "needs unpaired unsafe and safe source images for the base set"}
+        return "needs unpaired unsafe and safe source images for the base set"
+    return Roles(train, held, base_unsafe, base_safe, [s for s in unsafe if s not in base_unsafe],
+                 rest_safe[: len(rest_safe) // 2], sorted(held_src), rest_safe[len(rest_safe) // 2:])
 
+
+def image_paths_and_texts(pairs: Sequence[dict[str, Any]], sources: Sequence[dict[str, Any]]
+                          ) -> tuple[dict[str, str], dict[str, str]]:
+    """Every image of the experiment: hash -> stored path, and hash -> the scene text the judge read."""
     paths = {s["image_sha256"]: s["image_path"] for s in sources}
     texts = {s["image_sha256"]: _text(s["raw_output"]) for s in sources}
     for p in pairs:
@@ -89,78 +93,101 @@ def run_sample_efficiency(stage: Any, embedder: Any, judge_profile: str, categor
         if p["control_sha256"]:
             paths[p["control_sha256"]] = p["control_path"]
             texts[p["control_sha256"]] = _text(p["control_raw_output"])
+    return paths, texts
+
+
+def feature_sets(paths: Mapping[str, str], texts: Mapping[str, str],
+                 embed: Callable[[list[str]], np.ndarray]) -> dict[str, Features]:
+    """'image' features for every hash, and 'image+text' when any image carries scene text."""
     shas = sorted(paths)
-    vectors: list[np.ndarray] = []
-    for start in range(0, len(shas), 32):  # stream: never hold the whole pool of images
-        vectors.append(embedder.embed([stage.images.open(paths[s]) for s in shas[start:start + 32]]))
+    vectors = [embed([paths[s] for s in shas[i:i + EMBED_CHUNK]]) for i in range(0, len(shas), EMBED_CHUNK)]
     image_feat = dict(zip(shas, np.vstack(vectors)))
-    feature_sets = {"image": image_feat}
+    out = {"image": image_feat}
     if any(texts.get(s) for s in shas):
         text_vecs = text_embedding_features([texts.get(s, "") for s in shas])
-        feature_sets["image+text"] = {s: concat_features(image_feat[s][None], text_vecs[i][None])[0]
-                                      for i, s in enumerate(shas)}
+        out["image+text"] = {s: concat_features(image_feat[s][None], text_vecs[i][None])[0] for i, s in enumerate(shas)}
+    return out
 
-    results: dict[str, ProbeResult] = {}
-    figures: dict[str, Path] = {}
-    for name, feat in feature_sets.items():
-        def F(keys: list[str], feat: dict[str, np.ndarray] = feat) -> np.ndarray:
-            return np.stack([feat[k] for k in keys])
 
-        n = len(held)
-        evals = {
-            "heldout_pairs": (np.vstack([F([p["image_sha256"] for p in held]), F([p["safe_sha256"] for p in held])]),
-                              np.r_[np.ones(n, int), np.zeros(n, int)], np.r_[np.arange(n), np.arange(n)]),
-            "non_pair": (F(sorted(held_src) + eval_safe),
-                         np.r_[np.ones(len(held_src), int), np.zeros(len(eval_safe), int)], None),
-        }
-        result = run_probe_experiment(
-            F(base_unsafe + base_safe), [1] * len(base_unsafe) + [0] * len(base_safe),
-            F([p["image_sha256"] for p in train]), F([p["safe_sha256"] for p in train]),
-            F(pool_unsafe + pool_safe), [1] * len(pool_unsafe) + [0] * len(pool_safe), evals,
-            ks=ks, seeds=range(seeds))
-        results[name] = result
-        figures[name] = plot_probe_curves(result, out_dir / f"probe_{name.replace('+', '_')}.png",
-                                          title=f"linear probe on {name} features")
-    # The trained probes as guards: base + every train pair, against base + the whole ordinary pool,
-    # on the richest feature set; guard_metrics scores them on the test split like any other guard.
-    name, feat = list(feature_sets.items())[-1]
-    X = lambda keys: np.stack([feat[k] for k in keys])  # noqa: E731
-    pair_probe = fit_probe(np.vstack([X(base_unsafe + base_safe), X([p["image_sha256"] for p in train]),
-                                      X([p["safe_sha256"] for p in train])]),
-                           [1] * len(base_unsafe) + [0] * len(base_safe) + [1] * len(train) + [0] * len(train))
-    ordinary_probe = fit_probe(X(base_unsafe + base_safe + pool_unsafe + pool_safe),
-                               [1] * len(base_unsafe) + [0] * len(base_safe) + [1] * len(pool_unsafe) + [0] * len(pool_safe))
+def _stack(feat: Features, keys: Sequence[str]) -> np.ndarray:
+    return np.stack([feat[k] for k in keys])
+
+
+def probe_curve(roles: Roles, feat: Features, seeds: int, ks: Sequence[int]) -> ProbeResult:
+    """Held-out accuracy of a probe on base + k pairs against base + 2k ordinary images, over seeds."""
+    n = len(roles.held)
+    evals = {
+        "heldout_pairs": (np.vstack([_stack(feat, [p["image_sha256"] for p in roles.held]),
+                                     _stack(feat, [p["safe_sha256"] for p in roles.held])]),
+                          np.r_[np.ones(n, int), np.zeros(n, int)], np.r_[np.arange(n), np.arange(n)]),
+        "non_pair": (_stack(feat, roles.held_sources + roles.eval_safe),
+                     np.r_[np.ones(len(roles.held_sources), int), np.zeros(len(roles.eval_safe), int)], None),
+    }
+    return run_probe_experiment(
+        _stack(feat, roles.base_unsafe + roles.base_safe), [1] * len(roles.base_unsafe) + [0] * len(roles.base_safe),
+        _stack(feat, [p["image_sha256"] for p in roles.train]), _stack(feat, [p["safe_sha256"] for p in roles.train]),
+        _stack(feat, roles.pool_unsafe + roles.pool_safe), [1] * len(roles.pool_unsafe) + [0] * len(roles.pool_safe),
+        evals, ks=tuple(ks), seeds=range(seeds))
+
+
+def probe_guards(roles: Roles, name: str, feat: Features) -> dict[str, dict[str, Any]]:
+    """The trained probes as guards: base + every train pair, against base + the whole ordinary pool.
+
+    guard_metrics scores them on the test split like any other guard.
+    """
+    base = roles.base_unsafe + roles.base_safe
+    base_y = [1] * len(roles.base_unsafe) + [0] * len(roles.base_safe)
+    n_train = len(roles.train)
+    pair_probe = fit_probe(np.vstack([_stack(feat, base), _stack(feat, [p["image_sha256"] for p in roles.train]),
+                                      _stack(feat, [p["safe_sha256"] for p in roles.train])]),
+                           base_y + [1] * n_train + [0] * n_train)
+    ordinary_probe = fit_probe(_stack(feat, base + roles.pool_unsafe + roles.pool_safe),
+                               base_y + [1] * len(roles.pool_unsafe) + [0] * len(roles.pool_safe))
     all_shas = sorted(feat)
     guards = {}
     for guard, probe in (("probe_pairs", pair_probe), ("probe_ordinary", ordinary_probe)):
-        p_unsafe = probe.predict_proba(X(all_shas))[:, list(probe.classes_).index(1)]
+        p_unsafe = probe.predict_proba(_stack(feat, all_shas))[:, list(probe.classes_).index(1)]
         guards[guard] = {"features": name, "p_unsafe": dict(zip(all_shas, map(float, p_unsafe)))}
-    return {"results": results, "figures": figures, "probe_guards": guards, "pairs": pairs,
-            "roles": {"base": [len(base_unsafe), len(base_safe)], "train_pairs": len(train), "heldout_pairs": len(held),
-                      "ordinary_pool": [len(pool_unsafe), len(pool_safe)], "non_pair_eval": [len(held_src), len(eval_safe)]}}
+    return guards
 
 
-def guard_figures(stage: Any, categories: list[str], out_dir: Path) -> dict[str, Path]:
+def run_sample_efficiency(pairs: Sequence[dict[str, Any]], sources: Sequence[dict[str, Any]],
+                          embed: Callable[[list[str]], np.ndarray], seed: int, out_dir: Path, seeds: int,
+                          ks: tuple[int, ...] = (0, 2, 4, 8, 16, 32)) -> dict[str, Any]:
+    """Probe trained on a base set plus k counterfactual pairs vs the same number of ordinary images.
+
+    ``pairs``: benchmark pairs with the verifier's raw answers; ``sources``: rated source images;
+    ``embed``: stored image paths -> embeddings. Features: image embeddings, plus the embedding of the
+    scene text the judge read when there is any.
+    """
+    roles = assign_roles(pairs, sources, seed)
+    if isinstance(roles, str):
+        return {"skipped": roles}
+    features = feature_sets(*image_paths_and_texts(pairs, sources), embed)
+    results: dict[str, ProbeResult] = {}
+    figures: dict[str, Path] = {}
+    for name, feat in features.items():
+        results[name] = probe_curve(roles, feat, seeds, ks)
+        figures[name] = plot_probe_curves(results[name], out_dir / f"probe_{name.replace('+', '_')}.png",
+                                          title=f"linear probe on {name} features")
+    richest, feat = list(features.items())[-1]
+    return {"results": results, "figures": figures, "probe_guards": probe_guards(roles, richest, feat),
+            "pairs": list(pairs), "roles": roles.summary()}
+
+
+def guard_figures(predictions: Sequence[dict[str, Any]], similarity: Mapping[str, float | None],
+                  out_dir: Path) -> dict[str, Path]:
     """ROC curves of every guard (original pairs, all splits) and error rate against pair similarity."""
-    preds = stage.store.query(
-        "SELECT guard, pair_id, half, label, rating, score FROM guard_predictions "
-        "WHERE category IN (SELECT UNNEST(?)) AND half IN ('unsafe', 'safe') ORDER BY guard, pair_id, half",
-        [categories]).to_dicts()
-    if not preds:
+    if not predictions:
         return {}
     curves: dict[str, tuple[list[int], list[float | None]]] = {}
-    for r in preds:
+    for r in predictions:
         labels, scores = curves.setdefault(r["guard"], ([], []))
         labels.append(1 if r["label"] == "unsafe" else 0)
         scores.append(r["score"])
-    similarity = dict(stage.store.query(
-        "SELECT b.pair_id, v.embedding_cosine FROM benchmark_split b JOIN verified_pairs v "
-        "ON v.candidate_id = b.candidate_id AND v.category = b.category AND v.judge_profile = b.judge_profile "
-        "AND v.writer_profile = b.writer_profile AND v.editor_profile = b.editor_profile "
-        "WHERE b.category IN (SELECT UNNEST(?))", [categories]).rows())
     return {
         "roc": plot_roc_curves(curves, out_dir / "roc_curves.png"),
         "error_vs_similarity": plot_error_vs_similarity(
-            pair_error_rows(preds, similarity, "embedding_cosine"), out_dir / "error_vs_similarity.png",
+            pair_error_rows(predictions, similarity, "embedding_cosine"), out_dir / "error_vs_similarity.png",
             similarity="embedding_cosine"),
     }

@@ -13,7 +13,12 @@ faithful edit both count.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Callable
+
+from PIL import Image
+
+from sp_assets.core.image_metrics import diff_region, psnr_outside, region_mask, ssim_outside
 
 
 def quality_score(edit_score: float | None, ssim: float, cosine: float, kind: str = "flip") -> float:
@@ -45,3 +50,25 @@ def reasons_for(row: dict[str, Any], thresholds: dict[str, float]) -> list[str]:
     if row["embedding_cosine"] is not None and row["embedding_cosine"] < thresholds["min_embedding_cosine"]:
         reasons.append("embedding_changed")
     return reasons
+
+
+def measure_preservation(source: Image.Image, edit: Image.Image, region_json: str | None, cosine: Any,
+                         lpips: Callable[[Any, Any], float] | None = None) -> dict[str, Any]:
+    """How much of the source the edit kept: sizes, the changed region and SSIM / PSNR outside it.
+
+    The region is the editor's own report when it gives one, else a thresholded difference map
+    (``region_source`` says which). Images of different sizes are not compared pixel by pixel.
+    """
+    out: dict[str, Any] = {"sizes_match": source.size == edit.size, "embedding_cosine": float(round(cosine, 6))}
+    if not out["sizes_match"]:
+        return out
+    if region_json is not None:
+        mask, out["region_source"] = region_mask(source.size, json.loads(region_json)), "editor"
+    else:
+        mask, out["region_source"] = diff_region(source, edit).mask, "diff"
+    out["changed_fraction"] = float(round(mask.mean(), 6))
+    out["ssim_outside"] = float(round(ssim_outside(source, edit, mask), 6))
+    out["psnr_outside"] = float(round(psnr_outside(source, edit, mask), 4))
+    if lpips is not None:
+        out["lpips"] = round(lpips(source, edit), 6)
+    return out

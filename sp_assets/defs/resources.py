@@ -1,8 +1,9 @@
 """Dagster resources: the run settings, and one swappable resource per backend role.
 
-Each backend resource holds only a profile name; the profile's implementation and parameters
-live in ``resources/<role>s.yaml``. Defaults come from environment variables so the CLI, the UI
-and the Makefile agree; the launchpad (or ``--config-json``) can override any field per run.
+Each backend resource holds only profile names; a profile's implementation and parameters live in
+``resources/<role>s.yaml``. Every role is chosen the same way: a profile name, from an environment
+variable (``SP_SOURCE``, ``SP_JUDGE``, ...) or from the launchpad / ``--config-json``. A string read from
+the environment is passed as Dagster's ``EnvVar``, so the launchpad shows where the value comes from.
 """
 
 from __future__ import annotations
@@ -11,19 +12,28 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
+from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from sp_assets.backends import registry
-from sp_assets.backends.base import Backend
-from sp_assets.core.policy import Policy
+from sp_assets.backends.base import Backend, SourceOptions
 from sp_assets.backends.profiles import Profile, get_profile
 from sp_assets.core.hashing import sha256_json
+from sp_assets.core.policy import Policy
+
+DEFAULT_GUARDS = ["scene_text", "open_nsfw"]
 
 
 def _env(name: str, default: str) -> str:
+    """The variable's value, or ``default`` when it is unset or blank."""
     value = os.environ.get(name, "").strip()
     return value or default
+
+
+def _env_var(name: str, default: str) -> str:
+    """``EnvVar(name)`` when the variable is set (the launchpad then names it), else ``default``."""
+    return EnvVar(name) if os.environ.get(name, "").strip() else default
 
 
 def _env_int(name: str, default: int) -> int:
@@ -36,11 +46,15 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} must be a whole number") from exc
 
 
+def _env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name, "")
+    return [n.strip() for n in raw.split(",") if n.strip()] if raw.strip() else list(default)
+
+
 class PipelineSettings(ConfigurableResource):
-    """Everything about a run that is not a model: where data lives, the source, seeds, thresholds."""
+    """Everything about a run that is not a model: where data lives, the source files, seeds, thresholds."""
 
     data_root: str = Field(description="Folder for the DuckDB file, images and exports (env SP_DATA_ROOT).")
-    source: str = Field(default="demo", description="'demo' (embedded offline pool) or 'folder' (your images).")
     source_dir: str = Field(default="", description="Folder of your images, for source 'folder' (env SP_SOURCE_DIR).")
     manifest: str = Field(
         default="",
@@ -51,6 +65,9 @@ class PipelineSettings(ConfigurableResource):
     demo_safe_per_category: int = Field(default=6, ge=0)
     max_image_pixels: int = Field(default=40_000_000, description="Larger images are quarantined.")
     max_file_bytes: int = Field(default=64 * 1024 * 1024, description="Larger files are quarantined.")
+    batch_items: int = Field(
+        default=16, ge=1,
+        description="Images handed to a model in one call (each model also batches inside, by its profile's batch_size).")
     edit_seeds: list[int] = Field(default=[0], description="One candidate per seed and instruction variant.")
     instruction_variants: int = Field(default=2, ge=1, description="Instructions per unsafe image (best of N).")
     control_pairs: bool = Field(
@@ -68,7 +85,6 @@ class PipelineSettings(ConfigurableResource):
     split_validation: float = 0.2
     split_test: float = 0.2
     probe_seeds: int = Field(default=10, ge=0, description="Seeds of the sample-efficiency probe (0 turns it off).")
-    guards: list[str] = Field(default=["scene_text", "open_nsfw"], description="Guard profiles to evaluate.")
     preview_unsafe: bool = Field(
         default=False, description="Show unsafe images unblurred in UI previews. Off by default."
     )
@@ -76,27 +92,18 @@ class PipelineSettings(ConfigurableResource):
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "PipelineSettings":
-        values: dict[str, Any] = {
-            "data_root": _env("SP_DATA_ROOT", "data"),
-            "source": _env("SP_SOURCE", "demo"),
-            "source_dir": _env("SP_SOURCE_DIR", ""),
-            "manifest": _env("SP_MANIFEST", ""),
-            "demo_unsafe_per_category": _env_int("SP_DEMO_UNSAFE", 12),
-            "demo_safe_per_category": _env_int("SP_DEMO_SAFE", 6),
-            "seed": _env_int("SP_SEED", 0),
-        }
-        values.update(overrides)
-        return cls(**values)
+        """Settings with plain values from the environment, for use outside Dagster (CLIs, scripts)."""
+        return cls(**{**_settings_env(_env), **overrides})
 
     @property
     def root(self) -> Path:
         return Path(self.data_root).expanduser().resolve()
 
-    def source_config(self) -> dict[str, Any]:
-        """The settings that decide the source pool; hashed into source rows."""
-        keys = ["source", "source_dir", "manifest", "seed", "demo_unsafe_per_category",
-                "demo_safe_per_category", "max_image_pixels", "max_file_bytes"]
-        return {k: getattr(self, k) for k in keys}
+    def source_options(self, policy: Policy) -> SourceOptions:
+        return SourceOptions(
+            policy=policy, seed=self.seed, source_dir=self.source_dir, manifest=self.manifest,
+            demo_unsafe_per_category=self.demo_unsafe_per_category, demo_safe_per_category=self.demo_safe_per_category,
+            max_image_pixels=self.max_image_pixels, max_file_bytes=self.max_file_bytes)
 
     def thresholds(self) -> dict[str, float]:
         return {
@@ -106,12 +113,25 @@ class PipelineSettings(ConfigurableResource):
             "max_changed_fraction": self.max_changed_fraction,
         }
 
+    def split_fractions(self) -> dict[str, float]:
+        return {"train": self.split_train, "validation": self.split_validation, "test": self.split_test}
+
     def split_config(self) -> dict[str, Any]:
-        return {"seed": self.seed, "train": self.split_train, "validation": self.split_validation,
-                "test": self.split_test, "method": "sorted-hash-v1"}
+        return {"seed": self.seed, **self.split_fractions(), "method": "sorted-hash-v1"}
 
     def split_config_sha256(self) -> str:
         return sha256_json(self.split_config())
+
+
+def _settings_env(read: Any) -> dict[str, Any]:
+    return {
+        "data_root": read("SP_DATA_ROOT", "data"),
+        "source_dir": read("SP_SOURCE_DIR", ""),
+        "manifest": read("SP_MANIFEST", ""),
+        "demo_unsafe_per_category": _env_int("SP_DEMO_UNSAFE", 12),
+        "demo_safe_per_category": _env_int("SP_DEMO_SAFE", 6),
+        "seed": _env_int("SP_SEED", 0),
+    }
 
 
 class BackendResource(ConfigurableResource):
@@ -130,15 +150,26 @@ class BackendResource(ConfigurableResource):
         """The loaded backend; loads at most once per process for the same config and policy."""
         return registry.build(self.resolve(name), policy)
 
-    def describe(self) -> dict[str, Any]:
-        return registry.describe(self.resolve())
+    def describe(self, name: str | None = None) -> dict[str, Any]:
+        return registry.describe(self.resolve(name))
+
+
+class SourceResource(BackendResource):
+    role: ClassVar[str] = "source"
+    profile: str = Field(default="demo", description="Source profile: 'demo' or 'folder' (env SP_SOURCE).")
+
+    def config(self, settings: PipelineSettings) -> dict[str, Any]:
+        """The settings that decide the source pool; hashed into every source row."""
+        keys = ["source_dir", "manifest", "seed", "demo_unsafe_per_category", "demo_safe_per_category",
+                "max_image_pixels", "max_file_bytes"]
+        return {"source": self.profile, **{k: getattr(settings, k) for k in keys}}
 
 
 class JudgeResource(BackendResource):
     role: ClassVar[str] = "judge"
     profile: str = Field(default="scene_text", description="Judge profile for source labels (env SP_JUDGE).")
     verify_profile: str = Field(
-        default="", description="Judge profile for edited images; empty means the same as 'profile'."
+        default="", description="Judge profile for edited images; empty means the same as 'profile' (env SP_VERIFY_JUDGE)."
     )
 
     @property
@@ -162,7 +193,7 @@ class EditorResource(BackendResource):
         return list(dict.fromkeys([self.profile, *self.also]))
 
     def describe_all(self) -> list[dict[str, Any]]:
-        return [registry.describe(self.resolve(name)) for name in self.names]
+        return [self.describe(name) for name in self.names]
 
 
 class EmbedderResource(BackendResource):
@@ -170,17 +201,27 @@ class EmbedderResource(BackendResource):
     profile: str = Field(default="efficientnet_lite0", description="Embedder profile (env SP_EMBEDDER).")
 
 
+class GuardResource(BackendResource):
+    """The guards guard_metrics evaluates: profiles in ``resources/guards.yaml``."""
+
+    role: ClassVar[str] = "guard"
+    profile: str = Field(default="", description="Unused: guards are a list (see 'profiles').")
+    profiles: list[str] = Field(
+        default=DEFAULT_GUARDS, description="Guard profiles to evaluate (env SP_GUARDS, comma-separated).")
+
+
 def default_resources() -> dict[str, Any]:
     """The resources every asset uses, with defaults from the environment."""
-    from dagster_duckdb import DuckDBResource
-
-    settings = PipelineSettings.from_env()
+    settings_values = _settings_env(_env_var)
+    root = Path(_env("SP_DATA_ROOT", "data")).expanduser().resolve()
     return {
-        "settings": settings,
-        "duckdb": DuckDBResource(database=str(settings.root / "safetypairs.duckdb")),
-        "judge": JudgeResource(profile=_env("SP_JUDGE", "scene_text"), verify_profile=_env("SP_VERIFY_JUDGE", "")),
-        "writer": WriterResource(profile=_env("SP_WRITER", "template")),
-        "editor": EditorResource(profile=_env("SP_EDITOR", "text_region"),
-                                 also=[n.strip() for n in _env("SP_EDITORS_ALSO", "").split(",") if n.strip()]),
-        "embedder": EmbedderResource(profile=_env("SP_EMBEDDER", "efficientnet_lite0")),
+        "settings": PipelineSettings(**settings_values),
+        "duckdb": DuckDBResource(database=str(root / "safetypairs.duckdb")),
+        "source": SourceResource(profile=_env_var("SP_SOURCE", "demo")),
+        "judge": JudgeResource(profile=_env_var("SP_JUDGE", "scene_text"),
+                               verify_profile=_env_var("SP_VERIFY_JUDGE", "")),
+        "writer": WriterResource(profile=_env_var("SP_WRITER", "template")),
+        "editor": EditorResource(profile=_env_var("SP_EDITOR", "text_region"), also=_env_list("SP_EDITORS_ALSO", [])),
+        "embedder": EmbedderResource(profile=_env_var("SP_EMBEDDER", "efficientnet_lite0")),
+        "guards": GuardResource(profiles=_env_list("SP_GUARDS", DEFAULT_GUARDS)),
     }

@@ -22,10 +22,11 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
-from sp_assets.defs.partitions import ACTIVE_POLICY, category_partitions
-from sp_assets.core.policy import Category, Policy
 from sp_assets.core.hashing import canonical_json, sha256_json
+from sp_assets.core.policy import Category, Policy
+from sp_assets.defs.partitions import ACTIVE_POLICY, category_partitions
 from sp_assets.defs.resources import PipelineSettings
+from sp_assets.execution.pool import InProcessPool, Task, WorkerPool, run_batches
 from sp_assets.storage import ImageStore, Store
 
 # BackfillPolicy is marked beta; single-run backfills are what this project is built on.
@@ -73,8 +74,13 @@ class Stage:
     def __post_init__(self) -> None:
         self.store = Store(self.duckdb.get_connection)
         self.images = ImageStore(self.settings.root)
+        self.pool: WorkerPool = InProcessPool()
         self.run_id = self.context.run.run_id
         self.now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+    def run(self, task: Task, items: Sequence[Any]) -> list[tuple[Any, Any]]:
+        """(item, result) for every item, computed through the worker pool in batches of ``batch_items``."""
+        return run_batches(self.pool, task, items, self.settings.batch_items)
 
     def categories(self) -> list[Category]:
         keys = self.context.partition_keys if self.context.has_partition_key_range or self.context.has_partition_key else []

@@ -2,6 +2,6 @@
 
 import sys
 
-from sp_assets.review import main
+from sp_assets.review.cli import main
 
 sys.exit(main())

@@ -1,8 +1,4 @@
-"""Fonts for rendering scene text, taken from files that ship inside installed packages.
-
-Matplotlib ships the DejaVu family, so the demo pool and the text-region editor render the
-same glyphs on every machine without a system font or a download.
-"""
+"""Fonts for rendering scene text (the demo pool, the text-region editor), from files inside installed packages."""
 
 from __future__ import annotations
 
@@ -15,6 +11,8 @@ DEFAULT_FONT = "DejaVuSans-Bold.ttf"
 
 
 def font_path(name: str = DEFAULT_FONT) -> Path:
+    """A font file that ships with matplotlib (the DejaVu family), so every machine renders the same
+    glyphs without a system font or a download."""
     import matplotlib
 
     path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name

@@ -1,33 +1,27 @@
-"""Shared loading rules for Hugging Face models (transformers, diffusers): local only, safetensors, no remote code.
-
-Every model backend resolves its device and dtype here, and turns a missing-weights failure into a
-``MissingWeightsError`` that names the profile, what it looked for, and the command that fetches it.
-"""
+"""Shared loading rules for Hugging Face models (transformers, diffusers): local only, safetensors, no
+remote code; plus the device, dtype, provenance and clean-up helpers every model backend uses."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
+import json
+import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+from sp_assets.backends.common.versions import package_version
+
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 class MissingWeightsError(RuntimeError):
     """A profile's weights are not on this machine (and the profile does not allow downloads)."""
-
-
-def library_version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not-installed"
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -53,7 +47,11 @@ def resolve_dtype(dtype: str, device: str) -> Any:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a profile's weights come from: a local folder, or a hub id resolved in the local cache."""
+    """Where a profile's weights come from: a local folder, or a hub id resolved in the local cache.
+
+    ``load`` turns a missing-weights failure into a ``MissingWeightsError`` that names the profile,
+    what it looked for, and the command that fetches it.
+    """
 
     model: str
     revision: str | None = None
@@ -164,5 +162,48 @@ def hf_model_info(source: ModelSource, revision: str, device: str, torch_dtype: 
         revision=revision,
         device=device,
         dtype=str(torch_dtype).removeprefix("torch."),
-        library=f"transformers {library_version('transformers')}; torch {torch.__version__}",
+        library=f"transformers {package_version('transformers')}; torch {torch.__version__}",
     )
+
+
+def processor_sha256(processor: Any) -> str:
+    """Hash of an image processor's settings (size, crop, mean, std, resampling...)."""
+    try:
+        settings = processor.to_dict()
+    except (AttributeError, TypeError, ValueError):  # no to_dict, or settings it cannot copy
+        settings = {k: v for k, v in vars(processor).items() if not k.startswith("_")}
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def quiet_load(load: Callable[[], T]) -> T:
+    """Run ``load`` with transformers' weight-loading progress bar off, then restore the setting."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return load()
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load()
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+def free_cuda_cache(device: str) -> None:
+    """Hand the memory a dropped model held back to the GPU (nothing to do off CUDA).
+
+    A CUDA error here is logged, not raised: the model is gone either way, and ``close`` often runs
+    while another error is on its way up.
+    """
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    try:
+        torch.cuda.empty_cache()
+    except RuntimeError as exc:
+        log.warning("could not empty the CUDA cache on %s (%s: %s)", device, type(exc).__name__, exc)

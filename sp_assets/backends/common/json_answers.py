@@ -1,25 +1,5 @@
-"""Fail-closed parsing of a judge model's text answer into (rating, category, rationale, fields).
-
-The answer we ask for is LlavaGuard-style JSON::
-
-    {"rating": "Unsafe", "category": "O2: Violence, Harm, or Cruelty", "rationale": "..."}
-
-Models wrap it in code fences, bold the keys, add prose, use single quotes or trailing commas,
-forget fields or stop mid-answer. The rules:
-
-- the rating comes only from a rating field (``rating``, ``safety rating``, ``verdict``,
-  ``decision``), in JSON or as a ``key: value`` line; prose such as "this image is safe" is not a
-  rating (too easy to misread "the image is not unsafe because...");
-- a rating value is read by whole words: ``unsafe``, ``not safe``, ``non-compliant``,
-  ``review needed`` are unsafe; ``safe`` and ``compliant`` are safe only where they are not part
-  of an unsafe phrase ("unsafe" never counts as "safe");
-- no rating, an unknown word, a value naming both ratings, two fields that disagree, a quoted
-  value cut off by the end of the answer, or an empty answer -> ``invalid``;
-- anything that cannot be read is ``invalid``; nothing is ever ``safe`` by default.
-
-The category is mapped to a policy slug by slug, by id (``O2``, ``O2: ...``) or by title words;
-an unsafe answer without a usable category gets the category that was asked about.
-"""
+"""Fail-closed parsing of a judge model's text answer into (rating, category, rationale, fields), and the
+JSON-snippet readers the instruction writer shares."""
 
 from __future__ import annotations
 
@@ -161,14 +141,15 @@ def _title_words(text: str) -> frozenset[str]:
     return frozenset(w for w in re.findall(r"[a-z]+", text.lower()) if w not in _STOPWORDS)
 
 
-def _normalise(raw: str) -> str:
+def normalise_answer(raw: str) -> str:
+    """The answer with curly quotes straightened, zero-width characters, code fences and markdown bold removed."""
     text = raw.replace("\u201c", '"').replace("\u201d", '"').replace("\u2018", "'").replace("\u2019", "'")
     text = text.replace("\u200b", "").replace("\ufeff", "")
     text = _FENCE_RE.sub("\n", text)
     return text.replace("*", "").replace("__", "")
 
 
-def _brace_spans(text: str) -> list[tuple[int, int, bool]]:
+def brace_spans(text: str) -> list[tuple[int, int, bool]]:
     """Top-level {...} spans: (start, end, closed). An unclosed one runs to the end of the text."""
     spans: list[tuple[int, int, bool]] = []
     i, n = 0, len(text)
@@ -202,8 +183,8 @@ def _brace_spans(text: str) -> list[tuple[int, int, bool]]:
     return spans
 
 
-def _load_object(snippet: str) -> tuple[dict[str, Any] | None, bool]:
-    """Parse one {...} snippet; returns (object, repaired)."""
+def load_json_object(snippet: str) -> tuple[dict[str, Any] | None, bool]:
+    """Parse one {...} snippet, repairing trailing commas, single quotes and bare keys; returns (object, repaired)."""
     try:
         obj = json.loads(snippet)
         return (obj, False) if isinstance(obj, dict) else (None, False)
@@ -293,20 +274,63 @@ def parse_judge_answer(
     policy: Policy | None = None,
     asked: Category | str | None = None,
 ) -> ParsedAnswer:
-    """Read a judge's answer fail-closed. ``asked`` is the category the judge was asked about."""
+    """Read a judge's answer fail-closed. ``asked`` is the category the judge was asked about.
+
+    The answer we ask for is LlavaGuard-style JSON::
+
+        {"rating": "Unsafe", "category": "O2: Violence, Harm, or Cruelty", "rationale": "..."}
+
+    Models wrap it in code fences, bold the keys, add prose, use single quotes or trailing commas,
+    forget fields or stop mid-answer. The rules:
+
+    - the rating comes only from a rating field (``rating``, ``safety rating``, ``verdict``,
+      ``decision``), in JSON or as a ``key: value`` line; prose such as "this image is safe" is not a
+      rating (too easy to misread "the image is not unsafe because...");
+    - a rating value is read by whole words: ``unsafe``, ``not safe``, ``non-compliant``,
+      ``review needed`` are unsafe; ``safe`` and ``compliant`` are safe only where they are not part
+      of an unsafe phrase ("unsafe" never counts as "safe");
+    - no rating, an unknown word, a value naming both ratings, two fields that disagree, a quoted
+      value cut off by the end of the answer, or an empty answer -> ``invalid``;
+    - anything that cannot be read is ``invalid``; nothing is ever ``safe`` by default.
+
+    The category is mapped to a policy slug by slug, by id (``O2``, ``O2: ...``) or by title words;
+    an unsafe answer without a usable category gets the category that was asked about.
+    """
     raw = text if isinstance(text, str) else ""
     asked_slug = asked.slug if isinstance(asked, Category) else (str(asked) if asked else "")
     if not raw.strip():
         return ParsedAnswer(INVALID, "", "", {}, "none", "empty answer")
-    clean = _normalise(raw)
     offset = rating_value_offset(raw)
+    objects, repaired, leftover = _json_objects(normalise_answer(raw))
+    found = _collect_fields(objects, leftover)
 
+    method = ("json-repaired" if repaired else "json") if objects else ("key-value" if found.ratings else "none")
+    rationale = next((str(r).strip() for r in found.rationales if isinstance(r, str) and r.strip()), "")
+    rating, problem = _read_rating(found.ratings)
+    if problem:
+        return ParsedAnswer(INVALID, "", rationale, found.fields, method, problem, (), offset)
+    category, notes = _unsafe_category(found.categories, policy, asked_slug) if rating == UNSAFE else ("", ())
+    return ParsedAnswer(rating, category, rationale, found.fields, method, "", notes, offset)
+
+
+@dataclass
+class _Fields:
+    """Every field an answer contained, and the rating, category and rationale values among them."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    ratings: list[tuple[str, Any, bool]] = field(default_factory=list)  # (where: json|text, value, cut_off)
+    categories: list[Any] = field(default_factory=list)
+    rationales: list[Any] = field(default_factory=list)
+
+
+def _json_objects(clean: str) -> tuple[list[dict[str, Any]], bool, str]:
+    """The JSON objects in the answer, whether any needed repair, and the text outside them."""
     objects: list[dict[str, Any]] = []
     repaired = False
     leftover_parts: list[str] = []
     cursor = 0
-    for start, end, closed in _brace_spans(clean):
-        obj, was_repaired = _load_object(clean[start:end]) if closed else (None, False)
+    for start, end, closed in brace_spans(clean):
+        obj, was_repaired = load_json_object(clean[start:end]) if closed else (None, False)
         if obj is None:
             continue
         objects.append(obj)
@@ -314,76 +338,72 @@ def parse_judge_answer(
         leftover_parts.append(clean[cursor:start])
         cursor = end
     leftover_parts.append(clean[cursor:])
-    leftover = "\n".join(leftover_parts)
+    return objects, repaired, "\n".join(leftover_parts)
 
-    fields: dict[str, Any] = {}
-    ratings: list[tuple[str, Any, bool]] = []  # (where, value, cut_off)
-    categories: list[Any] = []
-    rationales: list[Any] = []
+
+def _collect_fields(objects: list[dict[str, Any]], leftover: str) -> _Fields:
+    """Fields from the JSON objects first, then ``key: value`` lines in the text around them."""
+    found = _Fields()
     for obj in objects:
         pairs: list[tuple[str, Any]] = []
         _flatten(obj, pairs)
         for key, value in pairs:
-            fields.setdefault(key, value)
+            found.fields.setdefault(key, value)
             kind = _key_kind(key) if key.replace("_", " ").replace("-", " ") in _all_keys() else ""
             if kind == "rating":
-                ratings.append(("json", value, False))
+                found.ratings.append(("json", value, False))
             elif kind == "category":
-                categories.append(value)
+                found.categories.append(value)
             elif kind == "rationale":
-                rationales.append(value)
+                found.rationales.append(value)
     for kind, key, value, cut in _key_values(leftover):
-        fields.setdefault(key, value)
+        found.fields.setdefault(key, value)
         if kind == "rating":
-            ratings.append(("text", value, cut))
+            found.ratings.append(("text", value, cut))
         elif kind == "category":
-            categories.append(value)
+            found.categories.append(value)
         else:
-            rationales.append(value)
+            found.rationales.append(value)
+    return found
 
-    method = ("json-repaired" if repaired else "json") if objects else ("key-value" if ratings else "none")
-    rationale = next((str(r).strip() for r in rationales if isinstance(r, str) and r.strip()), "")
 
-    def invalid(problem: str) -> ParsedAnswer:
-        return ParsedAnswer(INVALID, "", rationale, fields, method, problem, (), offset)
-
+def _read_rating(ratings: list[tuple[str, Any, bool]]) -> tuple[str, str]:
+    """(rating, '') when every readable rating field agrees, else ('', why the answer is invalid)."""
     if not ratings:
-        return invalid("no rating field in the answer")
+        return "", "no rating field in the answer"
     classes: list[str] = []
     has_json_rating = any(where == "json" for where, _v, _c in ratings)
     for where, value, cut in ratings:
         if cut:
-            return invalid(f"rating value cut off: {str(value)[:40]!r}")
+            return "", f"rating value cut off: {str(value)[:40]!r}"
         cls = classify_rating(value)
         if cls == "ambiguous":
-            return invalid(f"rating value names both ratings: {str(value)[:60]!r}")
+            return "", f"rating value names both ratings: {str(value)[:60]!r}"
         if cls is None:
             if where == "text" and has_json_rating:
                 continue  # prose like "my rating: see below" next to a JSON rating
-            return invalid(f"unrecognised rating value: {str(value)[:60]!r}")
+            return "", f"unrecognised rating value: {str(value)[:60]!r}"
         classes.append(cls)
     if not classes:
-        return invalid("no readable rating value")
+        return "", "no readable rating value"
     if len(set(classes)) > 1:
-        return invalid(f"contradictory ratings: {', '.join(classes)}")
-    rating = classes[0]
+        return "", f"contradictory ratings: {', '.join(classes)}"
+    return classes[0], ""
 
-    notes: list[str] = []
-    category = ""
-    if rating == UNSAFE:
-        said = next((c for c in categories if c not in (None, "")), None)
-        slug = match_category(said, policy) if said is not None else None
-        if slug and slug != NA:
-            category = slug
-        else:
-            category = asked_slug
-            if said is None:
-                notes.append("no category given; used the asked category")
-            elif slug == NA:
-                notes.append("unsafe with category 'none applying'; used the asked category")
-            else:
-                notes.append(f"category {str(said)[:60]!r} is not in the policy; used the asked category")
-    return ParsedAnswer(rating, category, rationale, fields, method, "", tuple(notes), offset)
+
+def _unsafe_category(categories: list[Any], policy: Policy | None, asked_slug: str) -> tuple[str, tuple[str, ...]]:
+    """The policy slug an unsafe answer names, or the asked category with a note saying why."""
+    said = next((c for c in categories if c not in (None, "")), None)
+    slug = match_category(said, policy) if said is not None else None
+    if slug and slug != NA:
+        return slug, ()
+    if said is None:
+        note = "no category given; used the asked category"
+    elif slug == NA:
+        note = "unsafe with category 'none applying'; used the asked category"
+    else:
+        note = f"category {str(said)[:60]!r} is not in the policy; used the asked category"
+    return asked_slug, (note,)
 
 
 def _all_keys() -> frozenset[str]:

@@ -1,15 +1,5 @@
-"""Shared loading and generation for transformers image-text-to-text models (and plain LLMs).
-
-One ``VLMRunner`` holds a model and its processor, loaded through ``ModelSource`` (local folder or
-the local Hugging Face cache; downloads only when the profile allows them; safetensors only;
-``trust_remote_code`` off unless the profile turns it on). It renders a one-turn chat (an image and
-a text, or text alone) with the processor's chat template, runs batched generation with left
-padding, greedy unless asked to sample, seeded, and returns the generated text verbatim with its
-token ids.
-
-A model whose config is not an image-text-to-text architecture is loaded as a causal LM with its
-tokenizer (``has_vision`` is False); the writer then works from the judge's finding alone.
-"""
+"""Shared loading and generation for transformers image-text-to-text models (and plain LLMs), used by the
+VLM judge and the VLM writer."""
 
 from __future__ import annotations
 
@@ -22,10 +12,11 @@ from PIL import Image
 from sp_assets.backends.base import ModelInfo
 from sp_assets.backends.common.hf import (
     ModelSource,
-    library_version,
+    free_cuda_cache,
     resolve_device,
     resolve_dtype,
 )
+from sp_assets.backends.common.versions import package_version
 
 RUNNER_VERSION = "1"
 
@@ -40,7 +31,18 @@ class Generation:
 
 
 class VLMRunner:
-    """Load once, generate many times. All parameters that change output are in ``config()``."""
+    """Load once, generate many times. All parameters that change output are in ``config()``.
+
+    A runner holds a model and its processor, loaded through ``ModelSource`` (local folder or the
+    local Hugging Face cache; downloads only when the profile allows them; safetensors only;
+    ``trust_remote_code`` off unless the profile turns it on). It renders a one-turn chat (an image
+    and a text, or text alone) with the processor's chat template, runs batched generation with left
+    padding, greedy unless asked to sample, seeded, and returns the generated text verbatim with its
+    token ids.
+
+    A model whose config is not an image-text-to-text architecture is loaded as a causal LM with its
+    tokenizer (``has_vision`` is False); the writer then works from the judge's finding alone.
+    """
 
     def __init__(
         self,
@@ -55,7 +57,6 @@ class VLMRunner:
         max_image_side: int | None = None,
     ):
         import torch
-        import transformers
 
         if not model:
             raise ValueError(f"profile {profile_name!r}: param 'model' is required (a local folder or a hub id).")
@@ -70,42 +71,72 @@ class VLMRunner:
         self.device = resolve_device(device)
         self.torch_dtype = resolve_dtype(dtype, self.device)
         self.dtype_name = str(self.torch_dtype).replace("torch.", "")
-        source = ModelSource(self.model_name, self.revision, self.allow_download)
-        self.source = source
+        self.source = ModelSource(self.model_name, self.revision, self.allow_download)
 
-        remote = {"trust_remote_code": self.trust_remote_code}
-        config = source.load(profile_name, transformers.AutoConfig.from_pretrained, weights=False, **remote)
+        config = self._load_config()
+        self._load_processor()
+        self._load_model(config)
+        self.info = ModelInfo(
+            model_id=self.model_name,
+            revision=self.resolved_revision,
+            device=self.device,
+            dtype=self.dtype_name,
+            library=f"transformers {package_version('transformers')}; torch {package_version('torch')}",
+        )
+        self._torch = torch
+
+    # -- loading ------------------------------------------------------------------------------------
+
+    def _load(self, loader: Any, weights: bool = True, **kwargs: Any) -> Any:
+        return self.source.load(self.profile_name, loader, weights=weights,
+                                trust_remote_code=self.trust_remote_code, **kwargs)
+
+    def _load_config(self) -> Any:
+        """The model's config; it decides whether this is a vision model (``has_vision``)."""
+        import transformers
+
+        config = self._load(transformers.AutoConfig.from_pretrained, weights=False)
         auto_map = getattr(config, "auto_map", None) or {}
         self.has_vision = (
             type(config) in transformers.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
             or "AutoModelForImageTextToText" in auto_map
         )
+        return config
+
+    def _load_processor(self) -> None:
+        """The processor (or, for a text-only model, the tokenizer), set up for left-padded batches."""
+        import transformers
+
         if self.has_vision:
-            model_cls = transformers.AutoModelForImageTextToText
-            self.processor = source.load(profile_name, transformers.AutoProcessor.from_pretrained, weights=False, **remote)
+            self.processor = self._load(transformers.AutoProcessor.from_pretrained, weights=False)
             self.tokenizer = getattr(self.processor, "tokenizer", None)
             if self.tokenizer is None or getattr(self.processor, "image_processor", None) is None:
                 raise ValueError(
-                    f"profile {profile_name!r}: {self.model_name} is an image-text-to-text model but its processor "
-                    f"({type(self.processor).__name__}) has no tokenizer or image processor; check the model folder."
+                    f"profile {self.profile_name!r}: {self.model_name} is an image-text-to-text model but its "
+                    f"processor ({type(self.processor).__name__}) has no tokenizer or image processor; check the "
+                    "model folder."
                 )
         else:
-            model_cls = transformers.AutoModelForCausalLM
-            self.tokenizer = source.load(profile_name, transformers.AutoTokenizer.from_pretrained, weights=False, **remote)
+            self.tokenizer = self._load(transformers.AutoTokenizer.from_pretrained, weights=False)
             self.processor = self.tokenizer
         if not getattr(self.processor, "chat_template", None):
             raise ValueError(
-                f"profile {profile_name!r}: the processor of {self.model_name} has no chat template, so prompts "
-                "cannot be formatted for it. Use an instruction-tuned (chat) model."
+                f"profile {self.profile_name!r}: the processor of {self.model_name} has no chat template, so "
+                "prompts cannot be formatted for it. Use an instruction-tuned (chat) model."
             )
         self.tokenizer.padding_side = "left"  # batched generation: prompts end where generation starts
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
-        load_kwargs: dict[str, Any] = {"dtype": self.torch_dtype, "config": config, **remote}
+    def _load_model(self, config: Any) -> None:
+        """The weights, on the device, in eval mode; and the ids that end or pad an answer."""
+        import transformers
+
+        model_cls = transformers.AutoModelForImageTextToText if self.has_vision else transformers.AutoModelForCausalLM
+        load_kwargs: dict[str, Any] = {"dtype": self.torch_dtype, "config": config}
         if self.device.startswith("cuda"):
             load_kwargs["device_map"] = self.device
-        self.model = source.load(profile_name, model_cls.from_pretrained, **load_kwargs)
+        self.model = self._load(model_cls.from_pretrained, **load_kwargs)
         if not self.device.startswith("cuda"):
             self.model.to(self.device)
         self.model.eval()
@@ -117,14 +148,6 @@ class VLMRunner:
             eos_ids.add(int(self.tokenizer.eos_token_id))
         self.eos_ids = frozenset(int(e) for e in eos_ids)
         self.pad_id = int(self.tokenizer.pad_token_id) if self.tokenizer.pad_token_id is not None else None
-        self.info = ModelInfo(
-            model_id=self.model_name,
-            revision=self.resolved_revision,
-            device=self.device,
-            dtype=self.dtype_name,
-            library=f"transformers {library_version('transformers')}; torch {library_version('torch')}",
-        )
-        self._torch = torch
 
     # -- prompts ------------------------------------------------------------------------------------
 
@@ -167,13 +190,24 @@ class VLMRunner:
         Returns ``len(prompts) * num_return_sequences`` answers, grouped by prompt.
         Greedy unless ``do_sample``; sampling is seeded with ``seed`` (the global torch RNG is left as it was).
         """
-        torch = self._torch
-        from transformers import LogitsProcessorList
-
         if not prompts:
             return []
         if images is not None and len(images) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(images)} images")
+        inputs = self._encode(prompts, images)
+        prompt_len = int(inputs["input_ids"].shape[1])
+        gen_kwargs = self._generation_kwargs(max_new_tokens, do_sample, temperature, top_p,
+                                             num_return_sequences, logits_processors)
+        sequences = self._run_seeded(inputs, gen_kwargs, seed)
+        out: list[Generation] = []
+        for row in sequences[:, prompt_len:].tolist():
+            ids = self._trim(row)
+            out.append(Generation(text=self.decode(ids), token_ids=tuple(ids)))
+        return out
+
+    def _encode(self, prompts: Sequence[str], images: Sequence[Image.Image] | None) -> dict[str, Any]:
+        """Chat-rendered, left-padded model inputs on the device (floating tensors in the model's dtype)."""
+        torch = self._torch
         texts = [self.render(p, with_image=images is not None) for p in prompts]
         bos = self.tokenizer.bos_token
         add_special = not (bos and texts[0].startswith(bos))
@@ -185,12 +219,16 @@ class VLMRunner:
         else:
             batch = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
                                    add_special_tokens=add_special)
-        inputs = {
+        return {
             k: (v.to(self.device, self.torch_dtype) if torch.is_floating_point(v) else v.to(self.device))
             if isinstance(v, torch.Tensor) else v
             for k, v in batch.items()
         }
-        prompt_len = int(inputs["input_ids"].shape[1])
+
+    def _generation_kwargs(self, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
+                           num_return_sequences: int, logits_processors: Sequence[Any]) -> dict[str, Any]:
+        from transformers import LogitsProcessorList
+
         gen_kwargs: dict[str, Any] = {
             "max_new_tokens": int(max_new_tokens),
             "do_sample": bool(do_sample),
@@ -201,17 +239,16 @@ class VLMRunner:
             gen_kwargs.update(temperature=float(temperature), top_p=float(top_p))
         if logits_processors:
             gen_kwargs["logits_processor"] = LogitsProcessorList(list(logits_processors))
+        return gen_kwargs
+
+    def _run_seeded(self, inputs: dict[str, Any], gen_kwargs: dict[str, Any], seed: int) -> Any:
+        """``model.generate`` under ``seed``, on a forked RNG so the caller's torch RNG is left as it was."""
+        torch = self._torch
         rng_devices = [torch.cuda.current_device()] if self.device.startswith("cuda") else []
         with torch.random.fork_rng(devices=rng_devices), torch.inference_mode():
             torch.manual_seed(int(seed))
             sequences = self.model.generate(**inputs, **gen_kwargs)
-        if not isinstance(sequences, torch.Tensor):
-            sequences = sequences.sequences
-        out: list[Generation] = []
-        for row in sequences[:, prompt_len:].tolist():
-            ids = self._trim(row)
-            out.append(Generation(text=self.decode(ids), token_ids=tuple(ids)))
-        return out
+        return sequences if isinstance(sequences, torch.Tensor) else sequences.sequences
 
     def _trim(self, ids: list[int]) -> list[int]:
         for i, t in enumerate(ids):
@@ -246,15 +283,13 @@ class VLMRunner:
             "trust_remote_code": self.trust_remote_code,
             "max_image_side": self.max_image_side,
             "padding_side": "left",
-            "versions": {d: library_version(d) for d in ("transformers", "torch", "tokenizers")},
+            "versions": {d: package_version(d) for d in ("transformers", "torch", "tokenizers")},
         }
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
         gc.collect()
-        torch = self._torch
-        if self.device.startswith("cuda") and torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_cuda_cache(self.device)
 
 
 def compile_prompt_template(text: str, placeholders: Any, profile_name: str) -> Any:

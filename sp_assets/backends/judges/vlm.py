@@ -1,30 +1,4 @@
-"""A judge that prompts an image-text-to-text model with the policy and reads a LlavaGuard-style JSON answer.
-
-Prompt: written from the active policy file (``Category.rules_text()``: what the category forbids
-and allows), asking for ``{"rating": "Unsafe"|"Safe", "category": ..., "rationale": ...}``. A
-profile may replace it with ``prompt_template`` (``string.Template`` syntax, see ``PLACEHOLDERS``),
-e.g. the prompt a guard model was trained with.
-
-Decision: the generated text (greedy) is parsed by ``judge_parsing`` fail-closed; anything it
-cannot read is ``invalid``, never ``safe``. ``raw_output`` is the generated text, verbatim.
-
-Score, P(unsafe), from the model's own token probabilities at the position where it writes the
-rating value:
-1. Once at load, every vocabulary token is decoded on its own; a token is an *unsafe start* if its
-   text, with leading spaces, quotes, asterisks, backticks, colons and braces removed, is a
-   non-empty prefix of "unsafe" (or "unsafe" followed by a non-letter), case-insensitive; a *safe
-   start* likewise for "safe". ("u", "Uns", '"Unsafe' are unsafe starts; "S", " Safe" are safe
-   starts; "Not" is neither.)
-2. During generation a logits processor records, for every step and row, the log of the summed
-   probability of all unsafe starts and of all safe starts (softmax over the scores the decoder
-   chose from, i.e. after the model's own processors such as a repetition penalty).
-3. After generation, the character offset of the rating value in the answer
-   (``judge_parsing.rating_value_offset``) is mapped to the generated token that contains it, k.
-4. score = P(unsafe start) / (P(unsafe start) + P(safe start)) at step k.
-The score is None when the answer has no readable rating field, when the vocabulary has no
-unsafe or no safe start, or when both probabilities are zero. The score does not change the
-rating: a rating comes only from the parsed answer.
-"""
+"""A judge that prompts an image-text-to-text model with the policy and reads a LlavaGuard-style JSON answer."""
 
 from __future__ import annotations
 
@@ -72,7 +46,7 @@ _STRIP_LEAD = " \t\r\n\"'*`:{_\u2581\u0120"
 
 
 def classify_token_text(text: str) -> str | None:
-    """'unsafe' / 'safe' when a token could start that rating word (see the module docstring)."""
+    """'unsafe' / 'safe' when a token could start that rating word (see ``VLMJudge``, score step 1)."""
     t = text.lstrip(_STRIP_LEAD).lower()
     if not t:
         return None
@@ -132,7 +106,33 @@ def score_from_logs(log_unsafe: float, log_safe: float) -> float | None:
 
 
 class VLMJudge(Judge):
-    """Rates images under a policy category with a chat VLM (LlavaGuard, Qwen2.5-VL, ...)."""
+    """Rates images under a policy category with a chat VLM (LlavaGuard, Qwen2.5-VL, ...).
+
+    Prompt: written from the active policy file (``Category.rules_text()``: what the category forbids
+    and allows), asking for ``{"rating": "Unsafe"|"Safe", "category": ..., "rationale": ...}``. A
+    profile may replace it with ``prompt_template`` (``string.Template`` syntax, see ``PLACEHOLDERS``),
+    e.g. the prompt a guard model was trained with.
+
+    Decision: the generated text (greedy) is parsed fail-closed by ``json_answers.parse_judge_answer``;
+    anything it cannot read is ``invalid``, never ``safe``. ``raw_output`` is the generated text, verbatim.
+
+    Score, P(unsafe), from the model's own token probabilities at the position where it writes the
+    rating value:
+    1. Once at load, every vocabulary token is decoded on its own; a token is an *unsafe start* if its
+       text, with leading spaces, quotes, asterisks, backticks, colons and braces removed, is a
+       non-empty prefix of "unsafe" (or "unsafe" followed by a non-letter), case-insensitive; a *safe
+       start* likewise for "safe". ("u", "Uns", '"Unsafe' are unsafe starts; "S", " Safe" are safe
+       starts; "Not" is neither.)
+    2. During generation a logits processor records, for every step and row, the log of the summed
+       probability of all unsafe starts and of all safe starts (softmax over the scores the decoder
+       chose from, i.e. after the model's own processors such as a repetition penalty).
+    3. After generation, the character offset of the rating value in the answer
+       (``json_answers.rating_value_offset``) is mapped to the generated token that contains it, k.
+    4. score = P(unsafe start) / (P(unsafe start) + P(safe start)) at step k.
+    The score is None when the answer has no readable rating field, when the vocabulary has no
+    unsafe or no safe start, or when both probabilities are zero. The score does not change the
+    rating: a rating comes only from the parsed answer.
+    """
 
     def __init__(
         self,

@@ -15,7 +15,8 @@ from typing import Any, Iterator
 import polars as pl
 from PIL import Image, UnidentifiedImageError
 
-from sp_assets.core.policy import Policy
+from sp_assets.backends.base import ModelInfo, Source, SourceItem, SourceOptions
+from sp_assets.core.policy import Category, Policy
 
 MANIFEST_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 _CATEGORY_ID_RE = re.compile(r"^\s*([A-Za-z]+\d+)\b")
@@ -189,3 +190,38 @@ def check_file(entry: Entry, source_dir: Path, max_pixels: int, max_bytes: int) 
         checked.reason = "corrupt"
         checked.detail = f"{where}: could not decode ({type(exc).__name__}: {exc}); re-export it."
     return checked
+
+
+class FolderSource(Source):
+    """Your images: a folder, with a manifest (CSV, JSONL, Parquet) or category subfolders."""
+
+    origin = "folder"
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self.info = ModelInfo(model_id="folder", revision="", device="none")
+
+    def scan(self, category: Category, options: SourceOptions) -> Iterator[SourceItem]:
+        root, manifest = _folder_paths(options)
+        for item in iter_entries(root, manifest, options.policy):
+            entry = item.entry if isinstance(item, Checked) else item
+            if entry.categories is not None and category.slug not in entry.categories:
+                continue
+            checked = item if isinstance(item, Checked) else check_file(
+                item, root, options.max_image_pixels, options.max_file_bytes)
+            yield SourceItem(
+                ref=entry.ref, data=checked.data, suffix=FORMAT_SUFFIX.get(checked.format, ".img"),
+                width=checked.width, height=checked.height, format=checked.format,
+                reason=None if checked.ok else checked.reason, detail=checked.detail,
+                columns={"manifest_rating": entry.rating, "manifest_category": entry.category,
+                         "manifest_rationale": entry.rationale})
+
+
+def _folder_paths(options: SourceOptions) -> tuple[Path, Path | None]:
+    if not options.source_dir:
+        raise ValueError("source 'folder' needs source_dir (env SP_SOURCE_DIR): the folder that holds your images.")
+    root = Path(options.source_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise ValueError(f"source_dir {root} is not a folder; fix SP_SOURCE_DIR or the 'source_dir' setting.")
+    manifest = Path(options.manifest).expanduser().resolve() if options.manifest else None
+    return root, manifest

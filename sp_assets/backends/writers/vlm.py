@@ -1,19 +1,4 @@
-"""An instruction writer that captions the image and writes edit instructions with a chat VLM (or LLM).
-
-For each unsafe image:
-1. caption it (greedy; skipped for a text-only model, which works from the judge's finding alone);
-2. ask for ``n`` different edit instructions that remove only what the category forbids (its
-   rules, the judge's rationale and the policy's edit_guidance are in the prompt) and keep
-   everything else, answered as a JSON list. One variant is written greedily; several are
-   sampled, seeded with the row's seed (attempt ``a`` uses ``seed + a``);
-3. read the answer robustly (a JSON list or object, a numbered or bulleted list, or a single
-   sentence), drop implausible text, and deduplicate (case, spacing and punctuation ignored);
-   if fewer than ``n`` came back, sample again, up to ``attempts`` answers in all.
-An answer that yields nothing never fails the batch: the writer returns fewer instructions, and
-with ``fallback: template`` (the default) one instruction built from the rationale and the
-guidance, marked as such. Every instruction's ``target`` records the caption, the raw model
-output it came from and the model, so the decision can be traced.
-"""
+"""An instruction writer that captions the image and writes edit instructions with a chat VLM (or LLM)."""
 
 from __future__ import annotations
 
@@ -26,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from sp_assets.backends.base import Instruction, InstructionWriter, Verdict
-from sp_assets.backends.common.json_answers import _brace_spans, _load_object, _normalise
+from sp_assets.backends.common.json_answers import brace_spans, load_json_object, normalise_answer
 from sp_assets.backends.writers.template import KEEP
 from sp_assets.backends.common.vlm_runner import VLMRunner, compile_prompt_template
 from sp_assets.core.policy import Category, Policy
@@ -132,9 +117,9 @@ def _json_lists(text: str) -> list[Any]:
                 found.append(ast.literal_eval(snippet))
             except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                 pass
-    for s, e, closed in _brace_spans(text):
+    for s, e, closed in brace_spans(text):
         if closed:
-            obj, _ = _load_object(text[s:e])
+            obj, _ = load_json_object(text[s:e])
             if obj is not None:
                 found.append(obj)
     return found
@@ -149,7 +134,7 @@ def parse_instructions(text: Any, limit: int | None = None) -> tuple[list[str], 
     raw = text if isinstance(text, str) else ""
     if not raw.strip():
         return [], "empty"
-    clean = _normalise(raw)
+    clean = normalise_answer(raw)
     candidates: list[str] = []
     method = "none"
     for value in _json_lists(clean):
@@ -180,13 +165,28 @@ def parse_instructions(text: Any, limit: int | None = None) -> tuple[list[str], 
 
 
 def clean_caption(text: str, max_chars: int = 400) -> str:
-    caption = re.sub(r"\s+", " ", _normalise(text or "")).strip().strip("\"'")
+    caption = re.sub(r"\s+", " ", normalise_answer(text or "")).strip().strip("\"'")
     caption = caption[:max_chars].rsplit(" ", 1)[0] if len(caption) > max_chars else caption
     return caption if _plausible(caption) else ""
 
 
 class VLMWriter(InstructionWriter):
-    """Writes up to ``n_variants`` edit instructions per image with a chat VLM."""
+    """Writes up to ``n_variants`` edit instructions per image with a chat VLM.
+
+    For each unsafe image:
+    1. caption it (greedy; skipped for a text-only model, which works from the judge's finding alone);
+    2. ask for ``n`` different edit instructions that remove only what the category forbids (its
+       rules, the judge's rationale and the policy's edit_guidance are in the prompt) and keep
+       everything else, answered as a JSON list. One variant is written greedily; several are
+       sampled, seeded with the row's seed (attempt ``a`` uses ``seed + a``);
+    3. read the answer robustly (a JSON list or object, a numbered or bulleted list, or a single
+       sentence), drop implausible text, and deduplicate (case, spacing and punctuation ignored);
+       if fewer than ``n`` came back, sample again, up to ``attempts`` answers in all.
+    An answer that yields nothing never fails the batch: the writer returns fewer instructions, and
+    with ``fallback: template`` (the default) one instruction built from the rationale and the
+    guidance, marked as such. Every instruction's ``target`` records the caption, the raw model
+    output it came from and the model, so the decision can be traced.
+    """
 
     def __init__(
         self,
@@ -262,15 +262,46 @@ class VLMWriter(InstructionWriter):
         n = int(n_variants or self.variants)
         caption, caption_raw = self.caption(image)
         prompt = self.prompt(category, verdict, caption, n)
+        found, raws = self._generate_instructions(image, prompt, n, int(seed))
+        base = {
+            "writer": "vlm",
+            "model": self.info.model_id,
+            "revision": self.info.revision,
+            "caption": caption,
+            "caption_raw_output": caption_raw,
+            "seed": int(seed),
+            "prompt_sha256": hashlib.sha256(prompt.encode("utf-8")).hexdigest(),
+        }
+        out = [
+            Instruction(
+                text=text,
+                target={**base, "raw_output": raw, "attempt": attempt, "parsed_as": method},
+                keep=f"Keep {KEEP}.",
+                variant=i,
+            )
+            for i, (text, attempt, raw, method) in enumerate(found[:n])
+        ]
+        if not out and self.fallback == "template":
+            out.append(self._template_instruction(verdict, category, base, raws))
+        return out
+
+    def _generate_instructions(
+        self, image: Image.Image, prompt: str, n: int, seed: int,
+    ) -> tuple[list[tuple[str, int, str, str]], list[str]]:
+        """Distinct instructions as (text, attempt, raw output, parsed_as), and every raw output.
+
+        One variant is written greedily; several are sampled, attempt ``a`` seeded with ``seed + a``,
+        until ``n`` distinct ones came back or ``attempts`` answers were written.
+        """
         sample = n > 1
-        found: list[tuple[str, int, str, str]] = []  # (text, attempt, raw, method)
+        found: list[tuple[str, int, str, str]] = []
         seen: set[str] = set()
         raws: list[str] = []
         for attempt in range(self.attempts if sample else 1):
             gen = self.runner.generate(
                 [prompt], [image] if self.runner.has_vision else None,
                 max_new_tokens=self.max_new_tokens, do_sample=sample,
-                temperature=self.temperature, top_p=self.top_p, seed=int(seed) + attempt,
+                temperature=self.temperature, top_p=self.top_p, seed=seed + attempt,
             )[0]
             raws.append(gen.text)
             items, method = parse_instructions(gen.text)
@@ -281,35 +312,21 @@ class VLMWriter(InstructionWriter):
                     found.append((item, attempt, gen.text, method))
             if len(found) >= n:
                 break
-        base = {
-            "writer": "vlm",
-            "model": self.info.model_id,
-            "revision": self.info.revision,
-            "caption": caption,
-            "caption_raw_output": caption_raw,
-            "seed": int(seed),
-            "prompt_sha256": hashlib.sha256(prompt.encode("utf-8")).hexdigest(),
-        }
-        keep = f"Keep {KEEP}."
-        out = [
-            Instruction(
-                text=text,
-                target={**base, "raw_output": raw, "attempt": attempt, "parsed_as": method},
-                keep=keep,
-                variant=i,
-            )
-            for i, (text, attempt, raw, method) in enumerate(found[:n])
-        ]
-        if not out and self.fallback == "template":
-            reason = (verdict.rationale or f"content that violates {category.id} {category.title}").strip().rstrip(".")
-            out.append(Instruction(
-                text=f"Edit the image so it no longer shows {reason}. {category.edit_guidance}",
-                target={**base, "raw_output": "\n---\n".join(raws), "fallback": "template",
-                        "problem": "no usable instruction in the model's answer"},
-                keep=keep,
-                variant=0,
-            ))
-        return out
+        return found, raws
+
+    @staticmethod
+    def _template_instruction(
+        verdict: Verdict, category: Category, base: dict[str, Any], raws: list[str],
+    ) -> Instruction:
+        """The fallback when no answer gave a usable instruction: one built from the rationale and guidance."""
+        reason = (verdict.rationale or f"content that violates {category.id} {category.title}").strip().rstrip(".")
+        return Instruction(
+            text=f"Edit the image so it no longer shows {reason}. {category.edit_guidance}",
+            target={**base, "raw_output": "\n---\n".join(raws), "fallback": "template",
+                    "problem": "no usable instruction in the model's answer"},
+            keep=f"Keep {KEEP}.",
+            variant=0,
+        )
 
     def config(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,138 @@
+"""What the export reads from the database: the benchmark pairs with their lineage, and the datasheet's figures.
+
+Every query runs here, through the named queries of ``sp_assets.storage.release_queries``, before any
+file is written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from sp_assets.release.columns import arrow_type
+from sp_assets.storage import Store
+from sp_assets.storage import release_queries as queries
+
+# Lineage columns that repeat a benchmark column under another name.
+REDUNDANT_LINEAGE = {"source_path": "unsafe_path", "edited_path": "safe_path"}
+# Benchmark columns renamed to the lineage view's names (same values).
+BENCH_RENAMES = {"image_sha256": "source_sha256", "run_id": "split_run_id"}
+
+
+@dataclass
+class ExportInputs:
+    """The rows and figures of one export. ``types``: column -> Arrow type, in the order the columns came."""
+
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    types: dict[str, pa.DataType] = field(default_factory=dict)
+    has_controls: bool = False
+    yields: list[dict[str, Any]] = field(default_factory=list)
+    reviews: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)  # distinct (origin, recipe_json) of the pairs
+    profiles_used: list[dict[str, Any]] = field(default_factory=list)
+    policy_hashes: list[str] = field(default_factory=list)
+    split_configs: list[str] = field(default_factory=list)
+    verify_configs: list[dict[str, Any]] = field(default_factory=list)
+    guards: list[str] = field(default_factory=list)
+
+    @property
+    def origins(self) -> list[str]:
+        """Where the exported sources came from ('demo', 'folder'), sorted; 'unknown' where not recorded."""
+        return sorted({s.get("origin") or "unknown" for s in self.sources})
+
+    @property
+    def demo_photos_used(self) -> dict[str, int]:
+        """Demo photograph key -> number of exported sources drawn on it, sorted by key."""
+        photos: dict[str, int] = {}
+        for s in self.sources:
+            photo = _recipe_photo(s.get("recipe_json"))
+            if photo:
+                photos[photo] = photos.get(photo, 0) + 1
+        return dict(sorted(photos.items()))
+
+
+def _recipe_photo(recipe_json: str | None) -> str | None:
+    if not recipe_json:
+        return None
+    try:
+        return json.loads(recipe_json).get("photo")
+    except ValueError:  # a recipe that is not JSON names no photo
+        return None
+
+
+def read_inputs(store: Store) -> ExportInputs:
+    """Everything the export needs; empty inputs for a database without a benchmark."""
+    tables = queries.table_columns(store)
+    if "benchmark_split" not in tables:
+        return ExportInputs()
+    pairs, types = _benchmark(store)
+    if "pair_lineage" in tables:
+        types = _add_lineage(pairs, types, queries.pair_lineage(store))
+    verify_configs = queries.verification_configs(store) if "verified_pairs" in tables else []
+    return ExportInputs(
+        pairs=pairs,
+        types=types,
+        has_controls={"control_sha256", "control_path"} <= tables["benchmark_split"],
+        yields=_yields(store, tables),
+        reviews=queries.review_counts(store) if "review_decisions" in tables else [],
+        sources=queries.exported_sources(store) if "source_images" in tables else [],
+        profiles_used=queries.profiles_used(store, tables["pair_lineage"]) if "pair_lineage" in tables else [],
+        policy_hashes=sorted({p.get("policy_sha256") for p in pairs if p.get("policy_sha256")}),
+        split_configs=sorted({p.get("split_config_sha256") for p in pairs if p.get("split_config_sha256")}),
+        verify_configs=verify_configs,
+        guards=queries.guards_evaluated(store) if "guard_metrics" in tables else [],
+    )
+
+
+def _benchmark(store: Store) -> tuple[list[dict[str, Any]], dict[str, pa.DataType]]:
+    """The benchmark rows under the lineage view's column names, without the columns that vary between runs."""
+    bench = queries.benchmark_pairs(store)
+    types: dict[str, pa.DataType] = {}
+    for name, dtype in bench.schema.items():
+        t = arrow_type(dtype)
+        if t is not None:
+            types[BENCH_RENAMES.get(name, name)] = t
+    pairs = [{BENCH_RENAMES.get(k, k): v for k, v in r.items() if BENCH_RENAMES.get(k, k) in types}
+             for r in bench.to_dicts()]
+    return pairs, types
+
+
+def _add_lineage(pairs: list[dict[str, Any]], types: dict[str, pa.DataType],
+                 lineage: pl.DataFrame) -> dict[str, pa.DataType]:
+    """Fill each pair's lineage columns in place; returns the column types in the lineage view's order."""
+    lineage_types: dict[str, pa.DataType] = {}
+    ordered: dict[str, pa.DataType] = {}
+    for name, dtype in lineage.schema.items():
+        t = arrow_type(dtype)
+        if t is None or name in REDUNDANT_LINEAGE:
+            continue
+        if name in types:
+            ordered[name] = types[name]  # the benchmark's value wins; the lineage decides the order
+        else:
+            lineage_types[name] = ordered[name] = t
+    by_pair: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in lineage.to_dicts():
+        by_pair.setdefault((r["category"], r["pair_id"]), r)  # first of sorted rows, if a join repeats
+    for p in pairs:
+        found = by_pair.get((p["category"], p["pair_id"]), {})
+        for name in lineage_types:
+            p[name] = found.get(name)
+        p["_has_lineage"] = bool(found)
+    return {**ordered, **{k: v for k, v in types.items() if k not in ordered}}
+
+
+def _yields(store: Store, tables: dict[str, set[str]]) -> list[dict[str, Any]]:
+    """Verification yield per category and kind, with the sources stored and judged unsafe before it."""
+    if "verified_pairs" not in tables:
+        return []
+    yields = queries.verification_yields(store, has_kind="kind" in tables["verified_pairs"])
+    labels = {r["category"]: r for r in queries.label_counts(store)} if "policy_labels" in tables else {}
+    stored = {r["category"]: r["n"] for r in queries.source_counts(store)} if "source_images" in tables else {}
+    for y in yields:
+        y.update({"stored": stored.get(y["category"]), "judged": labels.get(y["category"], {}).get("judged"),
+                  "judged_unsafe": labels.get(y["category"], {}).get("unsafe")})
+    return yields

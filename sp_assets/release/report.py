@@ -1,0 +1,71 @@
+"""What an export wrote (``ExportReport``), the error it raises, and the one line that loads it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sp_assets.core.splitting import SPLITS
+
+
+class ExportError(RuntimeError):
+    """The export could not be written; the message names the pair or file and what to do."""
+
+
+def load_command(data_dir: str | os.PathLike[str]) -> str:
+    """The one line that loads the exported Parquet with Hugging Face ``datasets``."""
+    return f'from datasets import load_dataset; ds = load_dataset("parquet", data_dir="{Path(data_dir).as_posix()}")'
+
+
+@dataclass
+class ExportReport:
+    """What ``export_benchmark`` wrote. Paths are absolute; ``as_dict`` gives a JSON-able summary."""
+
+    out_dir: Path
+    name: str
+    n_pairs: int
+    counts: dict[str, dict[str, int]]  # category -> split -> pairs
+    n_controls: int
+    parquet_files: dict[str, list[Path]]
+    webdataset_files: dict[str, list[Path]]
+    datasheet: Path
+    gallery: Path | None
+    fiftyone_dir: Path | None
+    manifest: Path
+    skipped: dict[str, str] = field(default_factory=dict)  # format -> why it was not written
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def split_counts(self) -> dict[str, int]:
+        return {s: sum(c.get(s, 0) for c in self.counts.values()) for s in SPLITS}
+
+    @property
+    def load_command(self) -> str:
+        return load_command(self.out_dir / "data")
+
+    def as_dict(self) -> dict[str, Any]:
+        def rel(p: Path | None) -> str | None:
+            return None if p is None else p.relative_to(self.out_dir).as_posix()
+
+        return {
+            "out_dir": str(self.out_dir), "name": self.name, "n_pairs": self.n_pairs,
+            "counts": self.counts, "split_counts": self.split_counts, "n_controls": self.n_controls,
+            "parquet_files": {s: [rel(p) for p in ps] for s, ps in self.parquet_files.items()},
+            "webdataset_files": {s: [rel(p) for p in ps] for s, ps in self.webdataset_files.items()},
+            "datasheet": rel(self.datasheet), "gallery": rel(self.gallery), "fiftyone_dir": rel(self.fiftyone_dir),
+            "skipped": self.skipped, "warnings": self.warnings, "load_command": self.load_command,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def markdown(self) -> str:
+        """A short summary for Dagster metadata."""
+        lines = [f"**{self.n_pairs} pairs** exported to `{self.out_dir}`", "",
+                 "| category | " + " | ".join(SPLITS) + " |", "|---|" + "---:|" * len(SPLITS)]
+        lines += [f"| {c} | " + " | ".join(str(v.get(s, 0)) for s in SPLITS) + " |" for c, v in self.counts.items()]
+        lines += ["", f"Load: `{self.load_command}`"]
+        lines += [f"- {fmt} skipped: {why}" for fmt, why in self.skipped.items()]
+        lines += [f"- warning: {w}" for w in self.warnings]
+        return "\n".join(lines)

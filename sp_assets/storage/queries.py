@@ -1,0 +1,190 @@
+"""Named queries of the pipeline stages: what each stage reads from the ones before it.
+
+Every function takes a ``Store`` and returns plain rows (dicts). Joins between stages go through the
+shared keys of ``schema.KEYS``, so no query links two stages on fewer columns than another does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from sp_assets.storage.schema import join_on
+from sp_assets.storage.store import Store
+
+Rows = list[dict[str, Any]]
+
+
+# --- policy_labels, edit_instructions ---------------------------------------------------------
+
+
+def sources_of(store: Store, category: str) -> Rows:
+    """The stored source images of a category, in hash order."""
+    return store.rows("source_images", {"category": category}, order_by="image_sha256")
+
+
+def unsafe_labels(store: Store, category: str, judge_profile: str) -> Rows:
+    """Sources the judge rated unsafe, with their image path: what the writer gets instructions for."""
+    return store.query(
+        "SELECT l.*, s.image_path FROM policy_labels l JOIN source_images s ON " + join_on("source", "s", "l")
+        + " WHERE l.category = ? AND l.judge_profile = ? AND l.rating = 'unsafe' ORDER BY l.image_sha256",
+        [category, judge_profile]).to_dicts()
+
+
+# --- edited_images ------------------------------------------------------------------------------
+
+
+def instructions_to_edit(store: Store, category: str, judge_profile: str, writer_profile: str) -> Rows:
+    """Every instruction of a category and profile pair, with its source path and size."""
+    return store.query(
+        "SELECT i.*, s.image_path, s.width AS source_width, s.height AS source_height "
+        "FROM edit_instructions i JOIN source_images s ON " + join_on("source", "s", "i")
+        + " WHERE i.category = ? AND i.judge_profile = ? AND i.writer_profile = ? ORDER BY i.instruction_id",
+        [category, judge_profile, writer_profile]).to_dicts()
+
+
+def stored_edits(store: Store, candidate_ids: Sequence[str]) -> Rows:
+    """Successful edits already stored under these cache keys (any category or run)."""
+    if not candidate_ids:
+        return []
+    return store.query("SELECT * FROM edited_images WHERE status = 'ok' AND candidate_id IN (SELECT UNNEST(?))",
+                       [list(candidate_ids)]).to_dicts()
+
+
+# --- verified_pairs -----------------------------------------------------------------------------
+
+
+def candidates_to_verify(store: Store, category: str, judge_profile: str, writer_profile: str,
+                         editor_profiles: Sequence[str]) -> Rows:
+    """Every edit candidate of the run's profiles with its kind, source path and the source's label."""
+    return store.query(
+        "SELECT e.*, i.kind, s.image_path AS source_path, l.rating AS source_rating, l.score AS source_score "
+        "FROM edited_images e "
+        "JOIN edit_instructions i ON " + join_on("instruction", "i", "e") + " "
+        "JOIN source_images s ON " + join_on("source", "s", "e") + " "
+        "LEFT JOIN policy_labels l ON " + join_on("label", "l", "e") + " "
+        "WHERE e.category = ? AND e.judge_profile = ? AND e.writer_profile = ? "
+        "AND e.editor_profile IN (SELECT UNNEST(?)) ORDER BY e.editor_profile, e.candidate_id",
+        [category, judge_profile, writer_profile, list(editor_profiles)]).to_dicts()
+
+
+def yield_by_profile(store: Store, categories: Sequence[str], judge_profile: str, writer_profile: str) -> Rows:
+    return store.query(
+        "SELECT category, editor_profile, kind, attempts, accepted, yield, rejection_reasons FROM yield_by_profile "
+        "WHERE category IN (SELECT UNNEST(?)) AND judge_profile = ? AND writer_profile = ? ORDER BY ALL",
+        [list(categories), judge_profile, writer_profile]).to_dicts()
+
+
+# --- benchmark_split ----------------------------------------------------------------------------
+
+
+def accepted_candidates(store: Store, category: str, kind: str) -> Rows:
+    """Accepted candidates of one kind ('flip' or 'null') over all profiles, best first per source."""
+    return store.query(
+        "SELECT v.candidate_id, v.image_sha256, v.edited_sha256, v.quality_score, v.judge_profile, "
+        "v.writer_profile, v.editor_profile, s.image_path AS unsafe_path, e.edited_path, i.instruction "
+        "FROM verified_pairs v "
+        "JOIN source_images s ON " + join_on("source", "s", "v") + " "
+        "JOIN edited_images e ON " + join_on("candidate", "e", "v") + " "
+        "JOIN edit_instructions i ON " + join_on("instruction", "i", "e") + " "
+        "WHERE v.category = ? AND v.accepted AND v.kind = ? "
+        "ORDER BY v.image_sha256, v.quality_score DESC, v.candidate_id",
+        [category, kind]).to_dicts()
+
+
+# --- guard_metrics ------------------------------------------------------------------------------
+
+
+def benchmark_pairs(store: Store, category: str) -> Rows:
+    return store.rows("benchmark_split", {"category": category}, order_by="pair_id")
+
+
+def judge_answers(store: Store, category: str, config_sha256: str, policy_sha256: str) -> Rows:
+    """Answers this exact judge config already gave in a category: on sources and on edits."""
+    return store.query(
+        "SELECT image_sha256 AS sha, rating, judged_category AS cat, score, rationale, raw_output, "
+        "'policy_labels' AS origin FROM policy_labels "
+        "WHERE category = ? AND judge_config_sha256 = ? AND policy_sha256 = ? "
+        "UNION ALL "
+        "SELECT v.edited_sha256, v.edit_rating, v.edit_judged_category, v.edit_score, v.edit_rationale, "
+        "v.edit_raw_output, 'verified_pairs' FROM verified_pairs v JOIN policy_labels l ON "
+        + join_on("label", "l", "v") + " "
+        "WHERE v.category = ? AND v.verifier_config_sha256 = ? AND l.policy_sha256 = ? AND v.edit_rating IS NOT NULL",
+        [category, config_sha256, policy_sha256, category, config_sha256, policy_sha256]).to_dicts()
+
+
+def probe_pairs(store: Store, categories: Sequence[str]) -> Rows:
+    """Benchmark pairs of the run's categories with the verifier's raw answers (the scene text it read)."""
+    return store.query(
+        "SELECT b.pair_id, b.category, b.split, b.image_sha256, b.unsafe_path, b.safe_sha256, b.safe_path, "
+        "b.control_sha256, b.control_path, v.edit_raw_output, "
+        "(SELECT c.edit_raw_output FROM verified_pairs c WHERE c.candidate_id = b.control_candidate_id "
+        "  AND c.category = b.category LIMIT 1) AS control_raw_output "
+        "FROM benchmark_split b JOIN verified_pairs v ON " + join_on("candidate", "v", "b") + " "
+        "WHERE b.category IN (SELECT UNNEST(?)) ORDER BY b.pair_id", [list(categories)]).to_dicts()
+
+
+def rated_sources(store: Store, categories: Sequence[str], judge_profile: str) -> Rows:
+    """Source images the judge rated unsafe or safe, with the judge's raw answer."""
+    return store.query(
+        "SELECT DISTINCT s.image_sha256, s.image_path, l.rating, l.raw_output FROM source_images s "
+        "JOIN policy_labels l ON " + join_on("source", "l", "s") + " AND l.judge_profile = ? "
+        "WHERE s.category IN (SELECT UNNEST(?)) AND l.rating IN ('unsafe', 'safe') ORDER BY s.image_sha256",
+        [judge_profile, list(categories)]).to_dicts()
+
+
+def guard_predictions(store: Store, categories: Sequence[str]) -> Rows:
+    """Every guard's predictions on the unsafe and safe halves of the categories' pairs."""
+    return store.query(
+        "SELECT guard, pair_id, half, label, rating, score FROM guard_predictions "
+        "WHERE category IN (SELECT UNNEST(?)) AND half IN ('unsafe', 'safe') ORDER BY guard, pair_id, half",
+        [list(categories)]).to_dicts()
+
+
+def pair_similarity(store: Store, categories: Sequence[str]) -> dict[str, float | None]:
+    """pair_id -> embedding cosine of its halves."""
+    rows = store.query(
+        "SELECT b.pair_id, v.embedding_cosine FROM benchmark_split b JOIN verified_pairs v ON "
+        + join_on("candidate", "v", "b") + " WHERE b.category IN (SELECT UNNEST(?))", [list(categories)]).rows()
+    return dict(rows)
+
+
+# --- make demo: the run summary -----------------------------------------------------------------
+
+
+def latest_complete_run(store: Store) -> str | None:
+    """The last run that reached guard_metrics."""
+    frame = store.query("SELECT run_id FROM stage_runs WHERE asset = 'guard_metrics' ORDER BY created_at DESC LIMIT 1")
+    return None if frame.is_empty() else frame.item()
+
+
+def flip_yield_per_category(store: Store) -> Rows:
+    return store.query(
+        "SELECT y.category, sum(y.attempts) AS attempts, sum(y.accepted) AS accepted, "
+        "any_value(y.rejection_reasons) AS reasons, "
+        "(SELECT count(*) FROM source_images s WHERE s.category = y.category) AS sources, "
+        "(SELECT count(*) FROM benchmark_split b WHERE b.category = y.category) AS pairs, "
+        "(SELECT count(control_sha256) FROM benchmark_split b WHERE b.category = y.category) AS controlled "
+        "FROM yield_by_profile y WHERE y.kind = 'flip' GROUP BY y.category ORDER BY y.category").to_dicts()
+
+
+def stage_seconds(store: Store, run_id: str) -> dict[str, float]:
+    """Wall time of each stage of a run, models included (the per-step rows)."""
+    rows = store.query("SELECT asset, seconds FROM stage_runs WHERE run_id = ? AND category = '*'", [run_id])
+    return {r["asset"]: r["seconds"] for r in rows.iter_rows(named=True)}
+
+
+def pooled_guard_metrics(store: Store) -> Rows:
+    """Each guard on all pairs, accuracies pooled over categories, ROC-AUC averaged over them."""
+    return store.query(
+        "SELECT guard, pair_type, sum(n_pairs) AS pairs, sum(acc_unsafe * n_pairs) / sum(n_pairs) AS acc_unsafe, "
+        "sum(acc_safe * n_pairs) / sum(n_pairs) AS acc_safe, sum(pair_accuracy * n_pairs) / sum(n_pairs) AS pair_acc, "
+        "avg(roc_auc) AS auc FROM guard_metrics WHERE split = 'all' AND n_pairs > 0 GROUP BY ALL "
+        "ORDER BY guard, pair_type DESC").to_dicts()
+
+
+def probe_headline(store: Store, run_id: str, k: int = 32) -> Rows:
+    """The sample-efficiency figures at one k: pair accuracy on held-out pairs, accuracy on other images."""
+    return store.query(
+        "SELECT features, eval_set, condition, mean, std FROM probe_results WHERE run_id = ? AND k = ? "
+        "AND ((eval_set = 'heldout_pairs' AND metric = 'pair_accuracy') OR (eval_set = 'non_pair' AND metric = 'accuracy')) "
+        "ORDER BY features, eval_set, condition", [run_id, k]).to_dicts()
