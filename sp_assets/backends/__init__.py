@@ -1,1 +1,1 @@
-"""Model and image backends. Each role has a small interface in ``base``; profiles pick one."""
+"""Model and image backends: ``base`` holds the interfaces, ``registry`` maps a profile to its implementation."""

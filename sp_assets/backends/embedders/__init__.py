@@ -1,0 +1,1 @@
+"""Embedders: whole-image embeddings for preservation checks and the probe."""

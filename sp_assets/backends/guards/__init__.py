@@ -1,0 +1,1 @@
+"""Guards: classifiers evaluated on the benchmark that are not judges."""

@@ -1,0 +1,1 @@
+"""Judges: rate an image under a policy category (unsafe / safe / invalid, fail-closed)."""
