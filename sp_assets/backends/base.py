@@ -7,8 +7,10 @@ implementation. Images are RGB ``PIL.Image.Image`` objects; boxes are pixel coor
 
 from __future__ import annotations
 
+import functools
 import json
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -18,6 +20,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from sp_assets.core.hashing import sha256_json
 from sp_assets.core.policy import Category, Policy
 
 RATINGS = ("unsafe", "safe", "invalid")
@@ -122,22 +125,92 @@ class EditResult:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+# Items passed to each backend method, counted at the backend itself (tests and benchmarks read it:
+# a re-run of unchanged inputs must add nothing here).
+MODEL_CALLS: Counter[str] = Counter()
+_COUNTED = ("judge", "judge_records", "read", "decide", "write", "write_null", "edit", "embed", "predict")
+
+
+def _counted(name: str, method: Any) -> Any:
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        first = args[0] if args else None
+        MODEL_CALLS[f"{type(self).__name__}.{name}"] += len(first) if isinstance(first, (list, tuple)) else 1
+        return method(self, *args, **kwargs)
+
+    wrapper.__counted__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class Backend(ABC):
     """Shared by all backends: a name, a resolved config and what model it runs."""
 
     info: ModelInfo
+    # What part of the policy the backend's answers depend on: "policy" (the whole file), "category"
+    # (the asked category's own rules and examples) or "none". Memo keys carry that part's hash, so a
+    # policy edit invalidates exactly the answers that read what changed.
+    policy_dependency: str = "none"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in _COUNTED:
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "__counted__", False):
+                setattr(cls, name, _counted(name, method))
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free model memory. Called when a run ends."""
 
 
+def policy_part_sha256(category: Category) -> str:
+    """Hash of one category's own rules and examples: what a per-category answer depends on."""
+    return sha256_json(asdict(category))
+
+
+def policy_key(cls: type, policy: Policy, category: Category) -> str:
+    """The hash of the policy part answers of backend class ``cls`` depend on (see ``policy_dependency``)."""
+    dependency = getattr(cls, "policy_dependency", "none")
+    if dependency == "policy":
+        return policy.sha256
+    if dependency == "category":
+        return policy_part_sha256(category)
+    return ""
+
+
 class Judge(Backend):
+    # "category": an answer holds for the category it was asked about; "policy": one answer (asked
+    # over the whole policy) serves every category, so an image is judged once, not once per category.
+    # A profile can set it with the parameter ``scope`` where the implementation accepts one.
+    scope: str = "category"
+    policy_dependency = "policy"
+
     @abstractmethod
     def judge(self, images: Sequence[Image.Image], category: Category) -> list[Verdict]:
         """Rate each image under ``category``. One verdict per image, same order."""
 
 
+class TwoStep:
+    """A backend whose work splits into reading an image, which does not depend on the category (done
+    once per image), and deciding from that reading per category (cheap). ``judge`` / ``predict`` are
+    ``decide(read(images), category)``.
+    """
+
+    def reader_config(self) -> dict[str, Any]:
+        """Everything that changes a reading (hashed into the reading's memo key)."""
+        raise NotImplementedError
+
+    def read(self, images: Sequence[Image.Image]) -> list[Any]:
+        """One JSON-able reading per image."""
+        raise NotImplementedError
+
+    def decide(self, readings: Sequence[Any], category: Category) -> list[Verdict]:
+        """One verdict per reading under ``category``."""
+        raise NotImplementedError
+
+
 class InstructionWriter(Backend):
+    policy_dependency = "category"  # the category's edit guidance and replacement texts
+
     @abstractmethod
     def write(
         self,
@@ -254,3 +327,8 @@ class Source(Backend):
     @abstractmethod
     def scan(self, category: Category, options: SourceOptions) -> Iterator[SourceItem]:
         """Every item the source offers for ``category``, usable or not (in = accepted + rejected)."""
+
+    @abstractmethod
+    def fingerprint(self, category: Category, options: SourceOptions) -> Any:
+        """A cheap JSON-able value that changes whenever ``scan`` would give other items: the stage
+        takes the category in again only then."""

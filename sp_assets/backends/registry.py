@@ -1,23 +1,22 @@
 """Which class runs each profile ``implementation``, and a once-per-process model cache.
 
-Profiles name an implementation; this table maps the name to a factory. Imports are lazy, so a
-profile that needs a heavy library only imports it when chosen. Loaded backends are cached by
+Profiles name an implementation; ``FACTORIES`` maps the name to the class that runs it. Loaded backends are cached by
 (role, resolved config hash, policy hash): a single-run backfill over many categories, and several
 stages in one in-process run, load each model once. ``LOAD_COUNTS`` counts real loads.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections import Counter
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from sp_assets.backends.base import Backend
 from sp_assets.core.policy import Policy
 from sp_assets.backends.profiles import Profile, ProfileError, get_profile
 from sp_assets.core.hashing import sha256_json
-
-Factory = Callable[[Profile, Policy], Backend]
 
 # Bump an implementation's version when a code change alters its output: it changes the
 # config hash, so cached edits and stored rows made by the old code are not mistaken for new ones.
@@ -38,96 +37,43 @@ CODE_VERSIONS: dict[str, str] = {
 }
 
 
-def _scene_text(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.judges.scene_text import SceneTextJudge
+@dataclass(frozen=True)
+class Factory:
+    """Builds one implementation from a profile. The class is imported only when it is needed, so a
+    profile that needs a heavy library imports it only when chosen."""
 
-    return SceneTextJudge(policy, **profile.params)
+    target: str  # "module:Class"
+    takes_policy: bool = False
+    takes_profile_name: bool = False
 
+    def cls(self) -> type:
+        module, name = self.target.split(":")
+        return getattr(importlib.import_module(module), name)
 
-def _manifest(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.judges.manifest import ManifestJudge
-
-    return ManifestJudge(policy, **profile.params)
-
-
-def _template(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.writers.template import TemplateWriter
-
-    return TemplateWriter(**profile.params)
-
-
-def _text_region(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.editors.text_region import TextRegionEditor
-
-    return TextRegionEditor(**profile.params)
+    def __call__(self, profile: Profile, policy: Policy | None) -> Backend:
+        args = [policy] if self.takes_policy else []
+        kwargs = {"profile_name": profile.name} if self.takes_profile_name else {}
+        return self.cls()(*args, **kwargs, **profile.params)
 
 
-def _efficientnet_lite0(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.embedders.efficientnet import EfficientNetLite0Embedder
-
-    return EfficientNetLite0Embedder(**profile.params)
-
-
-def _open_nsfw(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.guards.open_nsfw import OpenNSFWGuard
-
-    return OpenNSFWGuard(**profile.params)
-
-
-def _diffusers(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.editors.diffusers_pipeline import DiffusersEditor
-
-    return DiffusersEditor(profile_name=profile.name, **profile.params)
-
-
-def _vlm_judge(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.judges.vlm import VLMJudge
-
-    return VLMJudge(policy, profile_name=profile.name, **profile.params)
-
-
-def _shieldgemma2(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.judges.shieldgemma2 import ShieldGemma2Judge
-
-    return ShieldGemma2Judge(policy, profile_name=profile.name, **profile.params)
-
-
-def _vlm_writer(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.writers.vlm import VLMWriter
-
-    return VLMWriter(policy, profile_name=profile.name, **profile.params)
-
-
-def _clip(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.embedders.clip import CLIPEmbedder
-
-    return CLIPEmbedder(profile_name=profile.name, **profile.params)
-
-
-def _demo(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.sources.demo import DemoSource
-
-    return DemoSource(policy, **profile.params)
-
-
-def _folder(profile: Profile, policy: Policy) -> Backend:
-    from sp_assets.backends.sources.folder import FolderSource
-
-    return FolderSource(policy, **profile.params)
-
-
-def _judge_as_guard(profile: Profile, policy: Policy) -> Backend:
-    return build(judge_of(profile), policy)
-
-
+_B = "sp_assets.backends."
 FACTORIES: dict[str, dict[str, Factory]] = {
-    "source": {"demo": _demo, "folder": _folder},
-    "judge": {"scene_text": _scene_text, "manifest": _manifest, "vlm": _vlm_judge, "shieldgemma2": _shieldgemma2},
-    "writer": {"template": _template, "vlm": _vlm_writer},
-    "editor": {"text_region": _text_region, "diffusers": _diffusers},
-    "embedder": {"efficientnet_lite0": _efficientnet_lite0, "clip": _clip},
-    "guard": {"open_nsfw": _open_nsfw, "judge": _judge_as_guard},
+    "source": {"demo": Factory(_B + "sources.demo:DemoSource", takes_policy=True),
+               "folder": Factory(_B + "sources.folder:FolderSource", takes_policy=True)},
+    "judge": {"scene_text": Factory(_B + "judges.scene_text:SceneTextJudge", takes_policy=True),
+              "manifest": Factory(_B + "judges.manifest:ManifestJudge", takes_policy=True),
+              "vlm": Factory(_B + "judges.vlm:VLMJudge", takes_policy=True, takes_profile_name=True),
+              "shieldgemma2": Factory(_B + "judges.shieldgemma2:ShieldGemma2Judge", takes_policy=True,
+                                      takes_profile_name=True)},
+    "writer": {"template": Factory(_B + "writers.template:TemplateWriter"),
+               "vlm": Factory(_B + "writers.vlm:VLMWriter", takes_policy=True, takes_profile_name=True)},
+    "editor": {"text_region": Factory(_B + "editors.text_region:TextRegionEditor"),
+               "diffusers": Factory(_B + "editors.diffusers_pipeline:DiffusersEditor", takes_profile_name=True)},
+    "embedder": {"efficientnet_lite0": Factory(_B + "embedders.efficientnet:EfficientNetLite0Embedder"),
+                 "clip": Factory(_B + "embedders.clip:CLIPEmbedder", takes_profile_name=True)},
+    "guard": {"open_nsfw": Factory(_B + "guards.open_nsfw:OpenNSFWGuard")},
 }
+JUDGE_AS_GUARD = "judge"  # a guard profile of this implementation evaluates a judge profile
 
 
 def judge_of(profile: Profile) -> Profile:
@@ -138,13 +84,32 @@ def judge_of(profile: Profile) -> Profile:
     return get_profile("judge", str(name))
 
 
+def _factory(profile: Profile) -> Factory:
+    factories = FACTORIES.get(profile.role, {})
+    factory = factories.get(profile.implementation)
+    if factory is None:
+        raise ProfileError(
+            f"{profile.source_file}: {profile.role} profile {profile.name!r} names implementation "
+            f"{profile.implementation!r}, which does not exist; choose one of "
+            f"{', '.join([*factories, *([JUDGE_AS_GUARD] if profile.role == 'guard' else [])])}."
+        )
+    return factory
+
+
+def backend_class(profile: Profile) -> type:
+    """The class that runs a profile, without building it (a judge-guard: its judge's class)."""
+    if profile.role == "guard" and profile.implementation == JUDGE_AS_GUARD:
+        return backend_class(judge_of(profile))
+    return _factory(profile).cls()
+
+
 def config_sha256(profile: Profile) -> str:
     """Hash of the profile's fully resolved config, known before any model loads.
 
     A judge evaluated as a guard has its judge's hash: the same model gives the same answers, so its
     stored verdicts can be reused.
     """
-    if profile.role == "guard" and profile.implementation == "judge":
+    if profile.role == "guard" and profile.implementation == JUDGE_AS_GUARD:
         return config_sha256(judge_of(profile))
     return sha256_json(profile.resolved(CODE_VERSIONS.get(profile.implementation, "")))
 
@@ -156,15 +121,9 @@ LOAD_COUNTS: Counter[str] = Counter()
 
 def build(profile: Profile, policy: Policy) -> Backend:
     """Load (or reuse) the backend a profile names."""
-    factories = FACTORIES.get(profile.role, {})
-    factory = factories.get(profile.implementation)
-    if factory is None:
-        raise ProfileError(
-            f"{profile.source_file}: {profile.role} profile {profile.name!r} names implementation "
-            f"{profile.implementation!r}, which does not exist; choose one of {', '.join(factories)}."
-        )
-    if factory is _judge_as_guard:
-        return factory(profile, policy)  # cached under the judge's own key
+    if profile.role == "guard" and profile.implementation == JUDGE_AS_GUARD:
+        return build(judge_of(profile), policy)  # cached under the judge's own key
+    factory = _factory(profile)
     key = (profile.role, config_sha256(profile), policy.sha256)
     with _LOCK:
         backend = _CACHE.get(key)

@@ -66,14 +66,16 @@ def probe_verdicts(pairs: Iterable[Mapping[str, Any]], p_unsafe: Mapping[str, fl
 
 
 def prediction_rows(base: Row, guard: str, config_sha256: str, pairs: Sequence[Mapping[str, Any]],
-                    verdicts: Mapping[Key, Verdict], origins: Mapping[Key, str] | None = None) -> list[Row]:
-    """``guard_predictions`` rows: one per rated half, with its ground truth."""
+                    verdicts: Mapping[Key, Verdict], origins: Mapping[Key, str] | None = None,
+                    computed: Mapping[Key, str] | None = None) -> list[Row]:
+    """``guard_predictions`` rows: one per rated half, with its ground truth, where a reused answer came
+    from and the run that computed it (this run when ``computed`` does not say)."""
     by_pair = {p["pair_id"]: p for p in pairs}
-    origins = origins or {}
+    origins, computed = origins or {}, computed or {}
     return [{**base, "guard": guard, "pair_id": pair_id, "split": by_pair[pair_id]["split"], "half": half,
              "image_sha256": by_pair[pair_id][HALVES[half][0]], "label": LABELS[half], "rating": v.rating,
              "score": v.score, "raw_output": v.raw_output, "reused_from": origins.get((pair_id, half)),
-             "guard_config_sha256": config_sha256}
+             "guard_config_sha256": config_sha256, "computed_run_id": computed.get((pair_id, half), base["run_id"])}
             for (pair_id, half), v in sorted(verdicts.items())]
 
 

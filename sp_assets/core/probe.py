@@ -51,6 +51,9 @@ IMAGE_METRICS = ("acc_unsafe", "acc_safe", "accuracy", "roc_auc")
 EvalSet = tuple[Any, Any, Any]  # (X, y, pair_index or None)
 
 
+_POLARS_TYPES = {"String": pl.Utf8, "Int64": pl.Int64, "Int32": pl.Int32, "Float64": pl.Float64, "UInt32": pl.UInt32}
+
+
 @dataclass
 class ProbeResult:
     """Outcome of ``run_probe_experiment``.
@@ -77,6 +80,23 @@ class ProbeResult:
             & (pl.col("eval_set") == eval_set) & (pl.col("metric") == metric)
         )
         return None if row.height == 0 else row["mean"][0]
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything in the result as JSON-able values (``from_json`` gives it back)."""
+        return {"table": self.table.to_dicts(), "summary": self.summary.to_dicts(),
+                "table_schema": {k: str(v) for k, v in self.table.schema.items()},
+                "summary_schema": {k: str(v) for k, v in self.summary.schema.items()},
+                "skipped": self.skipped, "capped": [[k, v] for k, v in self.capped.items()],
+                "pair_sets": list(self.pair_sets), "params": self.params}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ProbeResult":
+        def frame(rows: list[dict[str, Any]], schema: dict[str, str]) -> pl.DataFrame:
+            types = {k: _POLARS_TYPES[v] for k, v in schema.items()}
+            return pl.DataFrame(rows, schema=types) if rows else pl.DataFrame(schema=types)
+
+        return cls(frame(d["table"], d["table_schema"]), frame(d["summary"], d["summary_schema"]), d["skipped"],
+                   {int(k): int(v) for k, v in d["capped"]}, tuple(d["pair_sets"]), d["params"])
 
     def headline_metric(self, eval_set: str) -> str:
         return "pair_accuracy" if eval_set in self.pair_sets else "accuracy"

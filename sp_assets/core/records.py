@@ -42,11 +42,11 @@ def model_columns(info: ModelInfo) -> Row:
 
 
 def label_row(base: Row, source: Mapping[str, Any], judge: Mapping[str, str], verdict: Verdict, info: ModelInfo,
-              policy_sha256: str) -> Row:
+              policy_sha256: str, computed_run_id: str) -> Row:
     """A ``policy_labels`` row. ``judge``: {"profile", "config_sha256"}."""
     return {**base, "image_sha256": source["image_sha256"], "judge_profile": judge["profile"],
             "judge_config_sha256": judge["config_sha256"], **verdict_columns(verdict), **model_columns(info),
-            "policy_sha256": policy_sha256}
+            "policy_sha256": policy_sha256, "computed_run_id": computed_run_id}
 
 
 def instruction_id(image_sha256: str, ins: Instruction) -> str:
@@ -77,30 +77,27 @@ def edit_jobs(instructions: Sequence[Mapping[str, Any]], seeds: Sequence[int], e
             for ins in instructions for seed in seeds]
 
 
-def edit_row(base: Row, lineage: Row, job: Mapping[str, Any], editor_sha: str, info: ModelInfo, edited: Any,
-             run_id: str) -> Row:
-    """An ``edited_images`` row for a computed edit (``edited``: execution.tasks.Edited)."""
+def edit_row(base: Row, lineage: Row, job: Mapping[str, Any], editor_sha: str, edited: Any, computed_run_id: str) -> Row:
+    """An ``edited_images`` row (``edited``: execution.tasks.EditOutput, computed now or reused)."""
     row: Row = {
         **base, **lineage, "candidate_id": job["candidate_id"], "image_sha256": job["image_sha256"],
         "instruction_id": job["instruction_id"], "editor_config_sha256": editor_sha, "seed": job["seed"],
-        "source_width": job["source_width"], "source_height": job["source_height"], **model_columns(info),
-        "seconds": round(edited.seconds, 4), "computed_run_id": run_id,
+        "source_width": job["source_width"], "source_height": job["source_height"], "model_id": edited.model_id,
+        "model_revision": edited.model_revision, "model_device": edited.model_device,
+        "seconds": round(edited.seconds, 4), "computed_run_id": computed_run_id,
     }
-    result = edited.result
-    if result is None:
+    if edited.error:
         return {**row, "status": "failed", "error": edited.error}
     return {**row, "status": "ok", "edited_sha256": edited.edited_sha256, "edited_path": edited.edited_path,
-            "raw_width": result.raw_size[0], "raw_height": result.raw_size[1], "width": result.image.width,
-            "height": result.image.height,
-            "region_json": json.dumps(result.region) if result.region is not None else None,
-            "detail_json": json.dumps(result.detail, sort_keys=True, default=str)}
+            "raw_width": edited.raw_size[0], "raw_height": edited.raw_size[1], "width": edited.size[0],
+            "height": edited.size[1], "region_json": edited.region_json, "detail_json": edited.detail_json}
 
 
 def verification_row(base: Row, candidate: Mapping[str, Any], lineage: Row, thresholds: dict[str, float],
-                     verified: Any) -> Row:
+                     verdict: Verdict | None, measures: Mapping[str, Any] | None) -> Row:
     """A ``verified_pairs`` row: measured, judged, accepted or rejected with every reason.
 
-    ``verified``: execution.tasks.Verified, or None when the edit failed.
+    ``verdict`` and ``measures`` are None when the edit failed.
     """
     row: Row = {
         **base, **lineage, "candidate_id": candidate["candidate_id"], "kind": candidate["kind"],
@@ -110,12 +107,11 @@ def verification_row(base: Row, candidate: Mapping[str, Any], lineage: Row, thre
         "psnr_outside": None, "embedding_cosine": None, "changed_fraction": None, "sizes_match": False,
         "thresholds_json": json.dumps(thresholds, sort_keys=True),
     }
-    if candidate["status"] != "ok" or verified is None:
+    if candidate["status"] != "ok" or verdict is None or measures is None:
         return {**row, "accepted": False, "reject_reason": "edit_failed"}
-    v = verified.verdict
-    row.update(verified.measures, edit_rating=v.rating, edit_score=v.score,
-               edit_judged_category=verdict_columns(v)["judged_category"], edit_rationale=v.rationale,
-               edit_raw_output=v.raw_output)
+    row.update(measures, edit_rating=verdict.rating, edit_score=verdict.score,
+               edit_judged_category=verdict_columns(verdict)["judged_category"], edit_rationale=verdict.rationale,
+               edit_raw_output=verdict.raw_output)
     reasons = reasons_for(row, thresholds)
     row.update(accepted=not reasons, reject_reason=";".join(reasons) or None)
     if not reasons:

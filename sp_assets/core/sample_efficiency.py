@@ -22,11 +22,9 @@ from sp_assets.core.probe import (
     fit_probe,
     plot_probe_curves,
     run_probe_experiment,
-    text_embedding_features,
 )
 
 N_BASE = 4  # unpaired unsafe and safe images every probe starts from
-EMBED_CHUNK = 32  # images embedded at a time: the pool is streamed, never held whole
 Features = dict[str, np.ndarray]
 
 
@@ -97,14 +95,18 @@ def image_paths_and_texts(pairs: Sequence[dict[str, Any]], sources: Sequence[dic
 
 
 def feature_sets(paths: Mapping[str, str], texts: Mapping[str, str],
-                 embed: Callable[[list[str]], np.ndarray]) -> dict[str, Features]:
-    """'image' features for every hash, and 'image+text' when any image carries scene text."""
+                 embed_images: Callable[[list[tuple[str, str]]], Mapping[str, np.ndarray]],
+                 embed_texts: Callable[[list[str]], np.ndarray]) -> dict[str, Features]:
+    """'image' features for every hash, and 'image+text' when any image carries scene text.
+
+    ``embed_images``: (hash, stored path) pairs -> hash -> vector; ``embed_texts``: texts -> one row each.
+    """
     shas = sorted(paths)
-    vectors = [embed([paths[s] for s in shas[i:i + EMBED_CHUNK]]) for i in range(0, len(shas), EMBED_CHUNK)]
-    image_feat = dict(zip(shas, np.vstack(vectors)))
+    vectors = embed_images([(s, paths[s]) for s in shas])
+    image_feat = {s: vectors[s] for s in shas}
     out = {"image": image_feat}
     if any(texts.get(s) for s in shas):
-        text_vecs = text_embedding_features([texts.get(s, "") for s in shas])
+        text_vecs = embed_texts([texts.get(s, "") for s in shas])
         out["image+text"] = {s: concat_features(image_feat[s][None], text_vecs[i][None])[0] for i, s in enumerate(shas)}
     return out
 
@@ -152,18 +154,19 @@ def probe_guards(roles: Roles, name: str, feat: Features) -> dict[str, dict[str,
 
 
 def run_sample_efficiency(pairs: Sequence[dict[str, Any]], sources: Sequence[dict[str, Any]],
-                          embed: Callable[[list[str]], np.ndarray], seed: int, out_dir: Path, seeds: int,
+                          embed_images: Callable[[list[tuple[str, str]]], Mapping[str, np.ndarray]],
+                          embed_texts: Callable[[list[str]], np.ndarray], seed: int, out_dir: Path, seeds: int,
                           ks: tuple[int, ...] = (0, 2, 4, 8, 16, 32)) -> dict[str, Any]:
     """Probe trained on a base set plus k counterfactual pairs vs the same number of ordinary images.
 
     ``pairs``: benchmark pairs with the verifier's raw answers; ``sources``: rated source images;
-    ``embed``: stored image paths -> embeddings. Features: image embeddings, plus the embedding of the
+    ``embed_images`` and ``embed_texts`` compute (or recall) the embeddings. Features: image embeddings, plus the embedding of the
     scene text the judge read when there is any.
     """
     roles = assign_roles(pairs, sources, seed)
     if isinstance(roles, str):
         return {"skipped": roles}
-    features = feature_sets(*image_paths_and_texts(pairs, sources), embed)
+    features = feature_sets(*image_paths_and_texts(pairs, sources), embed_images, embed_texts)
     results: dict[str, ProbeResult] = {}
     figures: dict[str, Path] = {}
     for name, feat in features.items():

@@ -1,12 +1,17 @@
 """Stage 3, ``edit_instructions``: for each image judged unsafe, instructions that remove only the violation."""
 
+from functools import partial
+from typing import Any
+
 from dagster import AssetExecutionContext, asset
 from dagster_duckdb import DuckDBResource
 
-from sp_assets.backends.base import InstructionWriter
+from sp_assets.core.policy import Category
 from sp_assets.core.records import instruction_rows
 from sp_assets.defs.resources import JudgeResource, PipelineSettings, WriterResource
 from sp_assets.defs.stage import Stage, asset_kwargs, check, counts_add_up, no_duplicate_keys
+from sp_assets.execution.calls import writer_call
+from sp_assets.execution.lazy import LazyBackend
 from sp_assets.execution.tasks import write_task
 from sp_assets.storage import queries
 
@@ -24,19 +29,19 @@ CHECKS = [
 def edit_instructions(context: AssetExecutionContext, settings: PipelineSettings, duckdb: DuckDBResource,
                       judge: JudgeResource, writer: WriterResource):
     stage = Stage(ASSET, context, settings, duckdb)
-    backend = writer.load(stage.policy)
-    assert isinstance(backend, InstructionWriter)
+    lazy = writer.lazy(stage.policy)
     lineage = {"judge_profile": judge.profile, "writer_profile": writer.profile,
-               "writer_config_sha256": writer.config_sha256(), "model_id": backend.info.model_id,
-               "seed": settings.seed, "policy_sha256": stage.policy.sha256}
+               "writer_config_sha256": lazy.config_sha256, "seed": settings.seed, "policy_sha256": stage.policy.sha256}
     for category in stage.categories():
         with stage.timed(category.slug):
             labels = queries.unsafe_labels(stage.store, category.slug, judge.profile)
-            task = write_task(backend, stage.images, stage.policy, category, settings.instruction_variants,
-                              settings.seed, settings.control_pairs)
-            rows = [row for label, written in stage.run(task, labels)
-                    for row in instruction_rows(stage.base_row(category.slug), label, written.flips, written.null,
-                                                lineage)]
+            call = writer_call(lazy.config_sha256, category, settings.instruction_variants, settings.seed,
+                               settings.control_pairs)
+            task = partial(_writer_task, stage, lazy, category)  # loads the writer only for missing answers
+            rows = [row for label, out in stage.memo.run(call, task, labels, prepare=True)
+                    for row in instruction_rows(stage.base_row(category.slug), label, out.result.flips, out.result.null,
+                                                {**lineage, "model_id": out.result.model_id,
+                                                 "computed_run_id": out.computed_run_id})]
             stage.store.replace_slice("edit_instructions", {"category": category.slug, "judge_profile": judge.profile,
                                                             "writer_profile": writer.profile}, rows)
         n_written = len({r["image_sha256"] for r in rows if r["kind"] == "flip"})
@@ -44,5 +49,10 @@ def edit_instructions(context: AssetExecutionContext, settings: PipelineSettings
                      {"judge": judge.profile, "writer": writer.describe()}, rows)
     checks = [counts_add_up(stage, "unsafe images"),
               no_duplicate_keys(stage, ["category", "instruction_id", "judge_profile", "writer_profile"])]
-    return stage.result({"writer_profile": writer.profile, "writer_config_sha256": lineage["writer_config_sha256"]},
-                        checks)
+    return stage.result({"writer_profile": writer.profile, "writer_config_sha256": lineage["writer_config_sha256"],
+                         **stage.memo_report()}, checks)
+
+
+def _writer_task(stage: Stage, lazy: LazyBackend, category: Category, _missing: list) -> Any:
+    s = stage.settings
+    return write_task(lazy.get(), stage.images, stage.policy, category, s.instruction_variants, s.seed, s.control_pairs)

@@ -1,26 +1,32 @@
 """Stage 7, ``guard_metrics``: every configured guard evaluated on the benchmark pairs, plus the
 run-level experiments (figures, the sample-efficiency probe and the probes scored as guards)."""
 
+from functools import partial
 from typing import Any
 
 from dagster import AssetExecutionContext, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
-from sp_assets.backends.base import Judge, RecordJudge, Verdict
+from sp_assets.backends.base import RecordJudge, Verdict
 from sp_assets.backends.common.hf import MissingWeightsError
 from sp_assets.backends.profiles import ProfileError
 from sp_assets.core import guard_evaluation as ge
+from sp_assets.core.hashing import sha256_json
 from sp_assets.core.plots import markdown_image
 from sp_assets.core.policy import Category
 from sp_assets.core.reports import guard_table
-from sp_assets.core.sample_efficiency import guard_figures, run_sample_efficiency
 from sp_assets.defs.resources import EmbedderResource, GuardResource, JudgeResource, PipelineSettings
 from sp_assets.defs.stage import Stage, asset_kwargs, check, check_result
-from sp_assets.execution.tasks import embed_task, guard_task
+from sp_assets.execution import experiments
+from sp_assets.execution.calls import text_embed_call
+from sp_assets.execution.embedding import embed_images, embed_texts
+from sp_assets.execution.judging import judged
+from sp_assets.execution.lazy import LazyBackend
 from sp_assets.storage import queries
 
 ASSET = "guard_metrics"
 CHECKS = [check(ASSET, "every_pair_has_two_predictions", "Each guard rated both halves of every pair.")]
+REUSED_FROM = ("policy_labels", "verified_pairs")  # stages whose judge answers a judge-guard reuses
 
 
 @asset(deps=["benchmark_split"], **asset_kwargs(
@@ -37,14 +43,13 @@ def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, du
     for category in stage.categories():
         with stage.timed(category.slug):
             pairs = queries.benchmark_pairs(stage.store, category.slug)
-            evaluated = {name: (*_guard_verdicts(stage, category, backend, sha, pairs), sha)
-                         for name, (backend, sha) in loaded.items()}
-            evaluated[ge.EDITED_ONLY] = (ge.edited_only_verdicts(pairs), {}, ge.EDITED_ONLY_SHA)
+            evaluated = _evaluate(stage, category, loaded, skipped, pairs)
             base = stage.base_row(category.slug)
-            predictions = [row for name, (v, origins, sha) in evaluated.items()
-                           for row in ge.prediction_rows(base, name, sha, pairs, v, origins)]
-            metrics = [row for name, (v, _, sha) in evaluated.items() for row in ge.metric_rows(base, name, sha, pairs, v)]
-            incomplete += [f"{category.slug}/{name}" for name, (v, _, _) in evaluated.items() if ge.incomplete(pairs, v)]
+            predictions = [row for name, (v, origins, computed, sha) in evaluated.items()
+                           for row in ge.prediction_rows(base, name, sha, pairs, v, origins, computed)]
+            metrics = [row for name, (v, _, _, sha) in evaluated.items()
+                       for row in ge.metric_rows(base, name, sha, pairs, v)]
+            incomplete += [f"{category.slug}/{name}" for name, (v, *_) in evaluated.items() if ge.incomplete(pairs, v)]
             stage.store.replace_slice("guard_predictions", {"category": category.slug}, predictions)
             stage.store.replace_slice("guard_metrics", {"category": category.slug}, metrics)
         summary += metrics
@@ -59,66 +64,79 @@ def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, du
     return stage.result(meta, checks)
 
 
-def _load_guards(stage: Stage, guards: GuardResource) -> tuple[dict[str, tuple[Any, str]], dict[str, str]]:
-    """Every guard profile that can run here, with its config hash; the others with the reason."""
-    loaded: dict[str, tuple[Any, str]] = {}
+def _load_guards(stage: Stage, guards: GuardResource) -> tuple[dict[str, LazyBackend], dict[str, str]]:
+    """Every guard profile that can run here (loaded only when it has images to rate); the others with why."""
+    loaded: dict[str, LazyBackend] = {}
     skipped: dict[str, str] = {}
     for name in guards.profiles:
         try:
-            backend, sha = guards.load(stage.policy, name), guards.config_sha256(name)
-        except (ProfileError, MissingWeightsError, FileNotFoundError, ImportError, OSError) as exc:
+            lazy = guards.lazy(stage.policy, name)
+            record_only = issubclass(lazy.cls, RecordJudge)
+        except (ProfileError, ImportError) as exc:
             skipped[name] = str(exc)
             stage.context.log.warning(f"guard {name!r} skipped: {exc}")
             continue
-        if isinstance(backend, RecordJudge):
+        if record_only:
             skipped[name] = "judges from manifest records only; cannot rate edited images"
             continue
-        loaded[name] = (backend, sha)
+        loaded[name] = lazy
     return loaded, skipped
 
 
-def _guard_verdicts(stage: Stage, category: Category, backend: Any, sha: str, pairs: list[dict[str, Any]]
-                    ) -> tuple[dict[ge.Key, Verdict], dict[ge.Key, str]]:
-    """A guard's verdict on every half of every pair.
+def _evaluate(stage: Stage, category: Category, loaded: dict[str, LazyBackend], skipped: dict[str, str],
+              pairs: list[dict[str, Any]]) -> dict[str, tuple]:
+    """guard -> (verdicts, reuse origins, computing runs, config hash), the confound probe included.
 
-    A judge that also serves as a guard need not read the same image twice: its stored answer, made
-    under the same policy and config, is the answer it would give again.
+    A guard whose weights turn out to be missing when it first has to run is skipped with the reason.
     """
-    known: dict[str, tuple[Verdict, str]] = {}
-    if isinstance(backend, Judge):
-        for r in queries.judge_answers(stage.store, category.slug, sha, stage.policy.sha256):
-            known[r["sha"]] = (Verdict(r["rating"], r["cat"] or "", r["score"], r["rationale"] or "",
-                                       r["raw_output"] or ""), r["origin"])
-    items = ge.halves(pairs)
-    fresh = {it["image_sha256"]: it for it in items if it["image_sha256"] not in known}
-    rated = dict((it["image_sha256"], v) for it, v in stage.run(guard_task(backend, stage.images, category),
-                                                                list(fresh.values())))
-    verdicts, origins = {}, {}
-    for it in items:
-        key = (it["pair_id"], it["half"])
-        if it["image_sha256"] in known:
-            verdicts[key], origins[key] = known[it["image_sha256"]]
-        else:
-            verdicts[key] = rated[it["image_sha256"]]
-    return verdicts, origins
+    out: dict[str, tuple] = {}
+    for name, lazy in list(loaded.items()):
+        try:
+            out[name] = (*_guard_verdicts(stage, category, lazy, pairs), lazy.config_sha256)
+        except (MissingWeightsError, FileNotFoundError, ImportError, OSError) as exc:
+            skipped[name] = str(exc)
+            del loaded[name]
+            stage.context.log.warning(f"guard {name!r} skipped: {exc}")
+    out[ge.EDITED_ONLY] = (ge.edited_only_verdicts(pairs), {}, {}, ge.EDITED_ONLY_SHA)
+    return out
+
+
+def _guard_verdicts(stage: Stage, category: Category, lazy: LazyBackend, pairs: list[dict[str, Any]]
+                    ) -> tuple[dict[ge.Key, Verdict], dict[ge.Key, str], dict[ge.Key, str]]:
+    """A guard's verdict on every half of every pair, with where a reused answer came from and the run
+    that computed it.
+
+    A judge that also serves as a guard need not read the same image twice: its answer in
+    policy_labels or verified_pairs, made under the same policy and config, is the answer it would
+    give again (the memo holds it under the same key).
+    """
+    verdicts, origins, computed = {}, {}, {}
+    for item, out in judged(stage.memo, lazy, category, ge.halves(pairs)):
+        key = (item["pair_id"], item["half"])
+        verdicts[key], computed[key] = out.result.verdict, out.computed_run_id
+        if out.reused and out.stage in REUSED_FROM:
+            origins[key] = out.stage
+    return verdicts, origins, computed
 
 
 def _run_level_experiments(stage: Stage, judge: JudgeResource, embedder: EmbedderResource) -> dict[str, Any]:
     """Figures and the sample-efficiency probe, pooled over the run's categories."""
-    categories = [c.slug for c in stage.categories()]
+    categories = [c.slug for c in stage.category_list()]
     out_dir = stage.settings.root / "reports" / stage.run_id
     out_dir.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {"reports": MetadataValue.path(str(out_dir))}
-    figures = guard_figures(queries.guard_predictions(stage.store, categories),
-                            queries.pair_similarity(stage.store, categories), out_dir)
-    meta.update({f"figure_{name}": MetadataValue.md(markdown_image(path, name)) for name, path in figures.items()})
+    shown = experiments.figures(stage.memo, queries.guard_predictions(stage.store, categories),
+                                queries.pair_similarity(stage.store, categories), out_dir)
+    meta.update({f"figure_{name}": MetadataValue.md(markdown_image(path, name)) for name, path in shown.items()})
     if stage.settings.probe_seeds <= 0:
         return meta
-    embed_paths = embed_task(embedder.load(stage.policy), stage.images)
-    probe = run_sample_efficiency(queries.probe_pairs(stage.store, categories),
-                                  queries.rated_sources(stage.store, categories, judge.profile),
-                                  lambda paths: embed_paths(paths), stage.settings.seed, out_dir,
-                                  stage.settings.probe_seeds)
+    lazy = embedder.lazy(stage.policy)
+    probe = experiments.sample_efficiency(
+        stage.memo, queries.probe_pairs(stage.store, categories),
+        queries.rated_sources(stage.store, categories, judge.profile),
+        lambda images: embed_images(stage.memo, lazy, images), partial(embed_texts, stage.memo),
+        sha256_json([lazy.config_sha256, text_embed_call().config_sha256]), stage.settings.seed, out_dir,
+        stage.settings.probe_seeds)
     meta.update(_store_probe(stage, probe, ",".join(categories)))
     return meta
 
@@ -147,7 +165,7 @@ def _score_probe_guards(stage: Stage, probe: dict[str, Any]) -> None:
     predictions, metrics = [], []
     for guard, info in probe["probe_guards"].items():
         sha = f"probe-{info['features']}-seed{stage.settings.seed}"
-        for category in [c.slug for c in stage.categories()]:
+        for category in [c.slug for c in stage.category_list()]:
             test = [p for p in probe["pairs"] if p["category"] == category and p["split"] == "test"]
             verdicts = ge.probe_verdicts(test, info["p_unsafe"])
             base = stage.base_row(category)

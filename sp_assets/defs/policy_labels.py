@@ -8,7 +8,7 @@ from dagster_duckdb import DuckDBResource
 from sp_assets.core.records import label_row
 from sp_assets.defs.resources import JudgeResource, PipelineSettings
 from sp_assets.defs.stage import Stage, asset_kwargs, check, counts_add_up, no_duplicate_keys
-from sp_assets.execution.tasks import judge_task
+from sp_assets.execution.judging import judged
 from sp_assets.storage import queries
 
 ASSET = "policy_labels"
@@ -24,15 +24,15 @@ CHECKS = [
 def policy_labels(context: AssetExecutionContext, settings: PipelineSettings, duckdb: DuckDBResource,
                   judge: JudgeResource):
     stage = Stage(ASSET, context, settings, duckdb)
-    who = {"profile": judge.profile, "config_sha256": judge.config_sha256()}
-    backend = judge.load(stage.policy)
+    lazy = judge.lazy(stage.policy)
+    who = {"profile": judge.profile, "config_sha256": lazy.config_sha256}
     ratings: dict[str, dict[str, int]] = {}
     for category in stage.categories():
         with stage.timed(category.slug):
             sources = queries.sources_of(stage.store, category.slug)
-            judged = stage.run(judge_task(backend, stage.images, category), sources)
-            rows = [label_row(stage.base_row(category.slug), src, who, verdict, backend.info, stage.policy.sha256)
-                    for src, verdict in judged]
+            rows = [label_row(stage.base_row(category.slug), src, who, out.result.verdict, out.result.info,
+                              stage.policy.sha256, out.computed_run_id)
+                    for src, out in judged(stage.memo, lazy, category, sources)]
             stage.store.replace_slice("policy_labels", {"category": category.slug, "judge_profile": judge.profile}, rows)
         tally = Counter(row["rating"] for row in rows)
         ratings[category.slug] = {r: tally[r] for r in ("unsafe", "safe", "invalid")}
@@ -42,4 +42,5 @@ def policy_labels(context: AssetExecutionContext, settings: PipelineSettings, du
     checks = [counts_add_up(stage, "source images"),
               no_duplicate_keys(stage, ["category", "image_sha256", "judge_profile"])]
     return stage.result({"judge_profile": judge.profile, "judge_config_sha256": who["config_sha256"],
-                         "judge_model": backend.info.model_id, "ratings": MetadataValue.json(ratings)}, checks)
+                         "judge_model": next((r["model_id"] for r in stage.written), ""),
+                         "ratings": MetadataValue.json(ratings), **stage.memo_report()}, checks)

@@ -21,6 +21,7 @@ from sp_assets.backends.base import Backend, SourceOptions
 from sp_assets.backends.profiles import Profile, get_profile
 from sp_assets.core.hashing import sha256_json
 from sp_assets.core.policy import Policy
+from sp_assets.execution.lazy import LazyBackend
 
 DEFAULT_GUARDS = ["scene_text", "open_nsfw"]
 
@@ -65,6 +66,10 @@ class PipelineSettings(ConfigurableResource):
     demo_safe_per_category: int = Field(default=6, ge=0)
     max_image_pixels: int = Field(default=40_000_000, description="Larger images are quarantined.")
     max_file_bytes: int = Field(default=64 * 1024 * 1024, description="Larger files are quarantined.")
+    db_lock_timeout_s: float = Field(
+        default=600.0, gt=0,
+        description="How long a stage waits for another process to let go of the DuckDB file before it stops "
+        "with an error (env SP_DB_LOCK_TIMEOUT).")
     batch_items: int = Field(
         default=16, ge=1,
         description="Images handed to a model in one call (each model also batches inside, by its profile's batch_size).")
@@ -131,6 +136,7 @@ def _settings_env(read: Any) -> dict[str, Any]:
         "demo_unsafe_per_category": _env_int("SP_DEMO_UNSAFE", 12),
         "demo_safe_per_category": _env_int("SP_DEMO_SAFE", 6),
         "seed": _env_int("SP_SEED", 0),
+        "db_lock_timeout_s": float(_env("SP_DB_LOCK_TIMEOUT", "600")),
     }
 
 
@@ -152,6 +158,10 @@ class BackendResource(ConfigurableResource):
 
     def describe(self, name: str | None = None) -> dict[str, Any]:
         return registry.describe(self.resolve(name))
+
+    def lazy(self, policy: Policy, name: str | None = None) -> LazyBackend:
+        """The backend, loaded only when a model call is needed (a memo miss)."""
+        return LazyBackend(self.resolve(name), policy)
 
 
 class SourceResource(BackendResource):

@@ -9,6 +9,7 @@ from sp_assets.backends.base import Source
 from sp_assets.core.hashing import sha256_json
 from sp_assets.defs.resources import PipelineSettings, SourceResource
 from sp_assets.defs.stage import Stage, asset_kwargs, check, counts_add_up, no_duplicate_keys
+from sp_assets.execution.calls import source_call
 from sp_assets.execution.intake import take_in
 
 ASSET = "source_pool"
@@ -27,16 +28,23 @@ def source_pool(context: AssetExecutionContext, settings: PipelineSettings, duck
     backend = source.load(stage.policy)
     assert isinstance(backend, Source)
     options = settings.source_options(stage.policy)
-    provenance = {"source_config_sha256": sha256_json(source.config(settings))}
+    config_sha = sha256_json(source.config(settings))
     reasons: Counter[str] = Counter()
     for category in stage.categories():
         with stage.timed(category.slug):
-            base = {**stage.base_row(category.slug), **provenance, "policy_sha256": stage.policy.sha256}
-            intake = take_in(backend.scan(category, options), stage.images, base, backend.origin)
+            base = {**stage.base_row(category.slug), "source_config_sha256": config_sha,
+                    "policy_sha256": stage.policy.sha256}
+            # An unchanged source (same fingerprint, every stored file present) is not read again.
+            [(_, out)] = stage.memo.run(
+                source_call(config_sha), lambda batch: [take_in(backend.scan(category, options), stage.images, base,
+                                                                backend.origin) for _ in batch],
+                [{"fingerprint": backend.fingerprint(category, options)}])
+            intake = out.result.with_base(stage.base_row(category.slug))
             stage.store.replace_slice("source_images", {"category": category.slug}, intake.accepted)
             stage.store.replace_slice("source_rejections", {"category": category.slug}, intake.rejected)
         reasons.update(r["reason"] for r in intake.rejected)
         stage.record(category.slug, intake.n_in, len(intake.accepted), len(intake.rejected),
                      {"source": source.profile}, intake.accepted)
     checks = [counts_add_up(stage, "files"), no_duplicate_keys(stage, ["category", "image_sha256"])]
-    return stage.result({"source": source.profile, "rejection_reasons": MetadataValue.json(dict(reasons))}, checks)
+    return stage.result({"source": source.profile, "rejection_reasons": MetadataValue.json(dict(reasons)),
+                         **stage.memo_report()}, checks)

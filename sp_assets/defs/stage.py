@@ -26,6 +26,7 @@ from sp_assets.core.hashing import canonical_json, sha256_json
 from sp_assets.core.policy import Category, Policy
 from sp_assets.defs.partitions import ACTIVE_POLICY, category_partitions
 from sp_assets.defs.resources import PipelineSettings
+from sp_assets.execution.memo import Memo
 from sp_assets.execution.pool import InProcessPool, Task, WorkerPool, run_batches
 from sp_assets.storage import ImageStore, Store
 
@@ -35,7 +36,6 @@ warnings.filterwarnings("ignore", category=BetaWarning)
 # Bump when a stage's code changes what it writes; the policy hash is part of every version so
 # editing the policy marks every stage stale in the UI.
 CODE_VERSION = "1"
-WRITE_POOL = "safetypairs_duckdb"
 
 # Columns that differ between two runs of the same inputs and config; left out of data versions.
 VOLATILE_COLUMNS = {"run_id", "created_at", "seconds", "computed_run_id"}
@@ -46,7 +46,6 @@ def asset_kwargs(description: str, checks: Sequence[AssetCheckSpec] = ()) -> dic
         "partitions_def": category_partitions,
         "backfill_policy": BackfillPolicy.single_run(),
         "code_version": f"{CODE_VERSION}+policy.{ACTIVE_POLICY.sha256[:12]}",
-        "pool": WRITE_POOL,
         "description": description,
         "check_specs": list(checks),
         "group_name": "safetypairs",
@@ -70,19 +69,34 @@ class Stage:
     timings: dict[str, float] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     written: list[dict[str, Any]] = field(default_factory=list)
+    stage_rows: list[dict[str, Any]] = field(default_factory=list)  # stage_runs rows, written with the result
 
     def __post_init__(self) -> None:
-        self.store = Store(self.duckdb.get_connection)
+        # The step is its run's only writer: short connections, retried while another run holds the file.
+        self.store = Store.at(self.duckdb.database, lock_timeout_s=self.settings.db_lock_timeout_s)
         self.images = ImageStore(self.settings.root)
         self.pool: WorkerPool = InProcessPool()
         self.run_id = self.context.run.run_id
+        self.memo = Memo(self.store, self.images, self.pool, self.run_id, self.asset, self.settings.batch_items)
         self.now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
     def run(self, task: Task, items: Sequence[Any]) -> list[tuple[Any, Any]]:
         """(item, result) for every item, computed through the worker pool in batches of ``batch_items``."""
         return run_batches(self.pool, task, items, self.settings.batch_items)
 
-    def categories(self) -> list[Category]:
+    def memo_report(self) -> dict[str, Any]:
+        """Model calls this step made and answers it reused, by role (for the materialization metadata)."""
+        roles = sorted(set(self.memo.computed) | set(self.memo.reused))
+        return {"model_calls": MetadataValue.json({r: {"computed": self.memo.computed[r], "reused": self.memo.reused[r]}
+                                                   for r in roles})}
+
+    def categories(self) -> Iterator[Category]:
+        """The run's categories. While the loop over them runs, the stage's database calls share one
+        connection, given up whenever a model runs (see Store.session)."""
+        with self.store.session():
+            yield from self.category_list()
+
+    def category_list(self) -> list[Category]:
         keys = self.context.partition_keys if self.context.has_partition_key_range or self.context.has_partition_key else []
         return [self.policy.category(k) for k in keys]
 
@@ -97,11 +111,11 @@ class Stage:
         """Remember a category's counts and rows for the stage's report and the stage_runs table."""
         self.counts[category] = {"in": n_in, "out": n_out, "rejected": n_rejected}
         self.written.extend(dict(r) for r in rows)
-        self.store.append("stage_runs", [{
+        self.stage_rows.append({
             "run_id": self.run_id, "asset": self.asset, "category": category,
             "seconds": round(self.timings.get(category, 0.0), 3), "n_in": n_in, "n_out": n_out,
             "n_rejected": n_rejected, "profiles_json": canonical_json(profiles), "created_at": self.now,
-        }])
+        })
 
     def base_row(self, category: str) -> dict[str, Any]:
         return {"category": category, "run_id": self.run_id, "created_at": self.now}
@@ -131,7 +145,7 @@ class Stage:
         }
         meta.update(metadata)
         # One row for the whole step (model loading included), for wall-time reports.
-        self.store.append("stage_runs", [{
+        self.store.append("stage_runs", [*self.stage_rows, {
             "run_id": self.run_id, "asset": self.asset, "category": "*", "seconds": meta["seconds"],
             "n_in": total["in"], "n_out": total["out"], "n_rejected": total["rejected"],
             "profiles_json": "{}", "created_at": self.now,

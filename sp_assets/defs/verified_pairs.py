@@ -3,18 +3,23 @@ with reasons (the rules: ``core/verification.py``). A human review decision over
 
 from typing import Any
 
+import numpy as np
 from dagster import AssetExecutionContext, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
-from sp_assets.backends.base import Embedder, Judge
 from sp_assets.core.hashing import sha256_json
 from sp_assets.core.image_metrics import lpips_scorer
+from sp_assets.core.policy import Category
 from sp_assets.core.previews import pairs_markdown
 from sp_assets.core.records import verification_row, with_review
 from sp_assets.core.reports import category_yield, profile_yield_table, yield_table
 from sp_assets.defs.resources import EditorResource, EmbedderResource, JudgeResource, PipelineSettings, WriterResource
 from sp_assets.defs.stage import Stage, asset_kwargs, check, check_result, counts_add_up, no_duplicate_keys
-from sp_assets.execution.tasks import verify_task
+from sp_assets.execution.calls import preservation_call
+from sp_assets.execution.embedding import pair_embeddings
+from sp_assets.execution.judging import judged
+from sp_assets.execution.lazy import LazyBackend
+from sp_assets.execution.tasks import preservation_task
 from sp_assets.review import apply_review, effective_decisions
 from sp_assets.storage import queries
 
@@ -36,7 +41,7 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
     thresholds = settings.thresholds()
     lineage = _lineage(judge, writer, embedder, thresholds)
     lpips, lpips_note = lpips_scorer() if settings.lpips else (None, "LPIPS off (settings.lpips)")
-    models: dict[str, Any] = {}
+    models = {"verifier": judge.lazy(stage.policy, judge.verifier_name), "embedder": embedder.lazy(stage.policy)}
     yields: dict[str, dict[str, Any]] = {}
     paths: dict[str, dict[str, Any]] = {}
     for category in stage.categories():
@@ -44,13 +49,9 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
             candidates = queries.candidates_to_verify(stage.store, category.slug, judge.profile, writer.profile,
                                                       editor.names)
             paths.update({c["candidate_id"]: c for c in candidates})
-            if any(c["status"] == "ok" for c in candidates) and not models:
-                models.update(verifier=judge.load(stage.policy, judge.verifier_name), embed=embedder.load(stage.policy))
-            task = verify_task(models.get("verifier"), models.get("embed"), stage.images, category, lpips)
             decisions = effective_decisions(stage.store, category.slug)
-            rows = [with_review(verification_row(stage.base_row(category.slug), cand, lineage, thresholds, verified),
-                                decisions.get(cand["candidate_id"]), apply_review)
-                    for cand, verified in stage.run(task, candidates)]
+            rows = [with_review(row, decisions.get(row["candidate_id"]), apply_review)
+                    for row in _verify(stage, category, candidates, models, lineage, thresholds, (lpips, lpips_note))]
             for name in editor.names:
                 stage.store.replace_slice("verified_pairs", {
                     "category": category.slug, "judge_profile": judge.profile, "writer_profile": writer.profile,
@@ -62,8 +63,32 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
                       "editors": editor.names, "embedder": embedder.describe()}, rows)
     meta = {"thresholds": MetadataValue.json(thresholds), "lpips": MetadataValue.text(lpips_note),
             "editor_profiles": MetadataValue.json(editor.names), "verifier_profile": judge.verifier_name,
-            "embedder_profile": embedder.profile, **_yield_metadata(stage, yields, judge, writer, paths)}
+            "embedder_profile": embedder.profile, **_yield_metadata(stage, yields, judge, writer, paths),
+            **stage.memo_report()}
     return stage.result(meta, _checks(stage, yields))
+
+
+def _verify(stage: Stage, category: Category, candidates: list[dict[str, Any]], models: dict[str, LazyBackend],
+            lineage: dict[str, Any], thresholds: dict[str, float], lpips: tuple[Any, str]) -> list[dict[str, Any]]:
+    """Every candidate's row: the verifier's verdict on the edit, the embedding cosine of the pair and the
+    preservation measures, each a memoized call (a reused answer costs no model time)."""
+    ok = [c for c in candidates if c["status"] == "ok"]
+    verdicts = {c["candidate_id"]: out for c, out in
+                judged(stage.memo, models["verifier"], category, ok, "edited_sha256", "edited_path")}
+    vectors = pair_embeddings(stage.memo, models["embedder"], ok)
+    measured = {c["candidate_id"]: out.result for c, out in stage.memo.run(
+        preservation_call(lpips[1]), lambda _: preservation_task(stage.images, lpips[0]), ok, prepare=True)}
+    rows = []
+    for c in candidates:
+        judged_edit = verdicts.get(c["candidate_id"])
+        measures = None
+        if judged_edit is not None:
+            cosine = np.sum(vectors[c["image_sha256"]] * vectors[c["edited_sha256"]])
+            measures = {**measured[c["candidate_id"]], "embedding_cosine": float(round(cosine, 6))}
+        row = verification_row(stage.base_row(category.slug), c, lineage, thresholds,
+                               judged_edit.result.verdict if judged_edit else None, measures)
+        rows.append({**row, "computed_run_id": judged_edit.computed_run_id if judged_edit else stage.run_id})
+    return rows
 
 
 def _lineage(judge: JudgeResource, writer: WriterResource, embedder: EmbedderResource,

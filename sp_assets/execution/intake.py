@@ -18,6 +18,10 @@ class Intake:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     n_in: int = 0
 
+    def with_base(self, base: dict[str, Any]) -> "Intake":
+        """The same rows with this run's columns (a reused intake was taken in by an earlier run)."""
+        return Intake([{**r, **base} for r in self.accepted], [{**r, **base} for r in self.rejected], self.n_in)
+
 
 def take_in(items: Iterable[SourceItem], images: ImageStore, base: dict[str, Any], origin: str) -> Intake:
     """Store every usable item by its hash; a refused item's bytes go to quarantine with its reason.

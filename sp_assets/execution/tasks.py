@@ -23,6 +23,7 @@ from sp_assets.backends.base import (
     InstructionWriter,
     Judge,
     RecordJudge,
+    TwoStep,
     Verdict,
 )
 from sp_assets.core.policy import Category, Policy
@@ -33,15 +34,9 @@ from sp_assets.storage import ImageStore
 Rows = Sequence[dict[str, Any]]
 
 
-def judge_task(judge: Judge, images: ImageStore, category: Category) -> Callable[[Rows], list[Verdict]]:
-    """Source rows -> the judge's verdict on each (a record judge reads the rows, a pixel judge the images)."""
-
-    def run(batch: Rows) -> list[Verdict]:
-        if isinstance(judge, RecordJudge):
-            return judge.judge_records(list(batch), category)
-        return judge.judge([images.open(r["image_path"]) for r in batch], category)
-
-    return run
+def record_task(judge: RecordJudge, category: Category) -> Callable[[Rows], list[Verdict]]:
+    """Source rows -> a record judge's verdict, from the rows (manifest labels), not the pixels."""
+    return lambda batch: judge.judge_records(list(batch), category)
 
 
 @dataclass(frozen=True)
@@ -50,6 +45,7 @@ class Written:
 
     flips: list[Instruction]
     null: Instruction | None
+    model_id: str = ""
 
 
 def write_task(writer: InstructionWriter, images: ImageStore, policy: Policy, category: Category,
@@ -67,39 +63,50 @@ def write_task(writer: InstructionWriter, images: ImageStore, policy: Policy, ca
         image = images.open(label["image_path"])
         flips = writer.write(image, verdict, target, variants, seed)
         null = writer.write_null(image, verdict, target, seed) if flips and control_pairs else None
-        return Written(list(flips), null)
+        return Written(list(flips), null, writer.info.model_id)
 
     return lambda batch: [one(label) for label in batch]
 
 
 @dataclass(frozen=True)
-class Edited:
-    """One edit attempt: the stored edit, or the error that stopped it."""
+class EditOutput:
+    """One edit attempt: the stored edit and what made it, or the error that stopped it."""
 
-    result: EditResult | None
     error: str
     seconds: float
+    model_id: str
+    model_revision: str
+    model_device: str
     edited_sha256: str | None = None
     edited_path: str | None = None
+    raw_size: tuple[int, int] = (0, 0)
+    size: tuple[int, int] = (0, 0)
+    region_json: str | None = None
+    detail_json: str | None = None
 
 
-def edit_task(editor: Editor, images: ImageStore) -> Callable[[Rows], list[Edited]]:
+def edit_task(editor: Editor, images: ImageStore) -> Callable[[Rows], list[EditOutput]]:
     """Edit jobs (instruction rows with a seed) -> edits stored in the image store.
 
     If the batch call fails, each job is retried alone, so one bad item fails alone and the others go on.
     """
+    info = {"model_id": editor.info.model_id, "model_revision": editor.info.revision,
+            "model_device": editor.info.device}
 
     def instruction(job: dict[str, Any]) -> Instruction:
         return Instruction(text=job["instruction"], target=json.loads(job["target_json"]), keep=job["keep"] or "",
                            variant=job["variant"])
 
-    def store(result: EditResult | None, error: str, seconds: float) -> Edited:
+    def store(result: EditResult | None, error: str, seconds: float) -> EditOutput:
         if result is None:
-            return Edited(None, error, seconds)
-        sha, rel = images.put_image(result.image)
-        return Edited(result, "", seconds, sha, rel)
+            return EditOutput(error, seconds, **info)
+        sha, rel = images.put_image(result.image)  # the file exists before any row points at it
+        return EditOutput("", seconds, **info, edited_sha256=sha, edited_path=rel, raw_size=tuple(result.raw_size),
+                          size=result.image.size,
+                          region_json=json.dumps(result.region) if result.region is not None else None,
+                          detail_json=json.dumps(result.detail, sort_keys=True, default=str))
 
-    def run(batch: Rows) -> list[Edited]:
+    def run(batch: Rows) -> list[EditOutput]:
         sources = [images.open(j["image_path"]) for j in batch]
         t0 = time.perf_counter()
         try:
@@ -115,7 +122,8 @@ def edit_task(editor: Editor, images: ImageStore) -> Callable[[Rows], list[Edite
     return run
 
 
-def _edit_alone(editor: Editor, source: Any, ins: Instruction, seed: int, store: Callable[..., Edited]) -> Edited:
+def _edit_alone(editor: Editor, source: Any, ins: Instruction, seed: int, store: Callable[..., EditOutput]
+                ) -> EditOutput:
     t0 = time.perf_counter()
     try:
         result = editor.edit([source], [ins], [seed])[0]
@@ -124,47 +132,43 @@ def _edit_alone(editor: Editor, source: Any, ins: Instruction, seed: int, store:
     return store(result, "", time.perf_counter() - t0)
 
 
-@dataclass(frozen=True)
-class Verified:
-    """The verifier's verdict on one edit and the preservation measurements of the pair."""
-
-    verdict: Verdict
-    measures: dict[str, Any]
+def read_task(backend: TwoStep, images: ImageStore, path_key: str) -> Callable[[Rows], list[Any]]:
+    """Rows -> a two-step backend's category-independent reading of each row's image."""
+    return lambda batch: backend.read([images.open(r[path_key]) for r in batch])
 
 
-def verify_task(verifier: Judge, embedder: Embedder, images: ImageStore, category: Category,
-                lpips: Callable[[Any, Any], float] | None) -> Callable[[Rows], list[Verified | None]]:
-    """Candidate rows -> verdict and measurements for each successful edit (None for a failed edit)."""
-
-    def run(batch: Rows) -> list[Verified | None]:
-        good = [c for c in batch if c["status"] == "ok"]
-        if not good:
-            return [None] * len(batch)
-        sources = [images.open(c["source_path"]) for c in good]
-        edits = [images.open(c["edited_path"]) for c in good]
-        verdicts = verifier.judge(edits, category)
-        vectors = embedder.embed(sources + edits)
-        cosines = np.sum(vectors[: len(good)] * vectors[len(good):], axis=1)
-        measured = {
-            c["candidate_id"]: Verified(v, measure_preservation(s, e, c["region_json"], cos, lpips))
-            for c, s, e, v, cos in zip(good, sources, edits, verdicts, cosines, strict=True)}
-        return [measured.get(c["candidate_id"]) if c["status"] == "ok" else None for c in batch]
-
-    return run
+def decide_task(backend: TwoStep, category: Category, readings: dict[str, Any], image_key: str
+                ) -> Callable[[Rows], list[Verdict]]:
+    """Rows -> the verdict under ``category`` from each image's stored reading (no image is opened)."""
+    return lambda batch: backend.decide([readings[r[image_key]] for r in batch], category)
 
 
-def guard_task(guard: Judge | Guard, images: ImageStore, category: Category) -> Callable[[Rows], list[Verdict]]:
-    """Items with an ``image_path`` -> the guard's verdict on each image."""
+def pixel_task(backend: Judge | Guard, images: ImageStore, category: Category, path_key: str
+               ) -> Callable[[Rows], list[Verdict]]:
+    """Rows -> a judge's or a guard's verdict on each row's image under ``category``."""
 
     def run(batch: Rows) -> list[Verdict]:
-        pictures = [images.open(r["image_path"]) for r in batch]
-        if isinstance(guard, Judge):
-            return guard.judge(pictures, category)
-        return guard.predict(pictures, category)
+        pictures = [images.open(r[path_key]) for r in batch]
+        if isinstance(backend, Judge):
+            return backend.judge(pictures, category)
+        return backend.predict(pictures, category)
 
     return run
 
 
-def embed_task(embedder: Embedder, images: ImageStore) -> Callable[[Sequence[str]], list[np.ndarray]]:
-    """Stored image paths -> one embedding vector each."""
-    return lambda paths: list(embedder.embed([images.open(p) for p in paths]))
+def embed_task(embedder: Embedder, images: ImageStore) -> Callable[[Rows], list[np.ndarray]]:
+    """Rows with an ``image_path`` -> one embedding vector each."""
+    return lambda batch: list(embedder.embed([images.open(r["image_path"]) for r in batch]))
+
+
+def preservation_task(images: ImageStore, lpips: Callable[[Any, Any], float] | None
+                      ) -> Callable[[Rows], list[dict[str, Any]]]:
+    """Candidate rows (successful edits) -> sizes, changed region, SSIM / PSNR outside it, LPIPS."""
+
+    def one(c: dict[str, Any]) -> dict[str, Any]:
+        measures = measure_preservation(images.open(c["source_path"]), images.open(c["edited_path"]),
+                                        c["region_json"], 0.0, lpips)
+        measures.pop("embedding_cosine")  # from the embeddings, not the pixels
+        return measures
+
+    return lambda batch: [one(c) for c in batch]

@@ -42,8 +42,9 @@ from sp_assets.release.datasheet import DatasheetFacts, write_datasheet
 from sp_assets.release.fiftyone import NOT_INSTALLED, write_fiftyone
 from sp_assets.release.fiftyone import describe as describe_fiftyone
 from sp_assets.release.inputs import ExportInputs, read_inputs
-from sp_assets.release.report import ExportReport
+from sp_assets.release.report import ExportReport, report_from_manifest
 from sp_assets.release.shards import ShardWriter, StoredImages, write_shards
+from sp_assets.core.hashing import sha256_json
 from sp_assets.storage import ImageStore, Store
 
 EMPTY_WARNING = ("the benchmark is empty: data/train-00000-of-00001.parquet holds the schema and no rows "
@@ -137,6 +138,9 @@ def export_benchmark(store: Store, images: ImageStore, out_dir: str | os.PathLik
         inputs = read_inputs(store)  # every query happens here; the connection is closed afterwards
         job = _Job(name or export_name(inputs.origins, getattr(policy, "path", None)), inputs, policy,
                    profiles_info, thresholds, options).prepare()
+        unchanged = _unchanged_export(out_dir, job)
+        if unchanged is not None:
+            return unchanged
         tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
@@ -147,6 +151,35 @@ def export_benchmark(store: Store, images: ImageStore, out_dir: str | os.PathLik
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return _report(out_dir, tmp, job, written, time.perf_counter() - started)
+
+
+EXPORT_VERSION = "1"  # bump when the export's code writes different files for the same inputs
+
+
+def _fingerprint(job: _Job) -> str:
+    """What the export is made from, less the run ids and times (a re-run that changes nothing else
+    keeps the export it finds, with the run ids of the run that made its content)."""
+    def stable(row: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in row.items() if not k.endswith("run_id") and k != "created_at"}
+
+    inputs = {k: v for k, v in vars(job.inputs).items() if k not in ("pairs", "types")}
+    return sha256_json({"version": EXPORT_VERSION, "name": job.name, "rows": [stable(r) for r in job.rows],
+                        "columns": [(c, str(t)) for c, t in job.columns], "inputs": inputs,
+                        "policy": getattr(job.policy, "sha256", None), "profiles": job.profiles_info,
+                        "thresholds": job.thresholds, "options": vars(job.options)})
+
+
+def _unchanged_export(out_dir: Path, job: _Job) -> ExportReport | None:
+    """The report of the export already in ``out_dir`` when it was made from the same inputs, else None."""
+    manifest_path = out_dir / "export_manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if manifest.get("inputs_sha256") != _fingerprint(job) or not all(
+            (out_dir / f).is_file() for f in manifest.get("files", {})):
+        return None
+    return report_from_manifest(out_dir, manifest, job.warnings)
 
 
 def _write_release(tmp: Path, job: _Job, images: ImageStore) -> _Written:
@@ -199,6 +232,7 @@ def _write_manifest(tmp: Path, job: _Job, skipped: Mapping[str, str]) -> None:
         "name": job.name, "n_pairs": len(job.rows), "counts": job.counts, "n_controls": n_controls(job.rows),
         "policy_sha256": getattr(job.policy, "sha256", None), "skipped": dict(skipped), "warnings": job.warnings,
         "files": {p.relative_to(tmp).as_posix(): _sha256_file(p) for p in files},
+        "inputs_sha256": _fingerprint(job),
     }
     (tmp / "export_manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 

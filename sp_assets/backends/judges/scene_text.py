@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from sp_assets.backends.base import Judge, ModelInfo, TextRegion, Verdict
+from sp_assets.backends.base import Judge, ModelInfo, TextRegion, TwoStep, Verdict
 from sp_assets.backends.common.hf import quiet_load
 from sp_assets.backends.common.versions import package_version
 from sp_assets.core.policy import Category, Policy
@@ -254,7 +254,7 @@ def sentence_model_folder(model_path: str | None = None) -> Path:
     return path
 
 
-class SceneTextJudge(Judge):
+class SceneTextJudge(TwoStep, Judge):
     """Judge scene text against a policy with a few-shot head fitted on the policy's own examples.
 
     Training data, per category: ``judge_examples.violating`` (+ the ``forbids`` rules when
@@ -484,8 +484,19 @@ class SceneTextJudge(Judge):
     # -- judging images -------------------------------------------------------------------------
 
     def judge(self, images: Sequence[Image.Image], category: Category | str) -> list[Verdict]:
+        return self.decide(self.read(images), category)
+
+    def reader_config(self) -> dict[str, Any]:
+        """What the OCR reading depends on: the reader, not the policy or the classifier."""
+        return {"reader": self.reader.config()}
+
+    def read(self, images: Sequence[Image.Image]) -> list[list[dict[str, Any]]]:
+        """The scene text of each image (OCR lines as dicts): the same for every category."""
+        return [[r.as_dict() for r in self.reader.read(im)] for im in images]
+
+    def decide(self, readings: Sequence[Sequence[dict[str, Any]]], category: Category | str) -> list[Verdict]:
         asked = category.slug if isinstance(category, Category) else self.policy.category(category).slug
-        read = [self.reader.read(im) for im in images]
+        read = [[TextRegion.from_dict(d) for d in regions] for regions in readings]
         texts = [self._join(regions) for regions in read]
         classified = self.classify_texts(texts)
         return [self._verdict(r, t, c, asked) for r, t, c in zip(read, texts, classified)]

@@ -81,6 +81,8 @@ class ShieldGemma2Judge(Judge):
                       model is gated: accept its licence on the hub and log in first)
     """
 
+    policy_dependency = "category"  # asked one custom policy: the category's own rules
+
     def __init__(
         self,
         policy: Policy,

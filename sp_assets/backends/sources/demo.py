@@ -296,6 +296,13 @@ class DemoSource(Source):
         self.policy = policy
         self.info = ModelInfo(model_id="demo", revision=str(RECIPE_VERSION), device="none")
 
+    def fingerprint(self, category: Category, options: SourceOptions) -> Any:
+        """The pool is a pure function of these (and of the phrase and photo files)."""
+        return {"recipe_version": RECIPE_VERSION, "demo": demo_slug_for(category, options.policy),
+                "ref_category": category.slug, "unsafe": options.demo_unsafe_per_category,
+                "safe": options.demo_safe_per_category, "seed": options.seed, "phrases": DEMO_PHRASES[
+                    demo_slug_for(category, options.policy)], "photos": DEMO_PHOTOS}
+
     def scan(self, category: Category, options: SourceOptions) -> Iterator[SourceItem]:
         pool = generate_demo_pool(demo_slug_for(category, options.policy), n_unsafe=options.demo_unsafe_per_category,
                                   n_safe=options.demo_safe_per_category, seed=options.seed)

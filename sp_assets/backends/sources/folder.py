@@ -201,6 +201,13 @@ class FolderSource(Source):
         self.policy = policy
         self.info = ModelInfo(model_id="folder", revision="", device="none")
 
+    def fingerprint(self, category: Category, options: SourceOptions) -> Any:
+        """Name, size and modification time of every file under the folder, and of the manifest."""
+        root, manifest = _folder_paths(options)
+        files = [(p.relative_to(root).as_posix(), *_stat(p)) for p in sorted(root.rglob("*")) if p.is_file()]
+        return {"category": category.slug, "files": files, "manifest": _stat(manifest) if manifest else None,
+                "policy": options.policy.sha256}
+
     def scan(self, category: Category, options: SourceOptions) -> Iterator[SourceItem]:
         root, manifest = _folder_paths(options)
         for item in iter_entries(root, manifest, options.policy):
@@ -215,6 +222,11 @@ class FolderSource(Source):
                 reason=None if checked.ok else checked.reason, detail=checked.detail,
                 columns={"manifest_rating": entry.rating, "manifest_category": entry.category,
                          "manifest_rationale": entry.rationale})
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
 
 
 def _folder_paths(options: SourceOptions) -> tuple[Path, Path | None]:
