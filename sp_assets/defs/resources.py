@@ -72,7 +72,8 @@ class PipelineSettings(ConfigurableResource):
         "with an error (env SP_DB_LOCK_TIMEOUT).")
     batch_items: int = Field(
         default=16, ge=1,
-        description="Images handed to a model in one call (each model also batches inside, by its profile's batch_size).")
+        description="Images handed to a model in one call, and committed together (env SP_BATCH_ITEMS); each "
+        "model also batches inside, by its profile's batch_size.")
     edit_seeds: list[int] = Field(default=[0], description="One candidate per seed and instruction variant.")
     instruction_variants: int = Field(default=2, ge=1, description="Instructions per unsafe image (best of N).")
     control_pairs: bool = Field(
@@ -137,6 +138,7 @@ def _settings_env(read: Any) -> dict[str, Any]:
         "demo_safe_per_category": _env_int("SP_DEMO_SAFE", 6),
         "seed": _env_int("SP_SEED", 0),
         "db_lock_timeout_s": float(_env("SP_DB_LOCK_TIMEOUT", "600")),
+        "batch_items": _env_int("SP_BATCH_ITEMS", 16),
     }
 
 

@@ -1,0 +1,164 @@
+"""Real processes on one DuckDB file: a run killed with SIGKILL mid-stage, then the same command again;
+two runs of different categories at once. Each test stops what it started by process group."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from sp_assets.storage import SCHEMA
+
+DAGSTER = str(Path(sys.executable).parent / "dagster")
+REPO = Path(__file__).resolve().parent.parent
+STAGES = "source_pool,policy_labels,edit_instructions,edited_images,verified_pairs,benchmark_split,guard_metrics"
+VOLATILE = {"run_id", "created_at", "seconds", "computed_run_id", "stage"}
+# Tables whose rows must match between a killed-and-resumed run and an uninterrupted one.
+COMPARED = [t for t in SCHEMA if t not in ("stage_runs",)]
+
+
+def _env(home: Path, data: Path, **extra: str) -> dict[str, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return {**os.environ, "DAGSTER_HOME": str(home), "SP_DATA_ROOT": str(data), "SP_DEMO_UNSAFE": "3",
+            "SP_DEMO_SAFE": "1", **extra}
+
+
+def _start(env: dict[str, str], partitions: list[str], log: Path, select: str = STAGES) -> subprocess.Popen:
+    cmd = [DAGSTER, "asset", "materialize", "-m", "sp_assets", "--select", select, *partitions]
+    out = open(log, "w")  # noqa: SIM115 - closed with the process below
+    # Its own process group, so the kill takes the run and anything it started; SIGINT default (Dagster
+    # CLI runs ignore SIGTERM from a non-interactive parent).
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)
+
+
+def _run(env: dict[str, str], partitions: list[str], log: Path, timeout: float = 900, select: str = STAGES) -> None:
+    proc = _start(env, partitions, log, select)
+    try:
+        assert proc.wait(timeout=timeout) == 0, log.read_text()[-4000:]
+    finally:
+        _stop(proc)
+
+
+def _query(db: Path, sql: str) -> list[tuple]:
+    # Read-only readers fail while a writer holds the file: retry for a while.
+    for _ in range(200):
+        try:
+            con = duckdb.connect(str(db), read_only=True)
+        except duckdb.IOException:
+            time.sleep(0.05)
+            continue
+        try:
+            return con.execute(sql).fetchall()
+        except duckdb.CatalogException:
+            return []
+        finally:
+            con.close()
+    raise AssertionError(f"{db} stayed locked")
+
+
+def _snapshot(db: Path) -> dict[str, list[str]]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        out = {}
+        for table in COMPARED:
+            cols = [c for c, _, _ in SCHEMA[table] if c not in VOLATILE]
+            rows = [dict(zip(cols, r)) for r in con.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()]
+            if table == "model_calls":  # an edit's stored answer carries how long it took: not part of it
+                for r in rows:
+                    r["output_json"] = json.dumps({k: v for k, v in json.loads(r["output_json"]).items()
+                                                   if k != "seconds"} if r["role"] == "editor" else r["output_json"])
+            out[table] = sorted(json.dumps(r, default=str, sort_keys=True) for r in rows)
+        return out
+    finally:
+        con.close()
+
+
+def _referenced_files_exist(data: Path) -> None:
+    con = duckdb.connect(str(data / "safetypairs.duckdb"), read_only=True)
+    try:
+        paths = [p for (p,) in con.execute(
+            "SELECT image_path FROM source_images UNION ALL SELECT edited_path FROM edited_images "
+            "WHERE edited_path IS NOT NULL UNION ALL SELECT safe_path FROM benchmark_split").fetchall()]
+    finally:
+        con.close()
+    missing = [p for p in paths if not (data / p).is_file()]
+    assert paths and not missing, missing[:5]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    base = tmp_path_factory.mktemp("whole")
+    data = base / "data"
+    _run(_env(base / "home", data, SP_BATCH_ITEMS="2"), ["--partition-range", "o1_hate...o2_violence"],
+         base / "run.log")
+    return data
+
+
+def test_a_run_killed_mid_stage_resumes_with_identical_rows(uninterrupted, tmp_path):
+    data = tmp_path / "data"
+    env = _env(tmp_path / "home", data, SP_BATCH_ITEMS="2")
+    db = data / "safetypairs.duckdb"
+    partitions = ["--partition-range", "o1_hate...o2_violence"]
+    proc = _start(env, partitions, tmp_path / "killed.log")
+    try:
+        deadline = time.monotonic() + 600
+        # Kill once verified_pairs has committed a few batches of verdicts, and long before it is done.
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = _query(db, "SELECT count(*) FROM model_calls WHERE stage = 'verified_pairs' AND role = 'judge'")
+            if done and done[0][0] >= 4:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+    finally:
+        _stop(proc)
+    killed_run = {r for (r,) in _query(db, "SELECT DISTINCT computed_run_id FROM model_calls")}
+    _run(env, partitions, tmp_path / "resumed.log")
+    assert _snapshot(db) == _snapshot(uninterrupted / "safetypairs.duckdb")
+    _referenced_files_exist(data)
+    # What the killed run committed was reused, not recomputed: its verdicts are still the stored ones.
+    by_run = dict(_query(db, "SELECT computed_run_id, count(*) FROM model_calls WHERE stage = 'verified_pairs' "
+                             "AND role = 'judge' GROUP BY ALL"))
+    assert set(by_run) - killed_run and set(by_run) & killed_run, by_run
+
+
+def test_two_runs_of_different_categories_at_once_both_succeed_and_overlap(tmp_path):
+    data = tmp_path / "data"
+    env = _env(tmp_path / "home", data)
+    procs = [_start(env, ["--partition", cat], tmp_path / f"{cat}.log") for cat in ("o1_hate", "o3_sexual")]
+    try:
+        for proc, cat in zip(procs, ("o1_hate", "o3_sexual")):
+            assert proc.wait(timeout=900) == 0, (tmp_path / f"{cat}.log").read_text()[-4000:]
+    finally:
+        for proc in procs:
+            _stop(proc)
+    cats = {c for (c,) in _query(data / "safetypairs.duckdb", "SELECT DISTINCT category FROM guard_metrics")}
+    assert cats == {"o1_hate", "o3_sexual"}
+    # Their model work overlapped in time: each run's judge calls span a window the other's reaches into.
+    spans = _query(data / "safetypairs.duckdb",
+                   "SELECT computed_run_id, min(created_at), max(created_at) FROM model_calls "
+                   "WHERE role IN ('reader', 'judge') GROUP BY ALL")
+    assert len(spans) == 2
+    (_, a0, a1), (_, b0, b1) = spans
+    assert a0 < b1 and b0 < a1, spans
+    _referenced_files_exist(data)
