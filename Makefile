@@ -9,7 +9,7 @@ CONSTRAINTS ?= constraints-cpu.txt
 # The instance config (dagster.yaml) lives at the repository root.
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: setup demo test dev clean-data
+.PHONY: setup demo test dev bench clean-data
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Speed and memory figures, one `name: value` line each (minutes: the whole demo several times).
+bench: setup
+	@for script in benchmarks/bench_*.py; do echo "# $$script"; $(BIN)/python $$script || exit 1; done
 
 dev: setup
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000

