@@ -22,13 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import duckdb
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 STAGES = "source_pool,policy_labels,edit_instructions,edited_images,verified_pairs,benchmark_split,guard_metrics"
-VOLATILE = {"run_id", "created_at", "seconds", "computed_run_id", "stage"}
 SECOND_EDITOR = {"text_region_ns": {
     "implementation": "text_region", "description": "The offline editor with Navier-Stokes inpainting.",
     "params": {"inpaint_method": "ns", "inpaint_radius": 3, "pad": 3}}}
@@ -67,36 +64,15 @@ def run(env: dict[str, str], categories: str, log: Path) -> float:
 
 
 def query(db: Path, sql: str, params: list | None = None) -> list[tuple]:
-    for _ in range(400):
-        try:
-            con = duckdb.connect(str(db), read_only=True)
-        except duckdb.IOException:
-            time.sleep(0.05)
-            continue
-        try:
-            return con.execute(sql, params or []).fetchall()
-        except duckdb.CatalogException:
-            return []
-        finally:
-            con.close()
-    raise SystemExit(f"{db} stayed locked")
+    from sp_assets.storage.compare import read_only_query
+
+    return read_only_query(db, sql, params, timeout_s=60)
 
 
 def snapshot(db: Path) -> dict[str, list[str]]:
-    from sp_assets.storage import SCHEMA
+    from sp_assets.storage.compare import stable_rows
 
-    out = {}
-    for table, cols in SCHEMA.items():
-        if table == "stage_runs":
-            continue
-        names = [c for c, _, _ in cols if c not in VOLATILE]
-        rows = [dict(zip(names, r)) for r in query(db, f"SELECT {', '.join(names)} FROM {table}")]
-        if table == "model_calls":  # an edit's stored answer carries its duration
-            for r in rows:
-                if r["role"] == "editor":
-                    r["output_json"] = {k: v for k, v in json.loads(r["output_json"]).items() if k != "seconds"}
-        out[table] = sorted(json.dumps(r, default=str, sort_keys=True) for r in rows)
-    return out
+    return stable_rows(db)
 
 
 def calls_by_role(db: Path, known_runs: set[str]) -> dict[str, int]:

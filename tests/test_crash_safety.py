@@ -3,7 +3,6 @@ two runs of different categories at once. Each test stops what it started by pro
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,14 +13,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from sp_assets.storage import SCHEMA
+from sp_assets.storage.compare import read_only_query, stable_rows
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 REPO = Path(__file__).resolve().parent.parent
 STAGES = "source_pool,policy_labels,edit_instructions,edited_images,verified_pairs,benchmark_split,guard_metrics"
-VOLATILE = {"run_id", "created_at", "seconds", "computed_run_id", "stage"}
-# Tables whose rows must match between a killed-and-resumed run and an uninterrupted one.
-COMPARED = [t for t in SCHEMA if t not in ("stage_runs",)]
 
 
 def _env(home: Path, data: Path, **extra: str) -> dict[str, str]:
@@ -59,37 +55,11 @@ def _run(env: dict[str, str], partitions: list[str], log: Path, timeout: float =
 
 
 def _query(db: Path, sql: str) -> list[tuple]:
-    # Read-only readers fail while a writer holds the file: retry for a while.
-    for _ in range(200):
-        try:
-            con = duckdb.connect(str(db), read_only=True)
-        except duckdb.IOException:
-            time.sleep(0.05)
-            continue
-        try:
-            return con.execute(sql).fetchall()
-        except duckdb.CatalogException:
-            return []
-        finally:
-            con.close()
-    raise AssertionError(f"{db} stayed locked")
+    return read_only_query(db, sql, timeout_s=10)
 
 
 def _snapshot(db: Path) -> dict[str, list[str]]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        out = {}
-        for table in COMPARED:
-            cols = [c for c, _, _ in SCHEMA[table] if c not in VOLATILE]
-            rows = [dict(zip(cols, r)) for r in con.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()]
-            if table == "model_calls":  # an edit's stored answer carries how long it took: not part of it
-                for r in rows:
-                    r["output_json"] = json.dumps({k: v for k, v in json.loads(r["output_json"]).items()
-                                                   if k != "seconds"} if r["role"] == "editor" else r["output_json"])
-            out[table] = sorted(json.dumps(r, default=str, sort_keys=True) for r in rows)
-        return out
-    finally:
-        con.close()
+    return stable_rows(db)
 
 
 def _referenced_files_exist(data: Path) -> None:
