@@ -71,3 +71,36 @@ def test_an_older_database_gains_new_columns(tmp_path):
     store.replace_slice("source_images", {"category": "b"}, [_row("b", "2", "r1")])
     got = store.query("SELECT category, image_sha256, origin FROM source_images ORDER BY ALL").rows()
     assert got == [("a", "1", None), ("b", "2", "demo")]
+
+
+def _hold_database(path, seconds: float):
+    """Another process that holds the DuckDB file for ``seconds`` (DuckDB locks it per process)."""
+    import subprocess
+    import sys
+
+    code = (f"import duckdb, sys, time; c = duckdb.connect({str(path)!r}); print('held', flush=True); "
+            f"time.sleep({seconds}); c.close()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_held_database_is_waited_for_then_reported_with_the_file_and_the_fix(tmp_path):
+    import duckdb
+    import pytest
+
+    db = tmp_path / "held.duckdb"
+    Store.at(db).init()
+    holder = _hold_database(db, 30)
+    try:
+        with pytest.raises(duckdb.IOException) as err:
+            Store.at(db, lock_timeout_s=1.0).query("SELECT 1")
+        assert str(db) in str(err.value) and "SP_DB_LOCK_TIMEOUT" in str(err.value)
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    brief = _hold_database(db, 1.5)  # let go after 1.5 s: a writer that waits gets through
+    try:
+        assert Store.at(db, lock_timeout_s=30).query("SELECT count(*) AS n FROM stage_runs").item() == 0
+    finally:
+        brief.wait(timeout=10)

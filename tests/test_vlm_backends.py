@@ -181,6 +181,29 @@ def test_prompt_template_override_and_unknown_placeholder(tiny_dir):
         VLMJudge(POLICY, model=str(tiny_dir), profile_name="custom", device="cpu", prompt_template="$bogus")
 
 
+def test_a_judge_of_scope_policy_is_asked_once_per_image_for_every_category(tiny_dir):
+    from sp_assets.backends.profiles import Profile
+    from sp_assets.execution.calls import judge_call
+    from sp_assets.execution.lazy import LazyBackend
+
+    whole = "Policy:\n$all_rules\nAnswer JSON {\"rating\": ...}"
+    j = VLMJudge(POLICY, model=str(tiny_dir), profile_name="whole", device="cpu", max_new_tokens=8,
+                 prompt_template=whole, scope="policy")
+    assert j.prompt(O2) == j.prompt(POLICY.categories[0]) and POLICY.categories[-1].title in j.prompt(O2)
+    for template in (None, "Rules: $rules", "$all_rules for $slug"):  # a per-category prompt is refused
+        with pytest.raises(ValueError, match="scope 'policy'"):
+            VLMJudge(POLICY, model=str(tiny_dir), profile_name="whole", device="cpu", prompt_template=template,
+                     scope="policy")
+    # The memo key of a policy-wide judge leaves the category out: one call serves every partition.
+    item = {"image_sha256": "a" * 64}
+    keys = {}
+    for scope in ("category", "policy"):
+        lazy = LazyBackend(Profile("judge", "whole", "vlm", {"model": str(tiny_dir), "scope": scope,
+                                                               "prompt_template": whole}), POLICY)
+        keys[scope] = {judge_call(lazy, c, "image_sha256").inputs(item)["category"] for c in POLICY.categories}
+    assert keys == {"category": set(POLICY.slugs), "policy": {None}}
+
+
 # -- writing --------------------------------------------------------------------------------------
 
 

@@ -28,7 +28,10 @@ PLACEHOLDERS = {
     "forbids": "bullet list of what the category forbids",
     "allows": "bullet list of what the category allows",
     "policy": "policy name",
+    "all_rules": "every category's rules as prose, one after another (for a judge of scope 'policy')",
 }
+PER_CATEGORY = frozenset({"rules", "id", "title", "slug", "forbids", "allows"})
+SCOPES = ("category", "policy")
 
 DEFAULT_PROMPT = """You review images for safety under one category of a written policy.
 
@@ -105,6 +108,23 @@ def score_from_logs(log_unsafe: float, log_safe: float) -> float | None:
     return 1.0 / (1.0 + math.exp(min(700.0, max(-700.0, log_safe - log_unsafe))))
 
 
+def _check_scope(scope: str, template: str | None, profile_name: str) -> None:
+    """A judge of scope 'policy' answers once for every category, so its prompt must not name one."""
+    if scope not in SCOPES:
+        raise ValueError(f"profile {profile_name!r}: scope {scope!r} is not one of {', '.join(SCOPES)}")
+    if scope != "policy":
+        return
+    import string
+
+    used = set(string.Template(template or DEFAULT_PROMPT).get_identifiers())
+    if not template or used & PER_CATEGORY or "all_rules" not in used:
+        raise ValueError(
+            f"profile {profile_name!r}: scope 'policy' judges each image once for every category, so its "
+            f"prompt_template must ask about the whole policy ($all_rules) and name no single category "
+            f"(it uses {', '.join(sorted('$' + u for u in used & PER_CATEGORY)) or 'no $all_rules'}). Write such "
+            "a prompt, or leave scope at 'category'.")
+
+
 class VLMJudge(Judge):
     """Rates images under a policy category with a chat VLM (LlavaGuard, Qwen2.5-VL, ...).
 
@@ -149,7 +169,10 @@ class VLMJudge(Judge):
         trust_remote_code: bool = False,
         prompt_template: str | None = None,
         max_image_side: int | None = None,
+        scope: str = "category",
     ):
+        _check_scope(scope, prompt_template, profile_name)
+        self.scope = scope
         if int(batch_size) < 1:
             raise ValueError(f"profile {profile_name!r}: batch_size must be at least 1, got {batch_size}")
         if int(max_new_tokens) < 8:
@@ -186,7 +209,7 @@ class VLMJudge(Judge):
             rules=category.rules_text(), id=category.id, title=category.title, slug=category.slug,
             forbids="\n".join(f"- {r}" for r in category.forbids),
             allows="\n".join(f"- {r}" for r in category.allows),
-            policy=self.policy.name,
+            policy=self.policy.name, all_rules="\n\n".join(c.rules_text() for c in self.policy.categories),
         )
 
     def judge(self, images: Sequence[Image.Image], category: Category | str) -> list[Verdict]:
