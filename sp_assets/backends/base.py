@@ -195,8 +195,10 @@ class TwoStep:
     ``decide(read(images), category)``.
     """
 
-    def reader_config(self) -> dict[str, Any]:
-        """Everything that changes a reading (hashed into the reading's memo key)."""
+    @classmethod
+    def reader_key(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Everything that changes a reading, from the profile's parameters alone (no model is loaded):
+        hashed into the reading's memo key, so profiles that read alike share their readings."""
         raise NotImplementedError
 
     def read(self, images: Sequence[Image.Image]) -> list[Any]:

@@ -1,18 +1,12 @@
 """Stage 3, ``edit_instructions``: for each image judged unsafe, instructions that remove only the violation."""
 
-from functools import partial
-from typing import Any
-
 from dagster import AssetExecutionContext, asset
 from dagster_duckdb import DuckDBResource
 
-from sp_assets.core.policy import Category
 from sp_assets.core.records import instruction_rows
 from sp_assets.defs.resources import JudgeResource, PipelineSettings, WriterResource
 from sp_assets.defs.stage import Stage, asset_kwargs, check, counts_add_up, no_duplicate_keys
 from sp_assets.execution.calls import writer_call
-from sp_assets.execution.lazy import LazyBackend
-from sp_assets.execution.tasks import write_task
 from sp_assets.storage import queries
 
 ASSET = "edit_instructions"
@@ -37,8 +31,10 @@ def edit_instructions(context: AssetExecutionContext, settings: PipelineSettings
             labels = queries.unsafe_labels(stage.store, category.slug, judge.profile)
             call = writer_call(lazy.config_sha256, category, settings.instruction_variants, settings.seed,
                                settings.control_pairs)
-            task = partial(_writer_task, stage, lazy, category)  # loads the writer only for missing answers
-            rows = [row for label, out in stage.memo.run(call, task, labels, prepare=True)
+            work = lazy.work("write", str(stage.images.root), category=category.slug,
+                             variants=settings.instruction_variants, seed=settings.seed,
+                             control_pairs=settings.control_pairs)
+            rows = [row for label, out in stage.memo.run(call, work, labels)
                     for row in instruction_rows(stage.base_row(category.slug), label, out.result.flips, out.result.null,
                                                 {**lineage, "model_id": out.result.model_id,
                                                  "computed_run_id": out.computed_run_id})]
@@ -52,7 +48,3 @@ def edit_instructions(context: AssetExecutionContext, settings: PipelineSettings
     return stage.result({"writer_profile": writer.profile, "writer_config_sha256": lineage["writer_config_sha256"],
                          **stage.memo_report()}, checks)
 
-
-def _writer_task(stage: Stage, lazy: LazyBackend, category: Category, _missing: list) -> Any:
-    s = stage.settings
-    return write_task(lazy.get(), stage.images, stage.policy, category, s.instruction_variants, s.seed, s.control_pairs)

@@ -14,7 +14,6 @@ from sp_assets.core.records import edit_jobs, edit_row
 from sp_assets.defs.resources import EditorResource, JudgeResource, PipelineSettings, WriterResource
 from sp_assets.defs.stage import Stage, asset_kwargs, check, check_result, counts_add_up, no_duplicate_keys
 from sp_assets.execution.calls import edit_call
-from sp_assets.execution.tasks import edit_task
 from sp_assets.storage import queries
 
 ASSET = "edited_images"
@@ -42,8 +41,7 @@ def edited_images(context: AssetExecutionContext, settings: PipelineSettings, du
                 made = [edit_row(stage.base_row(category.slug), lineage, job, lazy.config_sha256, out.result,
                                  out.computed_run_id)
                         for job, out in stage.memo.run(edit_call(lazy.config_sha256),
-                                                       lambda _, lazy=lazy: edit_task(lazy.get(), stage.images),
-                                                       jobs, prepare=True)]
+                                                       lazy.work("edit", str(stage.images.root)), jobs)]
                 stage.store.replace_slice("edited_images", {"category": category.slug, **lineage}, made)
                 rows += made
         ok = sum(1 for r in rows if r["status"] == "ok")

@@ -10,7 +10,6 @@ from sp_assets.core.hashing import sha256_json
 from sp_assets.defs.resources import PipelineSettings, SourceResource
 from sp_assets.defs.stage import Stage, asset_kwargs, check, counts_add_up, no_duplicate_keys
 from sp_assets.execution.calls import source_call
-from sp_assets.execution.intake import take_in
 
 ASSET = "source_pool"
 CHECKS = [
@@ -25,7 +24,8 @@ CHECKS = [
 def source_pool(context: AssetExecutionContext, settings: PipelineSettings, duckdb: DuckDBResource,
                 source: SourceResource):
     stage = Stage(ASSET, context, settings, duckdb)
-    backend = source.load(stage.policy)
+    lazy = source.lazy(stage.policy)
+    backend = lazy.get()  # its fingerprint (cheap) tells whether the category must be taken in again
     assert isinstance(backend, Source)
     options = settings.source_options(stage.policy)
     config_sha = sha256_json(source.config(settings))
@@ -35,10 +35,9 @@ def source_pool(context: AssetExecutionContext, settings: PipelineSettings, duck
             base = {**stage.base_row(category.slug), "source_config_sha256": config_sha,
                     "policy_sha256": stage.policy.sha256}
             # An unchanged source (same fingerprint, every stored file present) is not read again.
-            [(_, out)] = stage.memo.run(
-                source_call(config_sha), lambda batch: [take_in(backend.scan(category, options), stage.images, base,
-                                                                backend.origin) for _ in batch],
-                [{"fingerprint": backend.fingerprint(category, options)}])
+            work = lazy.work("intake", str(stage.images.root), category=category.slug, options=options, base=base)
+            [(_, out)] = stage.memo.run(source_call(config_sha), work,
+                                        [{"fingerprint": backend.fingerprint(category, options)}])
             intake = out.result.with_base(stage.base_row(category.slug))
             stage.store.replace_slice("source_images", {"category": category.slug}, intake.accepted)
             stage.store.replace_slice("source_rejections", {"category": category.slug}, intake.rejected)

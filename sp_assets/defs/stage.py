@@ -27,7 +27,7 @@ from sp_assets.core.policy import Category, Policy
 from sp_assets.defs.partitions import ACTIVE_POLICY, category_partitions
 from sp_assets.defs.resources import PipelineSettings
 from sp_assets.execution.memo import Memo
-from sp_assets.execution.pool import InProcessPool, Task, WorkerPool, run_batches
+from sp_assets.execution.pool import InProcessPool, WorkerPool
 from sp_assets.storage import ImageStore, Store
 
 # BackfillPolicy is marked beta; single-run backfills are what this project is built on.
@@ -77,12 +77,9 @@ class Stage:
         self.images = ImageStore(self.settings.root)
         self.pool: WorkerPool = InProcessPool()
         self.run_id = self.context.run.run_id
-        self.memo = Memo(self.store, self.images, self.pool, self.run_id, self.asset, self.settings.batch_items)
+        self.memo = Memo(self.store, self.images, self.pool, self.run_id, self.asset, self.settings.batch_items,
+                         self.policy)
         self.now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-
-    def run(self, task: Task, items: Sequence[Any]) -> list[tuple[Any, Any]]:
-        """(item, result) for every item, computed through the worker pool in batches of ``batch_items``."""
-        return run_batches(self.pool, task, items, self.settings.batch_items)
 
     def memo_report(self) -> dict[str, Any]:
         """Model calls this step made and answers it reused, by role (for the materialization metadata)."""

@@ -19,7 +19,7 @@ from sp_assets.execution.calls import preservation_call
 from sp_assets.execution.embedding import pair_embeddings
 from sp_assets.execution.judging import judged
 from sp_assets.execution.lazy import LazyBackend
-from sp_assets.execution.tasks import preservation_task
+from sp_assets.execution.tasks import Work
 from sp_assets.review import apply_review, effective_decisions
 from sp_assets.storage import queries
 
@@ -76,8 +76,8 @@ def _verify(stage: Stage, category: Category, candidates: list[dict[str, Any]], 
     verdicts = {c["candidate_id"]: out for c, out in
                 judged(stage.memo, models["verifier"], category, ok, "edited_sha256", "edited_path")}
     vectors = pair_embeddings(stage.memo, models["embedder"], ok)
-    measured = {c["candidate_id"]: out.result for c, out in stage.memo.run(
-        preservation_call(lpips[1]), lambda _: preservation_task(stage.images, lpips[0]), ok, prepare=True)}
+    work = Work("preserve", str(stage.images.root), stage.policy, args={"lpips": lpips[0] is not None})
+    measured = {c["candidate_id"]: out.result for c, out in stage.memo.run(preservation_call(lpips[1]), work, ok)}
     rows = []
     for c in candidates:
         judged_edit = verdicts.get(c["candidate_id"])

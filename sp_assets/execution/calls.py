@@ -9,12 +9,12 @@ reading (scene text, an embedding) is made once per image for every partition it
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
-from sp_assets.backends.base import Instruction, ModelInfo, RecordJudge, TextRegion, TwoStep, Verdict, control_edit
+from sp_assets.backends.base import Instruction, ModelInfo, RecordJudge, TextRegion, Verdict, control_edit
 from sp_assets.backends.base import policy_part_sha256, policy_key
 from sp_assets.backends.common.versions import package_version
 from sp_assets.core.hashing import sha256_json
@@ -22,17 +22,9 @@ from sp_assets.core.policy import Category
 from sp_assets.execution.intake import Intake
 from sp_assets.execution.lazy import LazyBackend
 from sp_assets.execution.memo import Call, Encoded
-from sp_assets.execution.tasks import EditOutput, Written
+from sp_assets.execution.tasks import EditOutput, Judged, Written
 
 PRESERVATION_VERSION = "preservation-v1"  # bump when core.verification.measure_preservation changes
-
-
-@dataclass(frozen=True)
-class Judged:
-    """A verdict and the model that gave it (recorded in the stage rows, also when reused)."""
-
-    verdict: Verdict
-    info: ModelInfo
 
 
 def encode_verdict(v: Verdict) -> dict[str, Any]:
@@ -74,9 +66,10 @@ def judge_call(backend: LazyBackend, category: Category, image_key: str) -> Call
     return Call("judge", backend.config_sha256, inputs, _encode_judged, _decode_judged)
 
 
-def reader_call(backend: TwoStep, image_key: str) -> Call:
+def reader_call(backend: LazyBackend, image_key: str) -> Call:
     """A two-step backend's category-independent reading of one image (scene text, class scores)."""
-    return Call("reader", sha256_json(backend.reader_config()), lambda item: {"image": item[image_key]},
+    config = sha256_json(backend.cls.reader_key(backend.build_profile.params))
+    return Call("reader", config, lambda item: {"image": item[image_key]},
                 lambda reading: Encoded(json.dumps(reading)), lambda text, _b: json.loads(text))
 
 

@@ -7,30 +7,26 @@ from typing import Any, Sequence
 
 from sp_assets.backends.base import RecordJudge, TwoStep
 from sp_assets.core.policy import Category
-from sp_assets.execution.calls import Judged, judge_call, reader_call
+from sp_assets.execution.calls import judge_call, reader_call
 from sp_assets.execution.lazy import LazyBackend
 from sp_assets.execution.memo import Memo, Outcome
-from sp_assets.execution.tasks import decide_task, pixel_task, read_task, record_task
 
 
 def judged(memo: Memo, lazy: LazyBackend, category: Category, rows: Sequence[dict[str, Any]],
            image_key: str = "image_sha256", path_key: str = "image_path") -> list[tuple[dict[str, Any], Outcome]]:
     """(row, outcome) for every row: the verdict of the backend on the row's image under ``category``.
 
-    The model loads only if some answer is not in the memo yet.
+    Nothing loads unless some answer is not in the memo yet; a two-step backend reads (once per
+    image, for every category) only the images whose verdicts are missing.
     """
-
-    def task_for(missing: list[dict[str, Any]]):
-        backend = lazy.get()
-        if isinstance(backend, RecordJudge):
-            task = record_task(backend, category)
-        elif isinstance(backend, TwoStep):
-            unique = list({r[image_key]: r for r in missing}.values())
-            readings = {row[image_key]: out.result for row, out in
-                        memo.run(reader_call(backend, image_key), read_task(backend, memo.images, path_key), unique)}
-            task = decide_task(backend, category, readings, image_key)
-        else:
-            task = pixel_task(backend, memo.images, category, path_key)
-        return lambda batch: [Judged(v, backend.info) for v in task(batch)]
-
-    return memo.run(judge_call(lazy, category, image_key), task_for, list(rows), prepare=True)
+    call = judge_call(lazy, category, image_key)
+    images = str(memo.images.root)
+    if issubclass(lazy.cls, RecordJudge):
+        return memo.run(call, lazy.work("record", images, category=category.slug), list(rows))
+    if not issubclass(lazy.cls, TwoStep):
+        return memo.run(call, lazy.work("pixels", images, category=category.slug, path_key=path_key), list(rows))
+    missing = list({r[image_key]: r for r in memo.missing(call, rows)}.values())
+    readings = {row[image_key]: out.result for row, out in
+                memo.run(reader_call(lazy, image_key), lazy.work("read", images, path_key=path_key), missing)}
+    with_readings = [{**r, "reading": readings.get(r[image_key])} for r in rows]
+    return memo.run(call, lazy.work("decide", images, category=category.slug), with_readings)

@@ -9,6 +9,7 @@ from sp_assets.backends import registry
 from sp_assets.backends.base import Backend
 from sp_assets.backends.profiles import Profile
 from sp_assets.core.policy import Policy
+from sp_assets.execution.tasks import Work
 
 
 @dataclass
@@ -31,6 +32,17 @@ class LazyBackend:
     def scope(self) -> str:
         """'policy' when one answer serves every category (the profile's ``scope`` parameter)."""
         return str(self.profile.params.get("scope", getattr(self.cls, "scope", "category")))
+
+    @property
+    def build_profile(self) -> Profile:
+        """The profile a worker builds: a judge evaluated as a guard is built from its judge's profile."""
+        if self.profile.role == "guard" and self.profile.implementation == registry.JUDGE_AS_GUARD:
+            return registry.judge_of(self.profile)
+        return self.profile
+
+    def work(self, task: str, images: str, **args: Any) -> Work:
+        """A ``Work`` for the worker pool: the backend is built (once) where the work runs."""
+        return Work(task, images, self.policy, self.build_profile, args)
 
     def get(self) -> Backend:
         if self._backend is None:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from sp_assets.core.hashing import canonical_json, sha256_json
-from sp_assets.execution.pool import Task, WorkerPool, batched
+from sp_assets.core.policy import Policy
+from sp_assets.execution.pool import Job, WorkerPool, batched
 from sp_assets.storage import ImageStore, Store, memo_queries
 
 Item = TypeVar("Item")
@@ -69,19 +70,16 @@ class Memo:
     """The memo of one stage of one run."""
 
     def __init__(self, store: Store, images: ImageStore, pool: WorkerPool, run_id: str, stage: str,
-                 batch_size: int):
-        self.store, self.images, self.pool = store, images, pool
+                 batch_size: int, policy: Policy):
+        self.store, self.images, self.pool, self.policy = store, images, pool, policy
         self.run_id, self.stage, self.batch_size = run_id, stage, batch_size
+        self.progress: Callable[[str, int, int], None] = lambda role, done, total: None
         self.computed: Counter[str] = Counter()  # this stage's model calls, by role
         self.reused: Counter[str] = Counter()  # answers this stage found in the memo, by role
 
-    def run(self, call: Call, task: Task | Callable[[list[Any]], Task], items: Sequence[Any],
-            prepare: bool = False) -> list[tuple[Any, Outcome]]:
-        """(item, outcome) for every item, in order: stored answers reused, the rest computed and stored.
-
-        With ``prepare``, ``task`` is called with the items to compute and returns the task: work the
-        task needs (loading a model, reading images) is then done only when something is missing.
-        """
+    def run(self, call: Call, job: Job, items: Sequence[Any]) -> list[tuple[Any, Outcome]]:
+        """(item, outcome) for every item, in order: stored answers reused, the rest computed through the
+        worker pool (``job``: a ``tasks.Work``, or a plain function run here) and stored."""
         keys = [sha256_json(call.inputs(item)) for item in items]
         stored = self._lookup(call, keys)
         unique = dict(zip(keys, items))  # first item of each key, in item order
@@ -94,13 +92,17 @@ class Memo:
         computed: dict[str, Outcome] = {}
         if batches:
             with self.store.released():  # models load and run with no database connection held
-                if prepare:
-                    task = task([it for b in batches for _, it in b])
-                computed = self._compute(call, task, batches)
+                computed = self._compute(call, job, batches)
         hits = sum(1 for k in keys if k in stored)
         REUSED[call.role] += hits
         self.reused[call.role] += hits
         return [(item, stored[k] if k in stored else computed[k]) for k, item in zip(keys, items)]
+
+    def missing(self, call: Call, items: Sequence[Any]) -> list[Any]:
+        """The items whose answers are not stored yet (one lookup; nothing is computed)."""
+        keys = [sha256_json(call.inputs(item)) for item in items]
+        stored = self._lookup(call, keys)
+        return [item for key, item in zip(keys, items) if key not in stored]
 
     def _lookup(self, call: Call, keys: Sequence[str]) -> dict[str, Outcome]:
         found = {}
@@ -111,15 +113,14 @@ class Memo:
                                                   row["computed_run_id"], True, row["stage"])
         return found
 
-    def _compute(self, call: Call, task: Task, batches: list[list[tuple[str, Any]]]) -> dict[str, Outcome]:
-        def keyed_task(pairs: Sequence[tuple[str, Any]]) -> list[Any]:
-            return task([item for _, item in pairs])
-
+    def _compute(self, call: Call, job: Job, batches: list[list[tuple[str, Any]]]) -> dict[str, Outcome]:
         out: dict[str, Outcome] = {}
         pending: list[dict[str, Any]] = []
         last_commit = time.monotonic()
-        # Batches may come back in any order (a pool of several workers); each carries its own keys.
-        for pairs, results in self.pool.map(keyed_task, batches):
+        done, total = 0, sum(len(b) for b in batches)
+        # Batches may come back in any order (a pool of several workers); the index names the batch.
+        for index, results in self.pool.map(job, [[item for _, item in b] for b in batches]):
+            pairs = batches[index]
             CALLS[call.role] += len(pairs)
             self.computed[call.role] += len(pairs)
             for (key, item), result in zip(pairs, results, strict=True):
@@ -127,11 +128,13 @@ class Memo:
                 encoded = call.encode(result)
                 if encoded is not None:
                     pending.append(self._row(call, key, item, encoded))
+            done += len(pairs)
             # Whole batches, in one short transaction, at most every COMMIT_EVERY_S seconds of work: a
             # kill loses no more than that, and cheap calls do not pay a commit each.
             if time.monotonic() - last_commit >= COMMIT_EVERY_S:
                 memo_queries.save(self.store, pending)
                 pending, last_commit = [], time.monotonic()
+                self.progress(call.role, done, total)
         memo_queries.save(self.store, pending)
         return out
 

@@ -1,19 +1,21 @@
 """The worker-pool seam: the heavy stages hand batches of items to a pool and get results back.
 
-A task is a function of one batch (a list of items) that returns one result per item. The pool holds
-the models for its whole life (here: the process's backend cache), runs the batches and yields each
-batch's results as soon as they are ready, so the stage can commit as it goes. ``InProcessPool`` runs
-them one after another in this process; other pools (several workers, machines) plug in behind the
-same ``map``.
+``map(work, batches)`` runs every batch of a ``tasks.Work`` (or of a plain function, run here) and
+yields ``(batch index, results)`` as each batch finishes, so the stage can commit as it goes; results
+come in item order within a batch, batches in any order. ``InProcessPool`` runs them one after another
+in this process, holding the models in the process's backend cache; ``ray_pool.RayPool`` runs them on
+model-holding Ray actors, on this machine or a cluster.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
+
+from sp_assets.execution.tasks import Work, run_work
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-Task = Callable[[Sequence[Item]], list[Result]]
+Job = Work | Callable[[Sequence[Any]], list[Any]]
 
 
 def batched(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
@@ -24,28 +26,30 @@ def batched(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
         yield list(items[start:start + size])
 
 
+def run_job(job: Job, batch: Sequence[Any]) -> list[Any]:
+    results = run_work(job, batch) if isinstance(job, Work) else job(batch)
+    if len(results) != len(batch):
+        name = job.task if isinstance(job, Work) else getattr(job, "__name__", job)
+        raise RuntimeError(f"task {name!r} returned {len(results)} results for {len(batch)} items; a task must "
+                           "return one result per item")
+    return results
+
+
 class WorkerPool(Protocol):
-    def map(self, task: Task, batches: Iterable[Sequence[Item]]) -> Iterator[tuple[Sequence[Item], list[Result]]]:
-        """(batch, results) for every batch, results in item order; batches may finish in any order."""
+    def map(self, job: Job, batches: Sequence[Sequence[Any]]) -> Iterator[tuple[int, list[Any]]]:
+        """(batch index, results) for every batch, results in item order; batches may finish in any order."""
+        ...
+
+    def close(self) -> None:
         ...
 
 
 class InProcessPool:
     """Runs every batch in this process, in order: the embedded default."""
 
-    def map(self, task: Task, batches: Iterable[Sequence[Item]]) -> Iterator[tuple[Sequence[Item], list[Result]]]:
-        for batch in batches:
-            results = task(batch)
-            if len(results) != len(batch):
-                raise RuntimeError(f"task {getattr(task, '__name__', task)!r} returned {len(results)} results "
-                                   f"for {len(batch)} items; a task must return one result per item")
-            yield batch, results
+    def map(self, job: Job, batches: Sequence[Sequence[Any]]) -> Iterator[tuple[int, list[Any]]]:
+        for i, batch in enumerate(batches):
+            yield i, run_job(job, batch)
 
-
-def run_batches(pool: WorkerPool, task: Task, items: Sequence[Item], size: int) -> list[tuple[Item, Result]]:
-    """Every (item, result) of ``items``, in item order, computed in batches of ``size`` through ``pool``."""
-    order = {id(item): i for i, item in enumerate(items)}
-    done: list[tuple[int, Item, Result]] = []
-    for batch, results in pool.map(task, batched(items, size)):
-        done.extend((order[id(item)], item, result) for item, result in zip(batch, results, strict=True))
-    return [(item, result) for _, item, result in sorted(done, key=lambda t: t[0])]
+    def close(self) -> None:
+        pass

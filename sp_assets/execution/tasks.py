@@ -1,32 +1,25 @@
-"""The per-item work of the heavy stages, as batch tasks for the worker pool.
+"""The per-item work of the heavy stages: named batch tasks, described by a picklable ``Work``.
 
-Each ``*_task`` function returns a task: a function of one batch of items (table rows) that loads the
-images it needs from the image store, calls the backend once for the batch, and returns one result
-per item. Tasks hold no database connection; the stage commits what they return.
+A stage hands the worker pool a ``Work`` (which task, which backend profile, the policy, plain
+arguments) and batches of rows. A worker runs ``run_work``: it builds the backend once for its life
+(the process's backend cache), opens the images it needs from the image store, calls the backend once
+for the batch and returns one result per row. Nothing here holds a database connection, and nothing
+refers to objects of the process that made the ``Work``, so a worker may live in another process or
+on another machine.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
-from sp_assets.backends.base import (
-    Editor,
-    EditResult,
-    Embedder,
-    Guard,
-    Instruction,
-    InstructionWriter,
-    Judge,
-    RecordJudge,
-    TwoStep,
-    Verdict,
-)
-from sp_assets.core.policy import Category, Policy
+from sp_assets.backends import registry
+from sp_assets.backends.base import EditResult, Instruction, Judge, ModelInfo, SourceOptions, Verdict
+from sp_assets.backends.profiles import Profile
+from sp_assets.core.policy import Policy
 from sp_assets.core.records import stored_verdict
 from sp_assets.core.verification import measure_preservation
 from sp_assets.storage import ImageStore
@@ -34,9 +27,30 @@ from sp_assets.storage import ImageStore
 Rows = Sequence[dict[str, Any]]
 
 
-def record_task(judge: RecordJudge, category: Category) -> Callable[[Rows], list[Verdict]]:
-    """Source rows -> a record judge's verdict, from the rows (manifest labels), not the pixels."""
-    return lambda batch: judge.judge_records(list(batch), category)
+@dataclass(frozen=True)
+class Work:
+    """One kind of batch work: the task's name, the image store, the backend profile (built in the
+    worker) and the policy it is built with, and the task's plain arguments."""
+
+    task: str
+    images: str  # the image store's root (a folder or a URL)
+    policy: Policy
+    profile: Profile | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def resources(self) -> dict[str, float]:
+        """CPUs and GPUs a worker needs for this work, from the profile (``num_cpus``, ``num_gpus``)."""
+        extra = self.profile.extra if self.profile else {}
+        return {"num_cpus": float(extra.get("num_cpus", 1)), "num_gpus": float(extra.get("num_gpus", 0))}
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A verdict and the model that gave it (recorded in the stage rows, also when reused)."""
+
+    verdict: Verdict
+    info: ModelInfo
 
 
 @dataclass(frozen=True)
@@ -46,26 +60,6 @@ class Written:
     flips: list[Instruction]
     null: Instruction | None
     model_id: str = ""
-
-
-def write_task(writer: InstructionWriter, images: ImageStore, policy: Policy, category: Category,
-               variants: int, seed: int, control_pairs: bool) -> Callable[[Rows], list[Written]]:
-    """Unsafe-label rows -> instructions that remove the violation the judge found (and a control)."""
-
-    def one(label: dict[str, Any]) -> Written:
-        verdict = stored_verdict(label)
-        target = category
-        if verdict.category:
-            try:
-                target = policy.category(verdict.category)
-            except KeyError:
-                pass  # the judge named a category this policy lacks: write for the partition's category
-        image = images.open(label["image_path"])
-        flips = writer.write(image, verdict, target, variants, seed)
-        null = writer.write_null(image, verdict, target, seed) if flips and control_pairs else None
-        return Written(list(flips), null, writer.info.model_id)
-
-    return lambda batch: [one(label) for label in batch]
 
 
 @dataclass(frozen=True)
@@ -85,17 +79,70 @@ class EditOutput:
     detail_json: str | None = None
 
 
-def edit_task(editor: Editor, images: ImageStore) -> Callable[[Rows], list[EditOutput]]:
+@lru_cache(maxsize=8)
+def image_store(root: str) -> ImageStore:
+    return ImageStore(root)
+
+
+def run_work(work: Work, batch: Rows) -> list[Any]:
+    """Run one batch of ``work`` in this process (its backend is loaded here once, then reused)."""
+    backend = registry.build(work.profile, work.policy) if work.profile is not None else None
+    return TASKS[work.task](backend, image_store(work.images), work.policy, list(batch), **work.args)
+
+
+# -- the tasks: (backend, images, policy, batch, **args) -> one result per row ----------------------
+
+
+def _record(judge: Any, images: ImageStore, policy: Policy, batch: Rows, category: str) -> list[Judged]:
+    """A record judge's verdict from the rows (manifest labels), not the pixels."""
+    return [Judged(v, judge.info) for v in judge.judge_records(batch, policy.category(category))]
+
+
+def _read(backend: Any, images: ImageStore, policy: Policy, batch: Rows, path_key: str) -> list[Any]:
+    """A two-step backend's category-independent reading of each row's image."""
+    return backend.read([images.open(r[path_key]) for r in batch])
+
+
+def _decide(backend: Any, images: ImageStore, policy: Policy, batch: Rows, category: str) -> list[Judged]:
+    """The verdict under ``category`` from each row's stored ``reading`` (no image is opened)."""
+    return [Judged(v, backend.info) for v in backend.decide([r["reading"] for r in batch], policy.category(category))]
+
+
+def _pixels(backend: Any, images: ImageStore, policy: Policy, batch: Rows, category: str,
+            path_key: str) -> list[Judged]:
+    """A judge's or a guard's verdict on each row's image under ``category``."""
+    pictures = [images.open(r[path_key]) for r in batch]
+    rate = backend.judge if isinstance(backend, Judge) else backend.predict
+    return [Judged(v, backend.info) for v in rate(pictures, policy.category(category))]
+
+
+def _write(writer: Any, images: ImageStore, policy: Policy, batch: Rows, category: str, variants: int, seed: int,
+           control_pairs: bool) -> list[Written]:
+    """Instructions that remove the violation the judge found (and a control), per unsafe-label row."""
+
+    def one(label: dict[str, Any]) -> Written:
+        verdict = stored_verdict(label)
+        target = policy.category(category)
+        if verdict.category:
+            try:
+                target = policy.category(verdict.category)
+            except KeyError:
+                pass  # the judge named a category this policy lacks: write for the partition's category
+        image = images.open(label["image_path"])
+        flips = writer.write(image, verdict, target, variants, seed)
+        null = writer.write_null(image, verdict, target, seed) if flips and control_pairs else None
+        return Written(list(flips), null, writer.info.model_id)
+
+    return [one(label) for label in batch]
+
+
+def _edit(editor: Any, images: ImageStore, policy: Policy, batch: Rows) -> list[EditOutput]:
     """Edit jobs (instruction rows with a seed) -> edits stored in the image store.
 
     If the batch call fails, each job is retried alone, so one bad item fails alone and the others go on.
     """
     info = {"model_id": editor.info.model_id, "model_revision": editor.info.revision,
             "model_device": editor.info.device}
-
-    def instruction(job: dict[str, Any]) -> Instruction:
-        return Instruction(text=job["instruction"], target=json.loads(job["target_json"]), keep=job["keep"] or "",
-                           variant=job["variant"])
 
     def store(result: EditResult | None, error: str, seconds: float) -> EditOutput:
         if result is None:
@@ -106,23 +153,25 @@ def edit_task(editor: Editor, images: ImageStore) -> Callable[[Rows], list[EditO
                           region_json=json.dumps(result.region) if result.region is not None else None,
                           detail_json=json.dumps(result.detail, sort_keys=True, default=str))
 
-    def run(batch: Rows) -> list[EditOutput]:
-        sources = [images.open(j["image_path"]) for j in batch]
-        t0 = time.perf_counter()
-        try:
-            results = editor.edit(sources, [instruction(j) for j in batch], [j["seed"] for j in batch])
-        except Exception:  # noqa: BLE001 - retried one by one below, where each failure is recorded
-            if len(batch) == 1:
-                raise
-        else:
-            per = (time.perf_counter() - t0) / max(1, len(batch))
-            return [store(r, "", per) for r in results]
-        return [_edit_alone(editor, src, instruction(j), j["seed"], store) for src, j in zip(sources, batch)]
-
-    return run
+    sources = [images.open(j["image_path"]) for j in batch]
+    t0 = time.perf_counter()
+    try:
+        results = editor.edit(sources, [_instruction(j) for j in batch], [j["seed"] for j in batch])
+    except Exception:  # noqa: BLE001 - retried one by one below, where each failure is recorded
+        if len(batch) == 1:
+            raise
+    else:
+        per = (time.perf_counter() - t0) / max(1, len(batch))
+        return [store(r, "", per) for r in results]
+    return [_edit_alone(editor, src, _instruction(j), j["seed"], store) for src, j in zip(sources, batch)]
 
 
-def _edit_alone(editor: Editor, source: Any, ins: Instruction, seed: int, store: Callable[..., EditOutput]
+def _instruction(job: dict[str, Any]) -> Instruction:
+    return Instruction(text=job["instruction"], target=json.loads(job["target_json"]), keep=job["keep"] or "",
+                       variant=job["variant"])
+
+
+def _edit_alone(editor: Any, source: Any, ins: Instruction, seed: int, store: Callable[..., EditOutput]
                 ) -> EditOutput:
     t0 = time.perf_counter()
     try:
@@ -132,43 +181,46 @@ def _edit_alone(editor: Editor, source: Any, ins: Instruction, seed: int, store:
     return store(result, "", time.perf_counter() - t0)
 
 
-def read_task(backend: TwoStep, images: ImageStore, path_key: str) -> Callable[[Rows], list[Any]]:
-    """Rows -> a two-step backend's category-independent reading of each row's image."""
-    return lambda batch: backend.read([images.open(r[path_key]) for r in batch])
+def _embed(embedder: Any, images: ImageStore, policy: Policy, batch: Rows) -> list[Any]:
+    """One embedding vector per row's ``image_path``."""
+    return list(embedder.embed([images.open(r["image_path"]) for r in batch]))
 
 
-def decide_task(backend: TwoStep, category: Category, readings: dict[str, Any], image_key: str
-                ) -> Callable[[Rows], list[Verdict]]:
-    """Rows -> the verdict under ``category`` from each image's stored reading (no image is opened)."""
-    return lambda batch: backend.decide([readings[r[image_key]] for r in batch], category)
+@lru_cache(maxsize=1)
+def _lpips() -> Any:
+    from sp_assets.core.image_metrics import lpips_scorer
+
+    return lpips_scorer()[0]
 
 
-def pixel_task(backend: Judge | Guard, images: ImageStore, category: Category, path_key: str
-               ) -> Callable[[Rows], list[Verdict]]:
-    """Rows -> a judge's or a guard's verdict on each row's image under ``category``."""
-
-    def run(batch: Rows) -> list[Verdict]:
-        pictures = [images.open(r[path_key]) for r in batch]
-        if isinstance(backend, Judge):
-            return backend.judge(pictures, category)
-        return backend.predict(pictures, category)
-
-    return run
-
-
-def embed_task(embedder: Embedder, images: ImageStore) -> Callable[[Rows], list[np.ndarray]]:
-    """Rows with an ``image_path`` -> one embedding vector each."""
-    return lambda batch: list(embedder.embed([images.open(r["image_path"]) for r in batch]))
-
-
-def preservation_task(images: ImageStore, lpips: Callable[[Any, Any], float] | None
-                      ) -> Callable[[Rows], list[dict[str, Any]]]:
-    """Candidate rows (successful edits) -> sizes, changed region, SSIM / PSNR outside it, LPIPS."""
+def _preserve(_: Any, images: ImageStore, policy: Policy, batch: Rows, lpips: bool) -> list[dict[str, Any]]:
+    """Sizes, changed region, SSIM / PSNR outside it (and LPIPS) of each candidate's source and edit."""
+    scorer = _lpips() if lpips else None
 
     def one(c: dict[str, Any]) -> dict[str, Any]:
         measures = measure_preservation(images.open(c["source_path"]), images.open(c["edited_path"]),
-                                        c["region_json"], 0.0, lpips)
+                                        c["region_json"], 0.0, scorer)
         measures.pop("embedding_cosine")  # from the embeddings, not the pixels
         return measures
 
-    return lambda batch: [one(c) for c in batch]
+    return [one(c) for c in batch]
+
+
+def _text_embed(_: Any, images: ImageStore, policy: Policy, batch: Rows) -> list[Any]:
+    from sp_assets.core.probe import text_embedding_features
+
+    return list(text_embedding_features([r["text"] for r in batch]))
+
+
+def _intake(source: Any, images: ImageStore, policy: Policy, batch: Rows, category: str, options: SourceOptions,
+            base: dict[str, Any]) -> list[Any]:
+    """A source's items for one category taken into the image store (or quarantined)."""
+    from sp_assets.execution.intake import take_in
+
+    return [take_in(source.scan(policy.category(category), options), images, base, source.origin) for _ in batch]
+
+
+TASKS: dict[str, Callable[..., list[Any]]] = {
+    "record": _record, "read": _read, "decide": _decide, "pixels": _pixels, "write": _write, "edit": _edit,
+    "embed": _embed, "preserve": _preserve, "text_embed": _text_embed, "intake": _intake,
+}

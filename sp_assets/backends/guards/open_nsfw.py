@@ -92,9 +92,11 @@ class OpenNSFWGuard(TwoStep, Guard):
     def predict(self, images: Sequence[Image.Image], category: Category) -> list[Verdict]:
         return self.decide(self.read(images), category)
 
-    def reader_config(self) -> dict[str, Any]:
+    @classmethod
+    def reader_key(cls, params: dict[str, Any]) -> dict[str, Any]:
         """The probabilities depend on the model alone (the threshold only decides)."""
-        return {"model_id": self.info.model_id, "package": f"{PACKAGE}=={self.info.revision}"}
+        return {"model_id": "yahoo/open_nsfw", "package": f"{PACKAGE}=={package_version(PACKAGE)}",
+                "model_path": str(params.get("model_path") or "")}
 
     def read(self, images: Sequence[Image.Image]) -> list[list[float]]:
         """[P(sfw), P(nsfw)] of each image, as float32 values: the same for every category."""

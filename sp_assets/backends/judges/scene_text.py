@@ -486,9 +486,13 @@ class SceneTextJudge(TwoStep, Judge):
     def judge(self, images: Sequence[Image.Image], category: Category | str) -> list[Verdict]:
         return self.decide(self.read(images), category)
 
-    def reader_config(self) -> dict[str, Any]:
-        """What the OCR reading depends on: the reader, not the policy or the classifier."""
-        return {"reader": self.reader.config()}
+    @classmethod
+    def reader_key(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """What the OCR reading depends on: the reader's settings and the rapidocr wheel (its models),
+        not the policy or the classifier."""
+        return {"reader": "rapidocr", "min_confidence": float(params.get("min_ocr_confidence", 0.6)),
+                "min_letters": int(params.get("min_letters", 2)), "use_cls": True, "models": sorted(_RAPIDOCR_MODELS.items()),
+                "versions": {"rapidocr": package_version("rapidocr"), "onnxruntime": package_version("onnxruntime")}}
 
     def read(self, images: Sequence[Image.Image]) -> list[list[dict[str, Any]]]:
         """The scene text of each image (OCR lines as dicts): the same for every category."""

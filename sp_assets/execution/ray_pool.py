@@ -1,0 +1,186 @@
+"""The worker pool on Ray: model-holding actors on this machine or a cluster; Dagster stays the orchestrator.
+
+``RayPool.map`` sends each batch of a ``tasks.Work`` to an actor and yields results as batches finish.
+Each actor is a long-lived process that builds every backend it is asked for once (the process's
+backend cache) and keeps it for its life, so a model loads once per worker, not once per batch. Actors
+get the CPUs and GPUs the work's profile asks for (``num_cpus``, ``num_gpus``) and as many threads as
+their share of the machine, so workers do not oversubscribe the cores. A batch whose task fails is
+retried up to ``retries`` times; an actor that dies (out of memory, killed) is replaced and its batch
+retried. Plain functions (cheap bookkeeping) run in the driver.
+
+``address``: ``local`` starts a Ray on this machine on demand (dashboard off, CPUs and object store
+bounded) and stops it when the pool closes; ``auto`` or ``ray://host:port`` joins a running cluster
+(for example KubeRay on Kubernetes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from sp_assets.execution.pool import Job, run_job
+from sp_assets.execution.tasks import Work
+
+log = logging.getLogger(__name__)
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "SP_WORKER_THREADS")
+
+
+class _Worker:
+    """A Ray actor: holds the backends it has built for its whole life and runs batches of work."""
+
+    def __init__(self, threads: int):
+        for name in THREAD_VARIABLES:  # before any numeric library is imported in this process
+            os.environ[name] = str(threads)
+        self.threads = threads
+
+    def ready(self) -> int:
+        try:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        except ImportError:
+            pass
+        return os.getpid()
+
+    def run(self, job: Work, batch: Sequence[Any]) -> list[Any]:
+        return run_job(job, batch)
+
+
+@dataclass
+class _Slot:
+    actor: Any
+    pid: int
+
+
+@dataclass
+class RayPool:
+    """Batches of work on Ray actors, ``workers`` of them per kind of resources asked for."""
+
+    address: str = "local"
+    workers: int = 2
+    retries: int = 2
+    cpus: int | None = None  # for a local Ray: the CPUs it may use (default: this machine's)
+    object_store_mb: int = 256  # for a local Ray: the shared-memory object store
+    _slots: dict[tuple[float, float], list[_Slot]] = field(default_factory=dict)
+    _started_here: bool = False
+
+    def __post_init__(self) -> None:
+        import ray
+
+        if self.workers < 1:
+            raise ValueError(f"ray workers must be at least 1, got {self.workers}")
+        if ray.is_initialized():
+            return
+        if self.address == "local":
+            cpus = self.cpus or os.cpu_count() or 1
+            ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=self.object_store_mb << 20,
+                     log_to_driver=False, configure_logging=False, namespace="safetypairs")
+            self._started_here = True
+            log.info("started a local Ray with %s CPUs (%s workers per kind of work)", cpus, self.workers)
+        else:
+            ray.init(address=self.address, log_to_driver=False, configure_logging=False, namespace="safetypairs")
+            log.info("joined the Ray cluster at %s", self.address)
+
+    # -- workers -----------------------------------------------------------------------------------
+
+    def _threads(self, num_cpus: float) -> int:
+        import ray
+
+        total = int(ray.cluster_resources().get("CPU", 1))
+        return max(1, int(num_cpus), total // self.workers)
+
+    def _new_slot(self, shape: tuple[float, float]) -> _Slot:
+        import ray
+
+        num_cpus, num_gpus = shape
+        actor = ray.remote(_Worker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0,
+                                            max_concurrency=1).remote(self._threads(num_cpus))
+        pid = ray.get(actor.ready.remote())
+        log.info("Ray worker started: pid %s (%s CPU, %s GPU)", pid, num_cpus, num_gpus)
+        return _Slot(actor, pid)
+
+    def _pool(self, work: Work) -> list[_Slot]:
+        shape = (work.resources["num_cpus"], work.resources["num_gpus"])
+        if shape not in self._slots:
+            self._slots[shape] = [self._new_slot(shape) for _ in range(self.workers)]
+        return self._slots[shape]
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (to watch them, or to test what happens when one dies)."""
+        return [slot.pid for slots in self._slots.values() for slot in slots]
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def map(self, job: Job, batches: Sequence[Sequence[Any]]) -> Iterator[tuple[int, list[Any]]]:
+        if not isinstance(job, Work):
+            for i, batch in enumerate(batches):  # bookkeeping functions stay in the driver
+                yield i, run_job(job, batch)
+            return
+        yield from _Scheduler(self, job, batches).results()
+
+    def close(self) -> None:
+        import ray
+
+        self._slots.clear()
+        if self._started_here and ray.is_initialized():
+            ray.shutdown()
+            self._started_here = False
+
+
+class _Scheduler:
+    """One ``map``: every actor of the work's pool busy with one batch at a time, until all are done."""
+
+    def __init__(self, pool: RayPool, job: Work, batches: Sequence[Sequence[Any]]):
+        import ray
+
+        self.pool, self.job, self.batches = pool, job, batches
+        self.slots = pool._pool(job)
+        self.job_ref = ray.put(job)  # shipped once, not with every batch
+        self.todo = list(range(len(batches)))
+        self.attempts = [0] * len(batches)
+        self.running: dict[Any, tuple[int, int]] = {}  # result ref -> (batch index, slot index)
+
+    def submit(self, slot_index: int) -> None:
+        if self.todo:
+            index = self.todo.pop(0)
+            ref = self.slots[slot_index].actor.run.remote(self.job_ref, self.batches[index])
+            self.running[ref] = (index, slot_index)
+
+    def results(self) -> Iterator[tuple[int, list[Any]]]:
+        import ray
+
+        for slot_index in range(len(self.slots)):
+            self.submit(slot_index)
+        while self.running:
+            [ref], _ = ray.wait(list(self.running), num_returns=1)
+            index, slot_index = self.running.pop(ref)
+            try:
+                results = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:  # the worker died: replace it, run the batch again
+                self._retry(index, slot_index, exc, replace=True)
+                continue
+            except ray.exceptions.RayTaskError as exc:  # the task raised in the worker
+                self._retry(index, slot_index, exc, replace=False)
+                continue
+            self.submit(slot_index)
+            yield index, results
+
+    def _retry(self, index: int, slot_index: int, exc: Exception, replace: bool) -> None:
+        self.attempts[index] += 1
+        if self.attempts[index] > self.pool.retries:
+            cause = getattr(exc, "cause", None)
+            raise RuntimeError(f"task {self.job.task!r} failed on batch {index} after {self.pool.retries} "
+                               f"retries: {cause or exc}") from (cause if isinstance(cause, BaseException) else exc)
+        if replace:
+            dead = self.slots[slot_index].pid
+            self.slots[slot_index] = self.pool._new_slot((self.job.resources["num_cpus"],
+                                                           self.job.resources["num_gpus"]))
+            log.warning("Ray worker pid %s died (%s); replaced by pid %s, batch %s retried", dead,
+                        type(exc).__name__, self.slots[slot_index].pid, index)
+        else:
+            log.warning("task %r failed on batch %s (%s); retry %s of %s", self.job.task, index,
+                        type(exc).__name__, self.attempts[index], self.pool.retries)
+        self.todo.insert(0, index)
+        self.submit(slot_index)
