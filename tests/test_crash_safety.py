@@ -115,6 +115,9 @@ def test_a_run_killed_mid_stage_resumes_with_identical_rows(uninterrupted, tmp_p
 def test_two_runs_of_different_categories_at_once_both_succeed_and_overlap(tmp_path):
     data = tmp_path / "data"
     env = _env(tmp_path / "home", data)
+    # Dagster's SQLite instance storage must exist before two processes open it at once (both would try
+    # to create its schema); a shared deployment uses PostgreSQL (deploy/dagster.yaml).
+    subprocess.run([DAGSTER, "instance", "migrate"], cwd=REPO, env=env, check=True, capture_output=True, timeout=120)
     procs = [_start(env, ["--partition", cat], tmp_path / f"{cat}.log") for cat in ("o1_hate", "o3_sexual")]
     try:
         for proc, cat in zip(procs, ("o1_hate", "o3_sexual")):

@@ -55,7 +55,7 @@ def test_image_store_is_content_addressed_and_contained(tmp_path):
     assert (sha, rel) == (sha2, rel2)
     assert images.path(rel).read_bytes() == png_bytes(im)
     assert not list(images.path(rel).parent.glob(".tmp-*"))
-    with pytest.raises(ValueError, match="escapes the data root"):
+    with pytest.raises(ValueError, match="escapes the image root"):
         images.path("../../etc/passwd")
 
 

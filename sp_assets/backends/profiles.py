@@ -40,6 +40,9 @@ class Profile:
     # (component, licence) pairs: what the benchmark's datasheet says about the profile's terms.
     # Not part of the resolved config: a licence note does not change any output.
     licences: tuple[tuple[str, str], ...] = ()
+    # What a worker running the profile needs (num_cpus, num_gpus): where it runs, not what it computes,
+    # so not part of the resolved config either.
+    resources: dict[str, float] = field(default_factory=dict)
 
     def resolved(self, code_version: str = "") -> dict[str, Any]:
         """The fully resolved config: what gets hashed and recorded."""
@@ -80,6 +83,7 @@ def load_profiles(role: str, directory: Path | None = None) -> dict[str, Profile
             raise ProfileError(f"{path}: profile {name!r} 'params' must be a mapping, got {params!r}.")
         description = " ".join(str(entry.pop("description", "")).split())
         licences = _licences(entry.pop("licences", None) or [], path, str(name))
+        resources = _resources(entry, path, str(name))
         profiles[str(name)] = Profile(
             role=role,
             name=str(name),
@@ -89,6 +93,7 @@ def load_profiles(role: str, directory: Path | None = None) -> dict[str, Profile
             extra=entry,
             source_file=str(path),
             licences=licences,
+            resources=resources,
         )
     return profiles
 
@@ -99,6 +104,20 @@ def _licences(raw: Any, path: Path, name: str) -> tuple[tuple[str, str], ...]:
         raise ProfileError(f"{path}: profile {name!r} 'licences' must be a list of {{component: ..., licence: ...}} "
                            f"entries, got {raw!r}.")
     return tuple((str(e["component"]), str(e["licence"])) for e in raw)
+
+
+RESOURCE_KEYS = ("num_cpus", "num_gpus")
+
+
+def _resources(entry: dict[str, Any], path: Path, name: str) -> dict[str, float]:
+    out = {}
+    for key in RESOURCE_KEYS:
+        if key in entry:
+            value = entry.pop(key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ProfileError(f"{path}: profile {name!r} {key} must be a number >= 0, got {value!r}.")
+            out[key] = float(value)
+    return out
 
 
 def get_profile(role: str, name: str, directory: Path | None = None) -> Profile:

@@ -471,8 +471,11 @@ def text_embedding_features(texts: Sequence[str | None], model_path: str | None 
     out = np.zeros((len(clean), int(dim_fn() or 384)), dtype=np.float32)
     todo = [i for i, t in enumerate(clean) if t]
     if todo:
-        vecs = model.encode([clean[i] for i in todo], batch_size=batch_size, convert_to_numpy=True,
-                            normalize_embeddings=True, show_progress_bar=False)
+        from sp_assets.backends.common.threads import single_threaded
+
+        with single_threaded():  # the same vectors in every worker, whatever its thread count
+            vecs = model.encode([clean[i] for i in todo], batch_size=batch_size, convert_to_numpy=True,
+                                normalize_embeddings=True, show_progress_bar=False)
         out[todo] = np.asarray(vecs, dtype=np.float32)
     return out
 

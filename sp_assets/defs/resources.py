@@ -56,6 +56,9 @@ class PipelineSettings(ConfigurableResource):
     """Everything about a run that is not a model: where data lives, the source files, seeds, thresholds."""
 
     data_root: str = Field(description="Folder for the DuckDB file, images and exports (env SP_DATA_ROOT).")
+    images_url: str = Field(
+        default="", description="Where images live when not under data_root: a folder or an fsspec URL such as "
+        "s3://bucket/prefix, read and written by every worker (env SP_IMAGES_URL).")
     source_dir: str = Field(default="", description="Folder of your images, for source 'folder' (env SP_SOURCE_DIR).")
     manifest: str = Field(
         default="",
@@ -70,6 +73,17 @@ class PipelineSettings(ConfigurableResource):
         default=600.0, gt=0,
         description="How long a stage waits for another process to let go of the DuckDB file before it stops "
         "with an error (env SP_DB_LOCK_TIMEOUT).")
+    execution: str = Field(
+        default="in_process",
+        description="Where the heavy stages' model work runs: 'in_process' or 'ray' (env SP_EXECUTION).")
+    ray_address: str = Field(
+        default="local",
+        description="For execution 'ray': 'local' starts a Ray on this machine and stops it after the run; 'auto' "
+        "or 'ray://host:port' joins a cluster (env SP_RAY_ADDRESS).")
+    ray_workers: int = Field(default=2, ge=1, description="Ray workers per kind of work (env SP_RAY_WORKERS).")
+    ray_cpus: int = Field(default=0, ge=0, description="CPUs a local Ray may use; 0 = all (env SP_RAY_CPUS).")
+    task_retries: int = Field(
+        default=2, ge=0, description="Times a failed batch (or one whose worker died) is tried again (env SP_TASK_RETRIES).")
     batch_items: int = Field(
         default=16, ge=1,
         description="Images handed to a model in one call, and committed together (env SP_BATCH_ITEMS); each "
@@ -111,6 +125,13 @@ class PipelineSettings(ConfigurableResource):
             demo_unsafe_per_category=self.demo_unsafe_per_category, demo_safe_per_category=self.demo_safe_per_category,
             max_image_pixels=self.max_image_pixels, max_file_bytes=self.max_file_bytes)
 
+    def worker_pool(self) -> Any:
+        """The run's worker pool (made once per process for these settings)."""
+        from sp_assets.execution.pools import make_pool
+
+        return make_pool(self.execution, self.ray_address, self.ray_workers, self.task_retries,
+                         self.ray_cpus or None)
+
     def thresholds(self) -> dict[str, float]:
         return {
             "min_ssim_outside": self.min_ssim_outside,
@@ -132,6 +153,7 @@ class PipelineSettings(ConfigurableResource):
 def _settings_env(read: Any) -> dict[str, Any]:
     return {
         "data_root": read("SP_DATA_ROOT", "data"),
+        "images_url": read("SP_IMAGES_URL", ""),
         "source_dir": read("SP_SOURCE_DIR", ""),
         "manifest": read("SP_MANIFEST", ""),
         "demo_unsafe_per_category": _env_int("SP_DEMO_UNSAFE", 12),
@@ -139,6 +161,11 @@ def _settings_env(read: Any) -> dict[str, Any]:
         "seed": _env_int("SP_SEED", 0),
         "db_lock_timeout_s": float(_env("SP_DB_LOCK_TIMEOUT", "600")),
         "batch_items": _env_int("SP_BATCH_ITEMS", 16),
+        "execution": read("SP_EXECUTION", "in_process"),
+        "ray_address": read("SP_RAY_ADDRESS", "local"),
+        "ray_workers": _env_int("SP_RAY_WORKERS", 2),
+        "ray_cpus": _env_int("SP_RAY_CPUS", 0),
+        "task_retries": _env_int("SP_TASK_RETRIES", 2),
     }
 
 

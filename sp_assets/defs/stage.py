@@ -27,8 +27,9 @@ from sp_assets.core.policy import Category, Policy
 from sp_assets.defs.partitions import ACTIVE_POLICY, category_partitions
 from sp_assets.defs.resources import PipelineSettings
 from sp_assets.execution.memo import Memo
-from sp_assets.execution.pool import InProcessPool, WorkerPool
+from sp_assets.execution.pool import WorkerPool
 from sp_assets.storage import ImageStore, Store
+from sp_assets.storage.images import images_root
 
 # BackfillPolicy is marked beta; single-run backfills are what this project is built on.
 warnings.filterwarnings("ignore", category=BetaWarning)
@@ -74,12 +75,16 @@ class Stage:
     def __post_init__(self) -> None:
         # The step is its run's only writer: short connections, retried while another run holds the file.
         self.store = Store.at(self.duckdb.database, lock_timeout_s=self.settings.db_lock_timeout_s)
-        self.images = ImageStore(self.settings.root)
-        self.pool: WorkerPool = InProcessPool()
+        self.images = ImageStore(images_root(self.settings.root, self.settings.images_url))
+        self.pool: WorkerPool = self.settings.worker_pool()
         self.run_id = self.context.run.run_id
         self.memo = Memo(self.store, self.images, self.pool, self.run_id, self.asset, self.settings.batch_items,
                          self.policy)
+        self.memo.progress = self._progress
         self.now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+    def _progress(self, role: str, done: int, total: int) -> None:
+        self.context.log.info(f"{self.asset}: {role} {done}/{total} ({time.perf_counter() - self.started:.0f} s)")
 
     def memo_report(self) -> dict[str, Any]:
         """Model calls this step made and answers it reused, by role (for the materialization metadata)."""

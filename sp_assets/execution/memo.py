@@ -136,6 +136,7 @@ class Memo:
                 pending, last_commit = [], time.monotonic()
                 self.progress(call.role, done, total)
         memo_queries.save(self.store, pending)
+        self.progress(call.role, done, total)
         return out
 
     def _row(self, call: Call, key: str, item: Any, encoded: Encoded) -> dict[str, Any]:

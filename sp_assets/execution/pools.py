@@ -42,6 +42,12 @@ def _ray_pool(address: str, workers: int, retries: int, cpus: int | None, store_
     return RayPool(address=address, workers=workers, retries=retries, cpus=cpus, object_store_mb=store_mb)
 
 
+def active_pools() -> list[WorkerPool]:
+    """The pools this process has made (to watch their workers)."""
+    with _LOCK:
+        return list(_POOLS.values())
+
+
 def close_pools() -> None:
     """Stop every pool's workers (and a local Ray started by this process)."""
     with _LOCK:

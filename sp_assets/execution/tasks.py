@@ -41,8 +41,8 @@ class Work:
     @property
     def resources(self) -> dict[str, float]:
         """CPUs and GPUs a worker needs for this work, from the profile (``num_cpus``, ``num_gpus``)."""
-        extra = self.profile.extra if self.profile else {}
-        return {"num_cpus": float(extra.get("num_cpus", 1)), "num_gpus": float(extra.get("num_gpus", 0))}
+        needs = self.profile.resources if self.profile else {}
+        return {"num_cpus": float(needs.get("num_cpus", 1)), "num_gpus": float(needs.get("num_gpus", 0))}
 
 
 @dataclass(frozen=True)

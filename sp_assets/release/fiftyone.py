@@ -68,6 +68,8 @@ def write_fiftyone(root: Path, rows: Sequence[dict[str, Any]], images: ImageStor
     fo, why = import_fiftyone()
     if fo is None:
         return None, why
+    if not images.is_local:  # FiftyOne samples point at files on this machine
+        return None, f"images are on {images.root}: FiftyOne needs them in a local folder (set SP_IMAGES_URL to one)"
     dest = root / DIRECTORY
     groups = _sample_specs(rows, images)
     try:

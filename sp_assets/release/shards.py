@@ -57,7 +57,7 @@ class StoredImages:
             raise ExportError(f"{where} has no {half} image recorded; re-materialize benchmark_split for that "
                               "category.")
         try:
-            data = self.images.path(rel).read_bytes()
+            data = self.images.read_bytes(rel)
         except FileNotFoundError as exc:
             raise ExportError(f"{where}: the {half} image {rel} is missing under {self.images.root}; "
                               "re-materialize the category to regenerate it.") from exc

@@ -21,6 +21,7 @@ import duckdb
 from sp_assets.review.decisions import DecisionsFileError, import_decisions
 from sp_assets.review.page import MAX_SIDE, export_review, page_paths
 from sp_assets.storage import ImageStore, Store
+from sp_assets.storage.images import images_root
 
 DESCRIPTION = "Human review: export candidates to one self-contained HTML page, import the reviewers' decisions."
 
@@ -49,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 def _export(args: argparse.Namespace, root: Path, db: Path) -> int:
     start = time.perf_counter()
     out = args.out or root / "review"
-    page = export_review(Store.at(db, read_only=True), ImageStore(root), args.category, out,
+    page = export_review(Store.at(db, read_only=True), ImageStore(images_root(root)), args.category, out,
                          include=args.include, show_unsafe=args.show_unsafe, max_side=args.max_side)
     template = page_paths(page.parent, args.category, args.include)[1]
     print(f"review page   {page}  ({page.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)")

@@ -16,6 +16,7 @@ from PIL import Image
 
 from sp_assets.backends.base import Judge, ModelInfo, TextRegion, TwoStep, Verdict
 from sp_assets.backends.common.hf import quiet_load
+from sp_assets.backends.common.threads import single_threaded
 from sp_assets.backends.common.versions import package_version
 from sp_assets.core.policy import Category, Policy
 
@@ -376,20 +377,15 @@ class SceneTextJudge(TwoStep, Judge):
         # more rows than any violating class; safe_weight scales its rows relative to the rest.
         w = np.where(y == 0, self.safe_weight, 1.0)
         head = LogisticRegression(C=self.C, max_iter=5000, tol=1e-6)
-        head.fit(x, y, sample_weight=w)
+        with single_threaded():  # the same coefficients in every worker, whatever its thread count
+            head.fit(x, y, sample_weight=w)
         return head
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(
-            self._encoder.encode(
-                list(texts),
-                batch_size=self.batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            ),
-            dtype=np.float32,
-        )
+        with single_threaded():  # the same vectors in every worker, whatever its thread count
+            vectors = self._encoder.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
+                                           normalize_embeddings=True, show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)
 
     def _features(self, texts: Sequence[str]) -> np.ndarray:
         """Sentence embedding beside the mean embedding of the content words, both unit length.

@@ -1,0 +1,77 @@
+"""The heavy stages on a local Ray with two model-holding workers: the same rows as in-process, also when a
+worker process is killed mid-stage (it is replaced and its batch runs again)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from dagster import DagsterInstance
+
+from sp_assets.execution import memo, pools
+from tests.conftest import run_graph
+from tests.test_crash_safety import _snapshot
+
+ray = pytest.importorskip("ray")
+FIRST, LAST = "o1_hate", "o2_violence"
+
+
+def _in_process(tmp_path_factory, **settings):
+    data = tmp_path_factory.mktemp("in_process") / "data"
+    run_graph(data, FIRST, LAST, instance=DagsterInstance.ephemeral(), **settings)
+    return _snapshot(data / "safetypairs.duckdb")
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory):
+    return _in_process(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def in_process_small_batches(tmp_path_factory):
+    # Batches of two: many batches to kill a worker among. (Batched models see their batch, so the
+    # batch size is part of the config: the reference uses the same.)
+    return _in_process(tmp_path_factory, batch_items=2)
+
+
+@pytest.fixture
+def ray_run(tmp_path):
+    yield tmp_path / "data"
+    pools.close_pools()  # stops the local Ray this test started
+
+
+def test_two_ray_workers_give_the_rows_of_an_in_process_run(in_process, ray_run):
+    run_graph(ray_run, FIRST, LAST, instance=DagsterInstance.ephemeral(), execution="ray", ray_workers=2)
+    [pool] = [p for p in pools.active_pools() if hasattr(p, "worker_pids")]
+    assert len(pool.worker_pids()) == 2 and os.getpid() not in pool.worker_pids()
+    assert _snapshot(ray_run / "safetypairs.duckdb") == in_process
+
+
+def test_a_ray_worker_killed_mid_stage_is_replaced_and_the_rows_are_the_same(in_process_small_batches, ray_run):
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:
+        # Once verified_pairs has started reading edits (more readings than there are sources), kill a worker.
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            live = [p for p in pools.active_pools() if hasattr(p, "worker_pids") and p.worker_pids()]
+            if live and memo.CALLS["reader"] > before + 12:
+                pid = live[0].worker_pids()[0]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.05)
+
+    before = memo.CALLS["reader"]
+    killer = threading.Thread(target=kill_one_worker, daemon=True)
+    killer.start()
+    run_graph(ray_run, FIRST, LAST, instance=DagsterInstance.ephemeral(), execution="ray", ray_workers=2,
+              batch_items=2)
+    killer.join(timeout=5)
+    assert killed, "no worker was killed"
+    [pool] = [p for p in pools.active_pools() if hasattr(p, "worker_pids")]
+    assert killed[0] not in pool.worker_pids()  # replaced
+    assert _snapshot(ray_run / "safetypairs.duckdb") == in_process_small_batches
