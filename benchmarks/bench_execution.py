@@ -49,15 +49,15 @@ def make_env(root: Path, data: Path) -> dict[str, str]:
     return {**os.environ, "DAGSTER_HOME": str(home), "SP_DATA_ROOT": str(data), "SP_PROFILES_DIR": str(profiles)}
 
 
-def start(env: dict[str, str], categories: str, log: Path) -> subprocess.Popen:
-    cmd = [DAGSTER, "asset", "materialize", "-m", "sp_assets", "--select", STAGES, "--partition-range", categories]
+def start(env: dict[str, str], categories: str, log: Path, select: str = STAGES) -> subprocess.Popen:
+    cmd = [DAGSTER, "asset", "materialize", "-m", "sp_assets", "--select", select, "--partition-range", categories]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def run(env: dict[str, str], categories: str, log: Path) -> float:
+def run(env: dict[str, str], categories: str, log: Path, select: str = STAGES) -> float:
     t0 = time.perf_counter()
-    proc = start(env, categories, log)
+    proc = start(env, categories, log, select)
     if proc.wait() != 0:
         raise SystemExit(f"run failed, see {log}")
     return time.perf_counter() - t0

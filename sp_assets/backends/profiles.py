@@ -23,11 +23,6 @@ class ProfileError(ValueError):
     """A profile that cannot be used; the message names the file, the profile and the fix."""
 
 
-def profiles_dir() -> Path:
-    raw = os.environ.get(PROFILES_DIR_ENV_VAR, "").strip()
-    return Path(raw).expanduser().resolve() if raw else REPO_ROOT / "resources"
-
-
 @dataclass(frozen=True)
 class Profile:
     role: str
@@ -56,12 +51,30 @@ class Profile:
         }
 
 
+def profiles_dirs() -> list[Path]:
+    """The folders profiles are read from, in order: ``SP_PROFILES_DIR`` may name several (separated by
+    ``os.pathsep``); a profile in a later folder adds to, or replaces, one of the same name before it."""
+    raw = os.environ.get(PROFILES_DIR_ENV_VAR, "").strip()
+    if not raw:
+        return [REPO_ROOT / "resources"]
+    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+
+
 def load_profiles(role: str, directory: Path | None = None) -> dict[str, Profile]:
     if role not in ROLES:
         raise ProfileError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
-    path = (directory or profiles_dir()) / f"{role}s.yaml"
-    if not path.is_file():
-        raise ProfileError(f"{path}: profile file for {role}s not found; create it or set {PROFILES_DIR_ENV_VAR}.")
+    folders = [directory] if directory else profiles_dirs()
+    files = [d / f"{role}s.yaml" for d in folders if (d / f"{role}s.yaml").is_file()]
+    if not files:
+        raise ProfileError(f"{folders[-1] / f'{role}s.yaml'}: profile file for {role}s not found; create it or set "
+                           f"{PROFILES_DIR_ENV_VAR}.")
+    profiles: dict[str, Profile] = {}
+    for path in files:
+        profiles.update(_load_file(role, path))
+    return profiles
+
+
+def _load_file(role: str, path: Path) -> dict[str, Profile]:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -124,7 +137,8 @@ def get_profile(role: str, name: str, directory: Path | None = None) -> Profile:
     profiles = load_profiles(role, directory)
     if name not in profiles:
         raise ProfileError(
-            f"{role} profile {name!r} is not defined in {(directory or profiles_dir()) / f'{role}s.yaml'}; "
+            f"{role} profile {name!r} is not defined in "
+            f"{', '.join(str(d / f'{role}s.yaml') for d in ([directory] if directory else profiles_dirs()))}; "
             f"defined profiles: {', '.join(profiles) or '(none)'}."
         )
     return profiles[name]

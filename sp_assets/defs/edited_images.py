@@ -13,6 +13,7 @@ from dagster_duckdb import DuckDBResource
 from sp_assets.core.records import edit_jobs, edit_row
 from sp_assets.defs.resources import EditorResource, JudgeResource, PipelineSettings, WriterResource
 from sp_assets.defs.stage import Stage, asset_kwargs, check, check_result, counts_add_up, no_duplicate_keys
+from sp_assets.execution.lazy import LazyBackend
 from sp_assets.execution.calls import edit_call
 from sp_assets.storage import queries
 
@@ -31,21 +32,20 @@ def edited_images(context: AssetExecutionContext, settings: PipelineSettings, du
                   judge: JudgeResource, writer: WriterResource, editor: EditorResource):
     stage = Stage(ASSET, context, settings, duckdb)
     editors = {name: editor.lazy(stage.policy, name) for name in editor.names}
+    inputs = {c.slug: queries.instructions_to_edit(stage.store, c.slug, judge.profile, writer.profile)
+              for c in stage.category_list()}
+    edits = {name: _edit_all(stage, lazy, inputs) for name, lazy in editors.items()}  # every category at once
     for category in stage.categories():
         rows: list[dict[str, Any]] = []
         with stage.timed(category.slug):
-            instructions = queries.instructions_to_edit(stage.store, category.slug, judge.profile, writer.profile)
             for name, lazy in editors.items():
                 lineage = {"judge_profile": judge.profile, "writer_profile": writer.profile, "editor_profile": name}
-                jobs = edit_jobs(instructions, settings.edit_seeds, lazy.config_sha256)
                 made = [edit_row(stage.base_row(category.slug), lineage, job, lazy.config_sha256, out.result,
-                                 out.computed_run_id)
-                        for job, out in stage.memo.run(edit_call(lazy.config_sha256),
-                                                       lazy.work("edit", str(stage.images.root)), jobs)]
+                                 out.computed_run_id) for job, out in edits[name][category.slug]]
                 stage.store.replace_slice("edited_images", {"category": category.slug, **lineage}, made)
                 rows += made
         ok = sum(1 for r in rows if r["status"] == "ok")
-        stage.record(category.slug, len(instructions) * len(settings.edit_seeds) * len(editors), ok,
+        stage.record(category.slug, len(inputs[category.slug]) * len(settings.edit_seeds) * len(editors), ok,
                      len(rows) - ok, {"judge": judge.profile, "writer": writer.profile,
                                       "editors": editor.describe_all()}, rows)
     checks = [counts_add_up(stage, "edit attempts"),
@@ -54,6 +54,20 @@ def edited_images(context: AssetExecutionContext, settings: PipelineSettings, du
     return stage.result({"editor_profiles": MetadataValue.json(editor.describe_all()),
                          "computed": stage.memo.computed["editor"], "reused_from_cache": stage.memo.reused["editor"],
                          **stage.memo_report()}, checks)
+
+
+def _edit_all(stage: Stage, lazy: LazyBackend, inputs: dict[str, list[dict[str, Any]]]
+              ) -> dict[str, list[tuple[dict[str, Any], Any]]]:
+    """category -> (job, outcome) for every job of one editor: one pass over all categories' jobs, so all
+    workers stay busy, each candidate edited at most once."""
+    jobs = {cat: edit_jobs(rows, stage.settings.edit_seeds, lazy.config_sha256) for cat, rows in inputs.items()}
+    flat = [(cat, job) for cat, js in jobs.items() for job in js]
+    done = stage.memo.run(edit_call(lazy.config_sha256), lazy.work("edit", str(stage.images.root)),
+                          [job for _, job in flat])
+    out: dict[str, list[tuple[dict[str, Any], Any]]] = {cat: [] for cat in inputs}
+    for (cat, _), (job, outcome) in zip(flat, done):
+        out[cat].append((job, outcome))
+    return out
 
 
 def _sizes_check(rows: list[dict[str, Any]]):

@@ -20,7 +20,7 @@ from sp_assets.defs.stage import Stage, asset_kwargs, check, check_result
 from sp_assets.execution import experiments
 from sp_assets.execution.calls import text_embed_call
 from sp_assets.execution.embedding import embed_images, embed_texts
-from sp_assets.execution.judging import judged
+from sp_assets.execution.judging import judged, prefetch_readings
 from sp_assets.execution.lazy import LazyBackend
 from sp_assets.storage import queries
 
@@ -40,9 +40,11 @@ def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, du
     loaded, skipped = _load_guards(stage, guards)
     summary: list[dict[str, Any]] = []
     incomplete: list[str] = []
+    inputs = {c.slug: queries.benchmark_pairs(stage.store, c.slug) for c in stage.category_list()}
+    _prefetch(stage, loaded, skipped, [p for pairs in inputs.values() for p in pairs])
     for category in stage.categories():
         with stage.timed(category.slug):
-            pairs = queries.benchmark_pairs(stage.store, category.slug)
+            pairs = inputs[category.slug]
             evaluated = _evaluate(stage, category, loaded, skipped, pairs)
             base = stage.base_row(category.slug)
             predictions = [row for name, (v, origins, computed, sha) in evaluated.items()
@@ -81,6 +83,18 @@ def _load_guards(stage: Stage, guards: GuardResource) -> tuple[dict[str, LazyBac
             continue
         loaded[name] = lazy
     return loaded, skipped
+
+
+def _prefetch(stage: Stage, loaded: dict[str, LazyBackend], skipped: dict[str, str],
+              pairs: list[dict[str, Any]]) -> None:
+    """Every guard's category-independent readings of every category's images at once (all workers busy)."""
+    for name, lazy in list(loaded.items()):
+        try:
+            prefetch_readings(stage.memo, lazy, ge.halves(pairs))
+        except (MissingWeightsError, FileNotFoundError, ImportError, OSError) as exc:
+            skipped[name] = str(exc)
+            del loaded[name]
+            stage.context.log.warning(f"guard {name!r} skipped: {exc}")
 
 
 def _evaluate(stage: Stage, category: Category, loaded: dict[str, LazyBackend], skipped: dict[str, str],

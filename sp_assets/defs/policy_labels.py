@@ -8,7 +8,7 @@ from dagster_duckdb import DuckDBResource
 from sp_assets.core.records import label_row
 from sp_assets.defs.resources import JudgeResource, PipelineSettings
 from sp_assets.defs.stage import Stage, asset_kwargs, check, counts_add_up, no_duplicate_keys
-from sp_assets.execution.judging import judged
+from sp_assets.execution.judging import judged, prefetch_readings
 from sp_assets.storage import queries
 
 ASSET = "policy_labels"
@@ -27,9 +27,11 @@ def policy_labels(context: AssetExecutionContext, settings: PipelineSettings, du
     lazy = judge.lazy(stage.policy)
     who = {"profile": judge.profile, "config_sha256": lazy.config_sha256}
     ratings: dict[str, dict[str, int]] = {}
+    inputs = {c.slug: queries.sources_of(stage.store, c.slug) for c in stage.category_list()}
+    prefetch_readings(stage.memo, lazy, [s for rows in inputs.values() for s in rows])  # every category at once
     for category in stage.categories():
         with stage.timed(category.slug):
-            sources = queries.sources_of(stage.store, category.slug)
+            sources = inputs[category.slug]
             rows = [label_row(stage.base_row(category.slug), src, who, out.result.verdict, out.result.info,
                               stage.policy.sha256, out.computed_run_id)
                     for src, out in judged(stage.memo, lazy, category, sources)]

@@ -17,7 +17,7 @@ from sp_assets.defs.resources import EditorResource, EmbedderResource, JudgeReso
 from sp_assets.defs.stage import Stage, asset_kwargs, check, check_result, counts_add_up, no_duplicate_keys
 from sp_assets.execution.calls import preservation_call
 from sp_assets.execution.embedding import pair_embeddings
-from sp_assets.execution.judging import judged
+from sp_assets.execution.judging import judged, prefetch_readings
 from sp_assets.execution.lazy import LazyBackend
 from sp_assets.execution.tasks import Work
 from sp_assets.review import apply_review, effective_decisions
@@ -43,12 +43,13 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
     lpips, lpips_note = lpips_scorer() if settings.lpips else (None, "LPIPS off (settings.lpips)")
     models = {"verifier": judge.lazy(stage.policy, judge.verifier_name), "embedder": embedder.lazy(stage.policy)}
     yields: dict[str, dict[str, Any]] = {}
-    paths: dict[str, dict[str, Any]] = {}
+    inputs = {c.slug: queries.candidates_to_verify(stage.store, c.slug, judge.profile, writer.profile, editor.names)
+              for c in stage.category_list()}
+    paths = {c["candidate_id"]: c for cs in inputs.values() for c in cs}
+    _prefetch(stage, models, [c for c in paths.values() if c["status"] == "ok"], (lpips, lpips_note))
     for category in stage.categories():
         with stage.timed(category.slug):
-            candidates = queries.candidates_to_verify(stage.store, category.slug, judge.profile, writer.profile,
-                                                      editor.names)
-            paths.update({c["candidate_id"]: c for c in candidates})
+            candidates = inputs[category.slug]
             decisions = effective_decisions(stage.store, category.slug)
             rows = [with_review(row, decisions.get(row["candidate_id"]), apply_review)
                     for row in _verify(stage, category, candidates, models, lineage, thresholds, (lpips, lpips_note))]
@@ -76,8 +77,7 @@ def _verify(stage: Stage, category: Category, candidates: list[dict[str, Any]], 
     verdicts = {c["candidate_id"]: out for c, out in
                 judged(stage.memo, models["verifier"], category, ok, "edited_sha256", "edited_path")}
     vectors = pair_embeddings(stage.memo, models["embedder"], ok)
-    work = Work("preserve", str(stage.images.root), stage.policy, args={"lpips": lpips[0] is not None})
-    measured = {c["candidate_id"]: out.result for c, out in stage.memo.run(preservation_call(lpips[1]), work, ok)}
+    measured = _measures(stage, ok, lpips)
     rows = []
     for c in candidates:
         judged_edit = verdicts.get(c["candidate_id"])
@@ -89,6 +89,19 @@ def _verify(stage: Stage, category: Category, candidates: list[dict[str, Any]], 
                                judged_edit.result.verdict if judged_edit else None, measures)
         rows.append({**row, "computed_run_id": judged_edit.computed_run_id if judged_edit else stage.run_id})
     return rows
+
+
+def _measures(stage: Stage, ok: list[dict[str, Any]], lpips: tuple[Any, str]) -> dict[str, dict[str, Any]]:
+    work = Work("preserve", str(stage.images.root), stage.policy, args={"lpips": lpips[0] is not None})
+    return {c["candidate_id"]: out.result for c, out in stage.memo.run(preservation_call(lpips[1]), work, ok)}
+
+
+def _prefetch(stage: Stage, models: dict[str, LazyBackend], ok: list[dict[str, Any]], lpips: tuple[Any, str]) -> None:
+    """The category-independent work of every category at once (readings of the edits, embeddings,
+    preservation measures), so all workers stay busy; judging per category then finds it in the memo."""
+    prefetch_readings(stage.memo, models["verifier"], ok, "edited_sha256", "edited_path")
+    pair_embeddings(stage.memo, models["embedder"], ok)
+    _measures(stage, ok, lpips)
 
 
 def _lineage(judge: JudgeResource, writer: WriterResource, embedder: EmbedderResource,

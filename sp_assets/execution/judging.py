@@ -30,3 +30,15 @@ def judged(memo: Memo, lazy: LazyBackend, category: Category, rows: Sequence[dic
                 memo.run(reader_call(lazy, image_key), lazy.work("read", images, path_key=path_key), missing)}
     with_readings = [{**r, "reading": readings.get(r[image_key])} for r in rows]
     return memo.run(call, lazy.work("decide", images, category=category.slug), with_readings)
+
+
+def prefetch_readings(memo: Memo, lazy: LazyBackend, rows: Sequence[dict[str, Any]],
+                      image_key: str = "image_sha256", path_key: str = "image_path") -> None:
+    """Read every image a two-step backend will judge, all categories at once, before judging them.
+
+    A reading does not depend on the category, so one pass over the images of every category keeps all
+    the workers busy, where category by category the last batch of each would leave some idle.
+    """
+    if issubclass(lazy.cls, TwoStep) and rows:
+        unique = list({r[image_key]: r for r in rows}.values())
+        memo.run(reader_call(lazy, image_key), lazy.work("read", str(memo.images.root), path_key=path_key), unique)
