@@ -86,10 +86,9 @@ class RayPool:
     # -- workers -----------------------------------------------------------------------------------
 
     def _threads(self, num_cpus: float) -> int:
-        import ray
-
-        total = int(ray.cluster_resources().get("CPU", 1))
-        return max(1, int(num_cpus), total // self.workers)
+        """A worker computes with as many threads as the CPUs it holds: more would oversubscribe the cores
+        other workers hold."""
+        return max(1, int(num_cpus))
 
     def _new_slot(self, shape: tuple[float, float]) -> _Slot:
         import ray

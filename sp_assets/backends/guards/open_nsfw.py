@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from sp_assets.backends.base import Guard, ModelInfo, TwoStep, Verdict
+from sp_assets.backends.common.threads import worker_threads
 from sp_assets.backends.common.versions import package_version
 from sp_assets.core.policy import Category
 
@@ -57,6 +58,7 @@ class OpenNSFWGuard(TwoStep, Guard):
         self.threshold = float(threshold)
         self.batch_size = int(batch_size)
         options = ort.SessionOptions()
+        intra_op_threads = intra_op_threads or worker_threads()
         if intra_op_threads:
             options.intra_op_num_threads = int(intra_op_threads)
             options.inter_op_num_threads = 1

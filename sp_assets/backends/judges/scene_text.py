@@ -16,7 +16,7 @@ from PIL import Image
 
 from sp_assets.backends.base import Judge, ModelInfo, TextRegion, TwoStep, Verdict
 from sp_assets.backends.common.hf import quiet_load
-from sp_assets.backends.common.threads import single_threaded
+from sp_assets.backends.common.threads import single_threaded, worker_threads
 from sp_assets.backends.common.versions import package_version
 from sp_assets.core.policy import Category, Policy
 
@@ -138,6 +138,10 @@ class SceneTextReader:
         self.min_letters = int(min_letters)
         self.use_cls = bool(use_cls)
         params: dict[str, Any] = {"Global.log_level": "error", "Global.use_cls": self.use_cls}
+        threads = worker_threads()
+        if threads:  # a worker of a pool: its share of the cores, not all of them
+            params["EngineConfig.onnxruntime.intra_op_num_threads"] = threads
+            params["EngineConfig.onnxruntime.inter_op_num_threads"] = 1
         for role, path in paths.items():
             params[f"{role}.model_path"] = str(path)
         self._engine = RapidOCR(params=params)
