@@ -46,7 +46,9 @@ def take_in(items: Iterable[SourceItem], images: ImageStore, base: dict[str, Any
         seen[sha] = item.ref
         out.accepted.append({
             **base, "image_sha256": sha, "image_path": rel, "width": item.width, "height": item.height,
-            "format": item.format, "n_bytes": len(item.data), "origin": origin, "origin_ref": item.ref, **item.columns})
+            "format": item.format, "n_bytes": len(item.data), "origin": origin, "origin_ref": item.ref, **item.columns,
+            # A source with no known photograph is its own photograph.
+            "photo_id": item.columns.get("photo_id") or sha})
     return out
 
 

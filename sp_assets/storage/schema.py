@@ -27,6 +27,8 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("manifest_rating", "VARCHAR", "human label from the manifest, if any"),
         ("manifest_category", "VARCHAR", "category from the manifest, if any"),
         ("manifest_rationale", "VARCHAR", "rationale from the manifest, if any"),
+        ("photo_id", "VARCHAR", "the underlying photograph (demo photo, manifest 'photo' column, else the image "
+                                "sha256): splits keep one photograph in one split"),
         ("demo_intended", "VARCHAR", "demo only: the label the generator intended"),
         ("demo_text", "VARCHAR", "demo only: the text rendered on the sign"),
         ("recipe_json", "VARCHAR", "demo only: everything needed to regenerate the image"),

@@ -8,11 +8,8 @@ from typing import Any, Sequence
 from PIL import Image
 
 from sp_assets.backends.base import ModelInfo, RecordJudge, Verdict
+from sp_assets.core.human_labels import human_rating, normalised
 from sp_assets.core.policy import Category, Policy
-
-# Words annotators use for each rating; anything else is refused as 'invalid' (fail closed).
-_UNSAFE = {"unsafe", "1", "true", "yes", "harmful", "review needed", "unsafe_image"}
-_SAFE = {"safe", "0", "false", "no", "compliant", "safe_image"}
 
 
 class ManifestJudge(RecordJudge):
@@ -32,15 +29,17 @@ class ManifestJudge(RecordJudge):
     def _one(self, record: dict[str, Any], category: Category) -> Verdict:
         raw = {k: record.get(k) for k in ("manifest_rating", "manifest_category", "manifest_rationale")}
         raw_output = json.dumps(raw, sort_keys=True)
-        rating = str(record.get("manifest_rating") or "").strip().lower()
-        if rating in _UNSAFE:
+        # Words outside the rating vocabulary are refused as 'invalid' (fail closed).
+        rating = normalised(record.get("manifest_rating"))
+        human = human_rating(rating)
+        if human == "unsafe":
             labelled = str(record.get("manifest_category") or "").strip()
             try:
                 judged = self.policy.category(labelled).slug if labelled else category.slug
             except KeyError:
                 judged = category.slug
             return Verdict("unsafe", judged, 1.0, str(record.get("manifest_rationale") or "labelled unsafe"), raw_output)
-        if rating in _SAFE:
+        if human == "safe":
             return Verdict("safe", "", 0.0, str(record.get("manifest_rationale") or "labelled safe"), raw_output)
         why = "no manifest label" if not rating else f"unrecognised manifest rating {rating!r}"
         return Verdict("invalid", "", None, why, raw_output)

@@ -310,5 +310,8 @@ class DemoSource(Source):
             yield SourceItem(
                 ref=f"demo:{category.slug}:{item.intended}:{item.recipe['index']}", data=item.png_bytes(),
                 suffix=".png", width=item.image.width, height=item.image.height, format="PNG",
-                columns={"demo_intended": item.intended, "demo_text": item.text,
+                # The generator's intended label is the demo's human label: the phrase was written to have it.
+                columns={"manifest_rating": item.intended, "manifest_category": category.slug if item.intended == "unsafe"
+                         else None, "manifest_rationale": f"demo phrase written to be {item.intended}",
+                         "photo_id": f"demo:{item.recipe['photo']}", "demo_intended": item.intended, "demo_text": item.text,
                          "recipe_json": json.dumps(item.recipe, sort_keys=True)})

@@ -36,6 +36,7 @@ class Entry:
     rating: str | None = None
     category: str | None = None  # raw category text from the manifest
     rationale: str | None = None
+    photo: str | None = None  # the underlying photograph, when several images are edits or crops of one
     categories: list[str] | None = None  # resolved slugs, None = every category
 
 
@@ -116,6 +117,7 @@ def iter_entries(source_dir: Path, manifest: Path | None, policy: Policy) -> Ite
                 rating=_text(row.get("rating")),
                 category=_text(row.get("category")),
                 rationale=_text(row.get("rationale")),
+                photo=_text(row.get("photo")),
             )
             if not entry.ref:
                 yield Checked(entry, reason="missing_path", detail=f"{manifest}: row {i} has an empty 'path'; fill it in or drop the row.")
@@ -221,7 +223,8 @@ class FolderSource(Source):
                 width=checked.width, height=checked.height, format=checked.format,
                 reason=None if checked.ok else checked.reason, detail=checked.detail,
                 columns={"manifest_rating": entry.rating, "manifest_category": entry.category,
-                         "manifest_rationale": entry.rationale})
+                         "manifest_rationale": entry.rationale,
+                         "photo_id": f"photo:{entry.photo}" if entry.photo else None})
 
 
 def _stat(path: Path) -> tuple[int, int]:
