@@ -91,19 +91,24 @@ class RayPool:
         return max(1, int(num_cpus))
 
     def _new_slot(self, shape: tuple[float, float]) -> _Slot:
+        return self._new_slots(shape, 1)[0]
+
+    def _new_slots(self, shape: tuple[float, float], n: int) -> list[_Slot]:
+        """``n`` workers of one shape, started together (each spends seconds importing its libraries)."""
         import ray
 
         num_cpus, num_gpus = shape
-        actor = ray.remote(_Worker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0,
-                                            max_concurrency=1).remote(self._threads(num_cpus))
-        pid = ray.get(actor.ready.remote())
-        log.info("Ray worker started: pid %s (%s CPU, %s GPU)", pid, num_cpus, num_gpus)
-        return _Slot(actor, pid)
+        actors = [ray.remote(_Worker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0,
+                                              max_concurrency=1).remote(self._threads(num_cpus)) for _ in range(n)]
+        pids = ray.get([actor.ready.remote() for actor in actors])
+        for pid in pids:
+            log.info("Ray worker started: pid %s (%s CPU, %s GPU)", pid, num_cpus, num_gpus)
+        return [_Slot(actor, pid) for actor, pid in zip(actors, pids)]
 
     def _pool(self, work: Work) -> list[_Slot]:
         shape = (work.resources["num_cpus"], work.resources["num_gpus"])
         if shape not in self._slots:
-            self._slots[shape] = [self._new_slot(shape) for _ in range(self.workers)]
+            self._slots[shape] = self._new_slots(shape, self.workers)
         return self._slots[shape]
 
     def worker_pids(self) -> list[int]:
