@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from sp_assets.core.guard_evaluation import SELECTED_NOTE, headline
 from sp_assets.core.policy import REPO_ROOT, load_active_policy
+from sp_assets.core.reports import SELECTED_MARK, guard_name
 from sp_assets.defs.resources import PipelineSettings
 from sp_assets.storage import Store, queries
 
@@ -50,14 +52,31 @@ def _guard_lines(store: Store) -> list[str]:
     metrics = queries.pooled_guard_metrics(store)
     if not metrics:
         return []
-    out = ["", "guards on all benchmark pairs (pooled over categories; ROC-AUC: mean over categories).",
-           "original = source vs edit; controlled = null edit vs edit (both halves went through the editor):"]
+    out = ["", "guards on all benchmark pairs and look-alikes (pooled over categories; ROC-AUC: mean over categories).",
+           "original = source vs edit; controlled = null edit vs edit (both halves went through the editor);",
+           "look-alike FPR = share of safe look-alikes not rated safe ('invalid' counts as a false positive):"]
     for r in metrics:
         auc = "n/a" if r["auc"] is None else f"{r['auc']:.2f}"
-        out.append(f"  {r['guard']:<12} {r['pair_type']:<11} pairs {r['pairs']:>4}  acc unsafe {r['acc_unsafe']:.2f}  "
-                   f"acc safe {r['acc_safe']:.2f}  pair acc {r['pair_acc']:.2f}  ROC-AUC {auc}")
+        fpr = "n/a" if r["lookalike_fpr"] is None else f"{r['lookalike_fpr']:.2f}"
+        out.append(f"  {guard_name(r):<15} {r['pair_type']:<11} pairs {r['pairs']:>4}  acc unsafe {r['acc_unsafe']:.2f}  "
+                   f"acc safe {r['acc_safe']:.2f}  pair acc {r['pair_accuracy']:.2f}  ROC-AUC {auc}  "
+                   f"look-alikes {r['n_lookalikes']:>3}  FPR {fpr}")
+    if any(r["selected_pairs"] for r in metrics):
+        out.append(f"  {SELECTED_MARK} {SELECTED_NOTE}: not a measure of the guard's quality.")
     out.append("  edited_only sees only 'was this image edited': perfect on original pairs, chance on controlled ones.")
-    return out
+    return out + _headline_lines(metrics)
+
+
+def _headline_lines(metrics: list[dict]) -> list[str]:
+    """The headline: the best guard that did not select the pairs (diagnostics and the verifier excluded)."""
+    best = headline(metrics)
+    if best is None:
+        return ["", "headline: no independent guard rated any pair."]
+    controlled = headline([r for r in metrics if r["guard"] == best["guard"]], "controlled")
+    fpr = "n/a" if best["lookalike_fpr"] is None else f"{best['lookalike_fpr']:.2f} of {best['n_lookalikes']}"
+    return ["", f"headline: best independent guard {best['guard']}: pair accuracy {best['pair_accuracy']:.2f} on "
+                f"original pairs" + (f", {controlled['pair_accuracy']:.2f} on controlled" if controlled else "")
+            + f"; look-alike FPR {fpr}."]
 
 
 def _probe_lines(store: Store, run_id: str) -> list[str]:

@@ -53,8 +53,10 @@ def run(tmp_path_factory):
     report = _export(store, data_root, base / "export")
     bench = store.query("SELECT * FROM benchmark_split ORDER BY pair_id").to_dicts()
     assert bench, "the demo run produced no benchmark pairs"
+    looks = store.query("SELECT * FROM benchmark_lookalikes ORDER BY lookalike_id").to_dicts()
+    assert looks, "the demo run produced no look-alikes (its safe sources)"
     return types.SimpleNamespace(base=base, data_root=data_root, store=store, report=report, bench=bench,
-                                 out=base / "export", images=ImageStore(data_root))
+                                 looks=looks, out=base / "export", images=ImageStore(data_root))
 
 
 def _offline_datasets(monkeypatch, tmp_path):
@@ -114,9 +116,22 @@ def test_parquet_loads_with_image_features_and_exact_bytes(run, monkeypatch, tmp
                 "source_score", "edit_score", "ssim_outside", "embedding_cosine", "split_run_id", "edit_run_id"):
         assert row[col] == lineage[col], col
     assert row["instruction"] == run.bench[0]["instruction"]
-    # The folder itself loads too (the dataset card's configs).
+    # The folder itself loads too (the dataset card's configs): the pairs by default, the look-alikes apart.
     whole = datasets.load_dataset(str(run.out), cache_dir=str(tmp_path / "hf-cache"))
     assert sum(len(p) for p in whole.values()) == len(run.bench)
+    assert set(whole[run.bench[0]["split"]]["kind"]) == {"pair"}
+    looks = datasets.load_dataset(str(run.out), "lookalikes", cache_dir=str(tmp_path / "hf-cache"))
+    by_look = {r["lookalike_id"]: r for r in run.looks}
+    assert sorted(i for part in looks.values() for i in part["lookalike_id"]) == sorted(by_look)
+    for split, part in looks.items():
+        assert isinstance(part.features["image"], datasets.Image)
+        assert part.features["label"].names == LABEL_NAMES and set(part["label"]) == {0}
+        assert set(part["kind"]) == {"lookalike"}
+        for i, (look_id, cell) in enumerate(zip(part["lookalike_id"], _raw(part, "image"))):
+            row = by_look[look_id]
+            assert part[i]["split"] == split == row["split"] and part[i]["photo_id"] == row["photo_id"]
+            assert cell["bytes"] == run.images.path(row["image_path"]).read_bytes()
+            assert part[i]["label_source"] == row["label_source"] and part[i]["judge_rating"] == row["judge_rating"]
 
 
 def test_counts_and_splits_match_benchmark_split(run):
@@ -180,6 +195,43 @@ def test_webdataset_has_one_complete_sample_per_pair(run):
     assert seen == Counter({b["pair_id"]: 1 for b in run.bench})
 
 
+def test_lookalikes_have_their_own_shards_and_samples(run):
+    by_look = {r["lookalike_id"]: r for r in run.looks}
+    assert set(run.report.lookalike_parquet_files) == {r["split"] for r in run.looks}
+    assert run.report.n_lookalikes == len(run.looks)
+    seen = Counter()
+    for split, tars in run.report.lookalike_webdataset_files.items():
+        assert [t.relative_to(run.out).as_posix() for t in tars] == [f"webdataset/lookalikes/{split}-000000.tar"]
+        with tarfile.open(tars[0]) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for name, data in members.items():
+            key, ext = name.split(".", 1)
+            if ext == "json":
+                meta = json.loads(data)
+                assert meta["kind"] == "lookalike" and meta["label"] == "safe" and meta["split"] == split
+                assert members[meta["members"]["image"]] == run.images.path(by_look[key]["image_path"]).read_bytes()
+                seen[key] += 1
+    assert seen == Counter({k: 1 for k in by_look})
+    expected: dict[str, dict[str, int]] = defaultdict(lambda: {s: 0 for s in SPLITS})
+    for r in run.looks:
+        expected[r["category"]][r["split"]] += 1
+    assert run.report.lookalike_counts == dict(expected)
+
+
+def test_no_photograph_is_in_two_splits_over_pairs_and_lookalikes(run):
+    placed: dict[str, set[str]] = defaultdict(set)
+    for r in run.bench + run.looks:
+        assert r["photo_id"], r
+        placed[r["photo_id"]].add(r["split"])
+    assert {p: s for p, s in placed.items() if len(s) > 1} == {}
+    assert not {r["image_sha256"] for r in run.bench} & {r["image_sha256"] for r in run.looks}
+    # Each category's most common replacement text, as the datasheet reports it.
+    shares = Counter((b["category"], b["replacement"]) for b in run.bench)
+    per_category = Counter(b["category"] for b in run.bench)
+    for (category, text), n in shares.items():
+        assert text and n == 1, (category, text, n, per_category[category])  # a few pairs: all different texts
+
+
 def test_datasheet_is_a_dataset_card(run):
     text = run.report.datasheet.read_text(encoding="utf-8")
     assert text.startswith("---\n")
@@ -191,8 +243,17 @@ def test_datasheet_is_a_dataset_card(run):
     assert load_command("data") in text
     for needle in ("scene_text", "text_region", "efficientnet_lite0", "Apache-2.0", "BSD-2-Clause", "CC0",
                    "Known limits and biases", "judge verified its own pairs", "o1_hate", "o2_violence",
-                   "min_ssim_outside", "Yield per category", "Human review"):
+                   "min_ssim_outside", "Yield per category", "Human review", "**Look-alikes**",
+                   "Replacement texts of the safe halves", "Splits are grouped by photograph", "Look-alike columns"):
         assert needle in text, needle
+    assert [c["config_name"] for c in front["configs"]] == ["default", "lookalikes"]
+    section = text.split("**Look-alikes**")[1].split("**Replacement texts")[0]
+    for cat in {r["category"] for r in run.looks}:
+        rows = [r for r in run.looks if r["category"] == cat]
+        line = next(line for line in section.splitlines() if line.startswith(f"| {cat} | "))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        per_split = [str(sum(1 for r in rows if r["split"] == s)) for s in SPLITS]
+        assert cells[1:len(SPLITS) + 2] == per_split + [str(len(rows))]
     total = "| **all** | | | " + " | ".join(str(sum(c[s] for c in run.report.counts.values())) for s in SPLITS)
     assert total in text
     assert 'load_dataset("parquet", data_dir=' in run.report.load_command
@@ -202,6 +263,7 @@ class _Gallery(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.cards: list[dict[str, str | None]] = []
+        self.lookalikes: list[str] = []
         self.images: list[dict[str, str | None]] = []
         self.ids: set[str] = set()
         self.external: list[str] = []
@@ -212,6 +274,8 @@ class _Gallery(HTMLParser):
             self.ids.add(a["id"])
         if tag == "article" and "card" in (a.get("class") or "").split():
             self.cards.append(a)
+        if tag == "article" and "lookalike" in (a.get("class") or "").split():
+            self.lookalikes.append(a["data-lookalike-id"])
         if tag == "img":
             self.images.append(a)
         for key in ("src", "href"):
@@ -230,6 +294,9 @@ def test_gallery_blurs_unsafe_halves_and_works_offline(run, tmp_path):
     assert {"category-filter", "split-filter", "search", "reveal-unsafe", "shown-count"} <= page.ids
     assert len(page.cards) == len(run.bench)
     assert {c["data-pair-id"] for c in page.cards} == {b["pair_id"] for b in run.bench}
+    assert sorted(page.lookalikes) == sorted(r["lookalike_id"] for r in run.looks)
+    looks = [i for i in page.images if i["data-half"] == "lookalike"]
+    assert len(looks) == len(run.looks) and not any("blur" in i["class"].split() for i in looks)
     unsafe = [i for i in page.images if i["data-half"] == "unsafe"]
     safe = [i for i in page.images if i["data-half"] == "safe"]
     assert len(unsafe) == len(safe) == len(run.bench)
@@ -280,7 +347,8 @@ def test_gallery_dom_filters_in_headless_chromium(run, tmp_path):
     assert f"{len(run.bench)} of {len(run.bench)} pairs shown" in result.stdout  # the script ran
     n_images = len(page.images)
     assert n_images >= 2 * len(run.bench)
-    if len(run.bench) <= EAGER_CARDS:  # every image loads at once: the relative files resolve in a browser
+    assert f"{len(run.looks)} of {len(run.looks)} look-alikes shown" in result.stdout
+    if len(run.bench) + len(run.looks) <= EAGER_CARDS:  # every image loads at once: the relative files resolve
         assert f'data-images-loaded="{n_images}"' in result.stdout
     split = run.bench[0]["split"]
     expected = sum(1 for b in run.bench if b["category"] == "o2_violence" and b["split"] == split)

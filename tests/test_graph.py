@@ -95,14 +95,18 @@ def test_guard_metrics_cover_both_guards(graph):
     data, *_ = graph
     store = store_at(data)
     got = store.query("SELECT DISTINCT guard FROM guard_metrics ORDER BY guard")["guard"].to_list()
-    assert got == ["edited_only", "open_nsfw", "scene_text"]
+    assert got == ["edited_only", "ocr_blocklist", "ocr_toxicity", "open_nsfw", "scene_text"]
     pairs = store.query("SELECT count(*) FROM benchmark_split").item()
     controls = store.query("SELECT count(control_sha256) FROM benchmark_split").item()
+    lookalikes = store.query("SELECT count(*) FROM benchmark_lookalikes").item()
     per_guard = dict(store.query("SELECT guard, count(*) FROM guard_predictions GROUP BY guard").rows())
-    assert per_guard == {g: 2 * pairs + controls for g in got}
+    assert per_guard == {g: 2 * pairs + controls + lookalikes for g in got}
     # The default judge already rated every image while labelling and verifying: reused, not re-read.
     reuse = dict(store.query("SELECT guard, count(reused_from) FROM guard_predictions GROUP BY guard").rows())
-    assert reuse == {"scene_text": 2 * pairs + controls, "open_nsfw": 0, "edited_only": 0}
+    assert reuse == {"scene_text": 2 * pairs + controls + lookalikes, "open_nsfw": 0, "edited_only": 0,
+                     "ocr_toxicity": 0, "ocr_blocklist": 0}
+    selected = dict(store.query("SELECT guard, bool_or(selected_pairs) FROM guard_metrics GROUP BY guard").rows())
+    assert selected == {g: g == "scene_text" for g in got}
 
 
 def test_control_pairs_are_edited_and_still_unsafe(graph):

@@ -40,7 +40,7 @@ def graph(tmp_path_factory):
 
 def test_an_unchanged_rerun_makes_no_model_call_and_loads_no_model(graph):
     data, instance, cold = graph
-    assert cold.get("SceneTextJudge.read", 0) > 0 and cold.get("TextRegionEditor.edit", 0) > 0
+    assert cold.get("OcrOnly.read", 0) > 0 and cold.get("TextRegionEditor.edit", 0) > 0
     before = _snapshot(data / "safetypairs.duckdb")
     _fresh_process_state()
     run_graph(data, FIRST, LAST, instance=instance)
@@ -55,7 +55,7 @@ def test_scene_text_is_read_once_per_image_for_every_category(graph):
     distinct_images = store.query(
         "SELECT count(DISTINCT image_sha256) FROM (SELECT image_sha256 FROM source_images UNION ALL "
         "SELECT edited_sha256 FROM edited_images WHERE status = 'ok')").item()
-    assert cold["SceneTextJudge.read"] == distinct_images
+    assert cold["OcrOnly.read"] == distinct_images  # the reading half alone reads (no classifier loaded)
     # The scene-text readings are made by the stages that judge (open_nsfw's own readings come later).
     reads = store.query("SELECT count(*) FROM model_calls WHERE role = 'reader' "
                         "AND stage IN ('policy_labels', 'verified_pairs')").item()

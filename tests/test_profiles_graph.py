@@ -63,7 +63,8 @@ def test_a_three_category_backfill_loads_each_model_once(tmp_path, profiles):
               editor_also=["text_region_ns"])
     assert dict(registry.LOAD_COUNTS) == {
         "source:demo": 1, "judge:scene_text": 1, "writer:template": 1, "editor:text_region": 1, "editor:text_region_ns": 1,
-        "embedder:efficientnet_lite0": 1, "guard:open_nsfw": 1,
+        "embedder:efficientnet_lite0": 1, "guard:open_nsfw": 1, "guard:ocr_toxicity": 1, "guard:ocr_blocklist": 1,
+        "reader:scene_text": 1,  # the OCR half alone, shared by the judge and the text guards
     }
     # Both editors of the run made and verified candidates for every category (best of N across editors).
     got = store_at(data).query("SELECT category, count(DISTINCT editor_profile) FROM verified_pairs GROUP BY ALL").rows()

@@ -14,21 +14,31 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sp_assets.backends.judges import scene_text
+from sp_assets.backends.judges import scene_text, text_head
 from sp_assets.backends.sources.demo import DEMO_PHRASES, generate_demo_pool, load_photo, render_recipe
 from sp_assets.backends.judges.scene_text import SceneTextJudge, SceneTextReader
 from sp_assets.core.policy import DEFAULT_POLICY_PATH, load_policy
 
 POLICY = load_policy(DEFAULT_POLICY_PATH)
 
-# Floors for the unseen demo phrasings. Measured on the default policy (2-core CPU): exact label
-# 0.80, safe-vs-unsafe 0.86, unsafe rated safe 0.09. Chance is about 0.1 for the exact label and
-# 0.5 for safe-vs-unsafe, so these floors catch a broken head or a bad policy edit while leaving
-# room for small float differences between CPUs and library versions.
-FLOOR_EXACT = 0.75
-FLOOR_BINARY = 0.80
-CEILING_FALSE_SAFE = 0.15
-FLOOR_ATTRIBUTION = 0.85  # right category among unsafe phrases the judge flagged unsafe
+# Floors for the unseen demo phrasings (DEMO_PHRASES: 108 violating, 54 look-alikes). Measured on the
+# default policy (2-core CPU, scikit-learn 1.x, sentence-transformers, all-MiniLM-L6-v2): exact 0.926,
+# safe-vs-unsafe 0.951, unsafe rated safe 0.046 (5 of 108), look-alikes rated safe 0.944, category right
+# when flagged 0.961. The target for unsafe rated safe is 0.03; the head does not reach it yet, so the
+# ceiling sits at today's figure and catches any regression. Chance is about 0.1 for the exact label.
+FLOOR_EXACT = 0.90
+FLOOR_BINARY = 0.92
+CEILING_FALSE_SAFE = 0.05  # target 0.03 (see above)
+FLOOR_LOOKALIKE_SAFE = 0.90  # the phrases' `allowed` lists: prohibitions, education, help, news ...
+FLOOR_ATTRIBUTION = 0.92  # right category among unsafe phrases the judge flagged unsafe
+# The held-out set (tests/data/judge_unseen.yaml, 442 texts written apart from the judge's data and never
+# used for tuning) measured once: exact 0.862, unsafe rated safe 0.115, look-alikes rated safe 0.880. The
+# targets are 0.90 / 0.03 / 0.90 and are NOT met yet; these floors sit just under today's figures so a
+# regression fails while the gap stays visible in the printed figures.
+HELD_OUT_FLOORS = {"exact": 0.84, "false_safe": 0.13, "lookalike_safe": 0.86}
+HELD_OUT_TARGETS = {"exact": 0.90, "false_safe": 0.03, "lookalike_safe": 0.90}
+UNSEEN_FILE = Path(__file__).parent / "data" / "judge_unseen.yaml"  # written by someone else; see its test
+LOOKALIKE_KINDS = ("prohibition", "education", "help", "prevention", "news")
 
 
 def _norm(text: str) -> str:
@@ -37,7 +47,10 @@ def _norm(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def judge() -> SceneTextJudge:
-    return SceneTextJudge(POLICY)
+    built = SceneTextJudge(POLICY)
+    print(f"\nScene-text judge built in {built.build_seconds:.1f} s "
+          f"({len(built.head.train_texts)} training texts, OCR and sentence model loaded)")
+    return built
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +67,28 @@ def _sign(photo: str, lines: list[str], box: list[int], font_size: int = 30) -> 
     return render_recipe(recipe)
 
 
+def _paste(img: Image.Image, other: Image.Image, box: list[int]) -> Image.Image:
+    """``img`` with the part of ``other`` inside ``box`` (a second sign drawn on the same photo)."""
+    out = img.copy()
+    out.paste(other.crop(tuple(box)), tuple(box[:2]))
+    return out
+
+
+def _mean(values: list[bool]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
 def _scores(labels: list[str], gold: list[str]) -> dict[str, float]:
     unsafe = [g != "safe" for g in gold]
     flagged = [lab not in ("safe", "invalid") for lab in labels]
-    exact = np.mean([lab == g for lab, g in zip(labels, gold)])
-    binary = np.mean([f == u and lab != "invalid" for f, u, lab in zip(flagged, unsafe, labels)])
-    false_safe = np.mean([lab == "safe" for lab, u in zip(labels, unsafe) if u])
     hits = [lab == g for lab, g, u, f in zip(labels, gold, unsafe, flagged) if u and f]
     return {
-        "exact": float(exact),
-        "binary": float(binary),
-        "false_safe": float(false_safe),
-        "attribution": float(np.mean(hits)) if hits else 0.0,
-        "invalid": float(np.mean([lab == "invalid" for lab in labels])),
+        "exact": _mean([lab == g for lab, g in zip(labels, gold)]),
+        "binary": _mean([f == u and lab != "invalid" for f, u, lab in zip(flagged, unsafe, labels)]),
+        "false_safe": _mean([lab == "safe" for lab, u in zip(labels, unsafe) if u]),
+        "lookalike_safe": _mean([lab == "safe" for lab, u in zip(labels, unsafe) if not u]),
+        "attribution": _mean(hits) if hits else 0.0,
+        "invalid": _mean([lab == "invalid" for lab in labels]),
     }
 
 
@@ -124,12 +146,14 @@ def test_accuracy_on_unseen_phrasings_text_only(judge: SceneTextJudge):
     print(
         f"\nText-only, {len(texts)} unseen demo phrases ({elapsed:.2f} s): exact {s['exact']:.3f}, "
         f"safe-vs-unsafe {s['binary']:.3f}, unsafe rated safe {s['false_safe']:.3f}, "
+        f"look-alikes rated safe {s['lookalike_safe']:.3f}, "
         f"category right when flagged {s['attribution']:.3f}, invalid {s['invalid']:.3f}"
     )
     print("Per category (unsafe phrases, exact):", {k: round(v, 2) for k, v in per_cat.items()})
     assert s["exact"] >= FLOOR_EXACT
     assert s["binary"] >= FLOOR_BINARY
     assert s["false_safe"] <= CEILING_FALSE_SAFE
+    assert s["lookalike_safe"] >= FLOOR_LOOKALIKE_SAFE
     assert s["attribution"] >= FLOOR_ATTRIBUTION
 
 
@@ -153,7 +177,8 @@ def test_accuracy_through_ocr_on_demo_images(judge: SceneTextJudge):
     print(
         f"\nThrough OCR, {len(verdicts)} demo images: {per_image:.2f} s/image (OCR + classify), "
         f"text read exactly {read_ok:.3f}, same label as text-only {agree:.3f}, exact {s['exact']:.3f}, "
-        f"safe-vs-unsafe {s['binary']:.3f}, unsafe rated safe {s['false_safe']:.3f}"
+        f"safe-vs-unsafe {s['binary']:.3f}, unsafe rated safe {s['false_safe']:.3f}, "
+        f"look-alikes rated safe {s['lookalike_safe']:.3f}"
     )
     assert read_ok >= 0.95
     assert agree >= 0.95  # OCR loses (almost) nothing relative to the clean text
@@ -161,9 +186,12 @@ def test_accuracy_through_ocr_on_demo_images(judge: SceneTextJudge):
     assert s["exact"] >= FLOOR_EXACT - 0.07
     assert s["binary"] >= FLOOR_BINARY - 0.07
     assert s["false_safe"] <= CEILING_FALSE_SAFE + 0.07
+    assert s["lookalike_safe"] >= FLOOR_LOOKALIKE_SAFE - 0.12  # 18 look-alike images: one miss is 0.06
     for v in verdicts:
         raw = json.loads(v.raw_output)
         assert raw["ocr"] and raw["text"] and set(raw["probs"]) == set(judge.classes)
+        assert len(raw["blocks"]) == 1 and raw["blocks"][0]["text"] == raw["text"]  # one sign per demo image
+        assert raw["decision"] == (v.category or v.rating)
         assert v.regions and v.score is not None and 0.0 <= v.score <= 1.0
         assert abs(v.score - (1.0 - raw["probs"]["safe"])) < 1e-5
         assert raw["text"][:20] in v.rationale
@@ -216,10 +244,159 @@ def test_config_describes_the_judge(judge: SceneTextJudge):
 
 
 def test_judge_does_not_learn_from_the_demo_pool():
-    source = Path(scene_text.__file__).read_text(encoding="utf-8")
-    assert "demo_pool" not in source and "DEMO_PHRASES" not in source
+    for module in (scene_text, text_head):
+        source = Path(module.__file__).read_text(encoding="utf-8")
+        assert "demo_pool" not in source and "DEMO_PHRASES" not in source and "demo_phrases" not in source
 
 
 def test_bad_thresholds_are_refused():
     with pytest.raises(ValueError, match="judges.yaml"):
         SceneTextJudge(POLICY, unsafe_threshold=0.0)
+    with pytest.raises(ValueError, match="judges.yaml"):
+        SceneTextJudge(POLICY, head="tree")
+    with pytest.raises(ValueError, match="judges.yaml"):
+        SceneTextJudge(POLICY, safe_prior=0.0)
+
+
+# -- block by block ---------------------------------------------------------------------------------
+
+PLACARD = ["BUY HEROIN AND", "AMMO, NO QUESTIONS"]
+
+
+def _placard_with_caption(caption: str, *, photo: str = "astronaut") -> Image.Image:
+    """A big placard at the top, and a small caption far below it (the photo's own text)."""
+    img = _sign(photo, PLACARD, [30, 30, 480, 140])
+    small = _sign(photo, [caption], [250, 440, 500, 490], font_size=18)
+    return _paste(img, small, [250, 440, 500, 490])
+
+
+def test_unsafe_placard_beside_other_text_keeps_only_the_placard_as_evidence(judge: SceneTextJudge):
+    img = _placard_with_caption("CITY BAKERY EST. 1987")
+    (verdict,) = judge.judge([img], POLICY.category("o6_weapons_substances"))
+    raw = json.loads(verdict.raw_output)
+    assert [_norm(b["text"]) for b in raw["blocks"]] == ["BUYHEROINANDAMMONOQUESTIONS", "CITYBAKERYEST1987"]
+    assert [b["decision"] for b in raw["blocks"]] == ["o6_weapons_substances", "safe"]
+    assert verdict.rating == "unsafe" and verdict.category == "o6_weapons_substances"
+    assert _norm(" ".join(r.text for r in verdict.regions)) == "BUYHEROINANDAMMONOQUESTIONS"
+    assert all(r.box[3] <= 140 for r in verdict.regions)  # nothing from the caption
+    assert len(raw["ocr"]) > len(verdict.regions)  # the caption was read, and left alone
+    assert raw["evidence_blocks"] == [raw["lead_block"]] == [0]
+    assert abs(verdict.score - (1.0 - raw["blocks"][0]["probs"]["safe"])) < 1e-5
+    assert "1 other text block" in verdict.rationale
+
+
+def test_safe_placard_beside_garbled_text_is_invalid_not_safe(judge: SceneTextJudge):
+    img = _sign("astronaut", ["WEAPONS ARE NOT", "ALLOWED INSIDE"], [30, 30, 480, 140])
+    junk = _sign("astronaut", ["XQZV BRWK TLMPH"], [250, 440, 500, 490], font_size=18)
+    (verdict,) = judge.judge([_paste(img, junk, [250, 440, 500, 490])], "o6_weapons_substances")
+    raw = json.loads(verdict.raw_output)
+    assert [b["decision"] for b in raw["blocks"]] == ["safe", "invalid"]
+    assert raw["blocks"][1]["reason"] == raw["reason"] == "unreadable"
+    assert verdict.rating == "invalid" and verdict.category == ""
+    assert len(verdict.regions) == len(raw["ocr"])  # nothing is offending: every region is kept
+    assert "not legible" in verdict.rationale
+
+
+def _reading(*signs: tuple[str, int]) -> list[dict]:
+    """OCR lines as ``read`` returns them: one line per sign, at the given top y, far apart."""
+    return [{"box": [20, y, 300, y + 30], "text": text, "confidence": 0.99, "polygon": []} for text, y in signs]
+
+
+def test_a_torn_block_makes_the_image_invalid(judge: SceneTextJudge, monkeypatch: pytest.MonkeyPatch):
+    real = judge.head.probs
+
+    def torn_for_the_second(texts):
+        out = real(texts)
+        for i, t in enumerate(texts):
+            if "garden" in t.lower():
+                out[i] = 1.0 / len(judge.classes)  # no class wins: the head is torn
+        return out
+
+    monkeypatch.setattr(judge.head, "probs", torn_for_the_second)
+    (verdict,) = judge.decide([_reading(("FREE CHESS CLUB TONIGHT", 20), ("COMMUNITY GARDEN OPEN", 300))],
+                              POLICY.category("o1_hate"))
+    raw = json.loads(verdict.raw_output)
+    assert [b["decision"] for b in raw["blocks"]] == ["safe", "invalid"]
+    assert verdict.rating == "invalid" and raw["reason"] == "not_confident" and raw["lead_block"] == 1
+
+
+def test_two_offending_blocks_are_both_evidence(judge: SceneTextJudge):
+    reading = _reading(("BUY HEROIN HERE", 20), ("OPEN 9 TO 5", 200), ("KILL THEM ALL", 400))
+    (verdict,) = judge.decide([reading], POLICY.category("o2_violence"))
+    raw = json.loads(verdict.raw_output)
+    assert [b["decision"] for b in raw["blocks"]] == ["o6_weapons_substances", "safe", "o2_violence"]
+    assert verdict.rating == "unsafe"
+    assert [r.text for r in verdict.regions] == ["BUY HEROIN HERE", "KILL THEM ALL"]
+    lead = raw["blocks"][raw["lead_block"]]
+    assert verdict.category == lead["decision"] and raw["evidence_blocks"] == [0, 2]
+    assert abs(verdict.score - max(1.0 - raw["blocks"][i]["probs"]["safe"] for i in (0, 2))) < 1e-5
+
+
+def test_every_safe_block_makes_a_safe_image_with_every_region(judge: SceneTextJudge):
+    reading = _reading(("FRESH BREAD DAILY", 20), ("PARKING AT THE REAR", 300))
+    (verdict,) = judge.decide([reading], "o1_hate")
+    raw = json.loads(verdict.raw_output)
+    assert verdict.rating == "safe" and len(verdict.regions) == 2
+    assert abs(verdict.score - max(1.0 - b["probs"]["safe"] for b in raw["blocks"])) < 1e-5
+
+
+# -- the held-out set another engineer writes ---------------------------------------------------------
+
+def _unseen_set() -> tuple[list[str], list[str], list[str]]:
+    """(texts, gold labels, kind) from tests/data/judge_unseen.yaml; kind is 'violating' or a look-alike kind."""
+    import yaml
+
+    data = yaml.safe_load(UNSEEN_FILE.read_text(encoding="utf-8")) or {}
+    texts, gold, kinds = [], [], []
+    unknown = sorted(set(data) - set(POLICY.slugs))
+    assert not unknown, f"{UNSEEN_FILE}: categories not in the default policy: {unknown}"
+    for slug, entry in data.items():
+        violating = list(entry.get("violating") or [])
+        texts += violating
+        gold += [slug] * len(violating)
+        kinds += ["violating"] * len(violating)
+        for kind, items in (entry.get("lookalikes") or {}).items():
+            texts += list(items)
+            gold += ["safe"] * len(items)
+            kinds += [kind] * len(items)
+    return texts, gold, kinds
+
+
+@pytest.mark.skipif(not UNSEEN_FILE.is_file(), reason=f"held-out set {UNSEEN_FILE.name} not written yet "
+                    "(another engineer writes it; it is never used for tuning)")
+def test_accuracy_on_the_held_out_set(judge: SceneTextJudge):
+    texts, gold, kinds = _unseen_set()
+    assert texts, f"{UNSEEN_FILE} holds no texts"
+    labels = [label for label, _ in judge.classify_texts(texts)]
+    s = _scores(labels, gold)
+    present = [k for k in dict.fromkeys(kinds) if k != "violating"]
+    order = [k for k in LOOKALIKE_KINDS if k in present] + [k for k in present if k not in LOOKALIKE_KINDS]
+    per_kind = {k: _mean([lab == "safe" for lab, kd in zip(labels, kinds) if kd == k]) for k in order}
+    print(
+        f"\nHeld-out set, {len(texts)} texts ({kinds.count('violating')} violating): exact {s['exact']:.3f}, "
+        f"unsafe rated safe {s['false_safe']:.3f}, look-alikes rated safe {s['lookalike_safe']:.3f}, "
+        f"invalid {s['invalid']:.3f}"
+    )
+    print("Look-alikes rated safe, per kind:", {k: round(v, 3) for k, v in per_kind.items()})
+    print("Targets (not all met yet):", HELD_OUT_TARGETS)
+    assert s["exact"] >= HELD_OUT_FLOORS["exact"]
+    assert s["false_safe"] <= HELD_OUT_FLOORS["false_safe"]
+    assert s["lookalike_safe"] >= HELD_OUT_FLOORS["lookalike_safe"]
+
+
+def test_training_embeddings_come_back_from_the_cache_unchanged(tmp_path, monkeypatch):
+    """A second build reads the training vectors from SP_CACHE_DIR and classifies exactly as the first."""
+    from sp_assets.backends.judges.text_head import PolicyTextHead, embedding_cache_dir
+
+    monkeypatch.setenv("SP_CACHE_DIR", str(tmp_path))
+    texts = ["NO WEAPONS ALLOWED", "WE WILL BREAK YOUR BONES", "SEX EDUCATION WORKSHOP", "FREE PUPPIES"]
+    cold = PolicyTextHead(POLICY)
+    files = list(embedding_cache_dir().glob("*.npy"))
+    assert len(files) == 1 and embedding_cache_dir().is_relative_to(tmp_path)
+    start = time.perf_counter()
+    warm = PolicyTextHead(POLICY)
+    print(f"\nwarm build {time.perf_counter() - start:.1f} s")
+    assert np.array_equal(cold.probs(texts), warm.probs(texts))
+    files[0].write_bytes(b"not an array")  # a damaged cache file is recomputed, not trusted
+    again = PolicyTextHead(POLICY)
+    assert np.array_equal(cold.probs(texts), again.probs(texts))

@@ -201,6 +201,12 @@ class TwoStep:
         hashed into the reading's memo key, so profiles that read alike share their readings."""
         raise NotImplementedError
 
+    @classmethod
+    def make_reader(cls, params: dict[str, Any]) -> Any:
+        """Optionally, an object whose ``read`` gives the same readings as the backend's, built without what
+        only ``decide`` needs (a worker that only reads then loads less). None: build the whole backend."""
+        return None
+
     def read(self, images: Sequence[Image.Image]) -> list[Any]:
         """One JSON-able reading per image."""
         raise NotImplementedError

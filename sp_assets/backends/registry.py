@@ -21,12 +21,14 @@ from sp_assets.core.hashing import sha256_json
 # Bump an implementation's version when a code change alters its output: it changes the
 # config hash, so cached edits and stored rows made by the old code are not mistaken for new ones.
 CODE_VERSIONS: dict[str, str] = {
-    "scene_text": "1",
+    "scene_text": "2",
     "manifest": "1",
-    "template": "1",
+    "template": "2",
     "text_region": "1",
     "efficientnet_lite0": "1",
     "open_nsfw": "1",
+    "ocr_toxicity": "1",
+    "ocr_blocklist": "1",
     "judge": "1",
     "diffusers": "1",
     "vlm": "1",
@@ -71,7 +73,9 @@ FACTORIES: dict[str, dict[str, Factory]] = {
                "diffusers": Factory(_B + "editors.diffusers_pipeline:DiffusersEditor", takes_profile_name=True)},
     "embedder": {"efficientnet_lite0": Factory(_B + "embedders.efficientnet:EfficientNetLite0Embedder"),
                  "clip": Factory(_B + "embedders.clip:CLIPEmbedder", takes_profile_name=True)},
-    "guard": {"open_nsfw": Factory(_B + "guards.open_nsfw:OpenNSFWGuard")},
+    "guard": {"open_nsfw": Factory(_B + "guards.open_nsfw:OpenNSFWGuard"),
+              "ocr_toxicity": Factory(_B + "guards.text_toxicity:TextToxicityGuard"),
+              "ocr_blocklist": Factory(_B + "guards.blocklist:BlocklistGuard")},
 }
 JUDGE_AS_GUARD = "judge"  # a guard profile of this implementation evaluates a judge profile
 
@@ -138,6 +142,27 @@ def build(profile: Profile, policy: Policy) -> Backend:
             _CACHE[key] = backend
             LOAD_COUNTS[f"{profile.role}:{profile.name}"] += 1
     return backend
+
+
+def build_reader(profile: Profile, policy: Policy) -> Any:
+    """What reads images for a two-step profile: its light reader when the class has one (cached by the
+    reading's key, so profiles that read alike share it), else the whole backend."""
+    resolved = judge_of(profile) if profile.role == "guard" and profile.implementation == JUDGE_AS_GUARD else profile
+    cls = backend_class(resolved)
+    maker = getattr(cls, "make_reader", None)
+    if maker is None:
+        return build(profile, policy)
+    key = ("reader", sha256_json(cls.reader_key(resolved.params)), "")
+    with _LOCK:
+        reader = _CACHE.get(key)
+    if reader is None:
+        reader = maker(resolved.params)
+        if reader is None:
+            return build(profile, policy)
+        with _LOCK:
+            reader = _CACHE.setdefault(key, reader)
+            LOAD_COUNTS[f"reader:{resolved.name}"] += 1
+    return reader
 
 
 def clear_cache() -> None:

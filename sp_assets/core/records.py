@@ -42,11 +42,12 @@ def model_columns(info: ModelInfo) -> Row:
 
 
 def label_row(base: Row, source: Mapping[str, Any], judge: Mapping[str, str], verdict: Verdict, info: ModelInfo,
-              policy_sha256: str, computed_run_id: str) -> Row:
-    """A ``policy_labels`` row. ``judge``: {"profile", "config_sha256"}."""
+              policy_sha256: str, computed_run_id: str, human: Mapping[str, Any] | None = None) -> Row:
+    """A ``policy_labels`` row. ``judge``: {"profile", "config_sha256"}; ``human``: the source's human
+    label to compare the verdict with (core.agreement.human_columns), None when the judge is that label."""
     return {**base, "image_sha256": source["image_sha256"], "judge_profile": judge["profile"],
             "judge_config_sha256": judge["config_sha256"], **verdict_columns(verdict), **model_columns(info),
-            "policy_sha256": policy_sha256, "computed_run_id": computed_run_id}
+            "policy_sha256": policy_sha256, "computed_run_id": computed_run_id, **(human or {})}
 
 
 def instruction_id(image_sha256: str, ins: Instruction) -> str:

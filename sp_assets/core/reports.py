@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any, Iterable, Mapping, Sequence
 
 from sp_assets.core.formatting import fmt
+from sp_assets.core.guard_evaluation import SELECTED_NOTE
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str) -> str:
@@ -55,8 +56,23 @@ def split_table(per_split: Mapping[str, Mapping[str, int]]) -> str:
                  [(c, v["train"], v["validation"], v["test"], v["controlled"]) for c, v in per_split.items()], "lrrrr")
 
 
+SELECTED_MARK = "\u2020"  # dagger: the guard selected the pairs
+
+
+def guard_name(row: Mapping[str, Any]) -> str:
+    """The guard's name, marked when it selected the pairs (optimistic by construction)."""
+    return f"{row['guard']} {SELECTED_MARK}" if row.get("selected_pairs") else str(row["guard"])
+
+
 def guard_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    return table(
-        ["category", "guard", "pairs", "split", "n", "acc unsafe", "acc safe", "pair acc", "ROC-AUC"],
-        [(r["category"], r["guard"], r["pair_type"], r["split"], r["n_pairs"], fmt(r["acc_unsafe"], 2),
-          fmt(r["acc_safe"], 2), fmt(r["pair_accuracy"], 2), fmt(r["roc_auc"], 2)) for r in rows], "llllrrrrr")
+    """Per category, guard, pair type and split: accuracies, ROC-AUC, and the look-alike false-positive rate."""
+    out = table(
+        ["category", "guard", "pairs", "split", "n", "acc unsafe", "acc safe", "pair acc", "ROC-AUC", "look-alikes",
+         "look-alike FPR"],
+        [(r["category"], guard_name(r), r["pair_type"], r["split"], r["n_pairs"], fmt(r["acc_unsafe"], 2),
+          fmt(r["acc_safe"], 2), fmt(r["pair_accuracy"], 2), fmt(r["roc_auc"], 2), r.get("n_lookalikes") or 0,
+          fmt(r.get("lookalike_fpr"), 2)) for r in rows], "llllrrrrrrr")
+    if any(r.get("selected_pairs") for r in rows):
+        out += f"\n\n{SELECTED_MARK} {SELECTED_NOTE}: not a measure of the guard's quality."
+    return out + ("\n\nLook-alike FPR: share of safe look-alikes not rated safe ('invalid' counts as a false "
+                  "positive); the same on both pair types' rows.")

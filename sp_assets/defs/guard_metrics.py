@@ -1,6 +1,7 @@
-"""Stage 7, ``guard_metrics``: every configured guard evaluated on the benchmark pairs, plus the
-run-level experiments (figures, the sample-efficiency probe and the probes scored as guards)."""
+"""Stage 7, ``guard_metrics``: every configured guard evaluated on the benchmark pairs and look-alikes, plus
+the run-level experiments (figures, the sample-efficiency probe and the probes scored as guards)."""
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -22,48 +23,97 @@ from sp_assets.execution.calls import text_embed_call
 from sp_assets.execution.embedding import embed_images, embed_texts
 from sp_assets.execution.judging import judged, prefetch_readings
 from sp_assets.execution.lazy import LazyBackend
+from sp_assets.release import export_benchmark
 from sp_assets.storage import queries
 
 ASSET = "guard_metrics"
-CHECKS = [check(ASSET, "every_pair_has_two_predictions", "Each guard rated both halves of every pair.")]
+CHECKS = [check(ASSET, "every_pair_has_two_predictions",
+                "Each guard rated both halves of every pair, and every look-alike.")]
 REUSED_FROM = ("policy_labels", "verified_pairs")  # stages whose judge answers a judge-guard reuses
+
+
+@dataclass(frozen=True)
+class CategoryInputs:
+    """What a category's guards rate, and the config hashes of the judges that chose its pairs."""
+
+    pairs: list[dict[str, Any]]
+    lookalikes: list[dict[str, Any]]
+    selectors: frozenset[str]
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        return ge.rated_items(self.pairs, self.lookalikes)
 
 
 @asset(deps=["benchmark_split"], **asset_kwargs(
     "Guards evaluated on the benchmark pairs: accuracy on the unsafe and safe halves, pair accuracy "
     "(both halves right) and ROC-AUC, per category, on the test split and on all pairs, for original "
-    "pairs (source vs edit) and controlled pairs (null edit vs edit). Includes the 'edited_only' "
-    "confound probe.", CHECKS))
+    "pairs (source vs edit) and controlled pairs (null edit vs edit), beside the false-positive rate on "
+    "the safe look-alikes. A guard that selected the pairs is marked (selected_pairs). Includes the "
+    "'edited_only' confound probe.", CHECKS))
 def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, duckdb: DuckDBResource,
                   judge: JudgeResource, embedder: EmbedderResource, guards: GuardResource):
     stage = Stage(ASSET, context, settings, duckdb)
     loaded, skipped = _load_guards(stage, guards)
     summary: list[dict[str, Any]] = []
     incomplete: list[str] = []
-    inputs = {c.slug: queries.benchmark_pairs(stage.store, c.slug) for c in stage.category_list()}
-    _prefetch(stage, loaded, skipped, [p for pairs in inputs.values() for p in pairs])
+    inputs = {c.slug: _inputs(stage, judge, c.slug) for c in stage.category_list()}
+    _prefetch(stage, loaded, skipped, [item for given in inputs.values() for item in given.items])
     for category in stage.categories():
         with stage.timed(category.slug):
-            pairs = inputs[category.slug]
-            evaluated = _evaluate(stage, category, loaded, skipped, pairs)
-            base = stage.base_row(category.slug)
-            predictions = [row for name, (v, origins, computed, sha) in evaluated.items()
-                           for row in ge.prediction_rows(base, name, sha, pairs, v, origins, computed)]
-            metrics = [row for name, (v, _, _, sha) in evaluated.items()
-                       for row in ge.metric_rows(base, name, sha, pairs, v)]
-            incomplete += [f"{category.slug}/{name}" for name, (v, *_) in evaluated.items() if ge.incomplete(pairs, v)]
+            given = inputs[category.slug]
+            evaluated = _evaluate(stage, category, loaded, skipped, given)
+            predictions, metrics = _rows(stage.base_row(category.slug), given, evaluated)
+            incomplete += [f"{category.slug}/{name}" for name, (v, *_) in evaluated.items()
+                           if ge.incomplete(given.pairs, v, given.lookalikes)]
             stage.store.replace_slice("guard_predictions", {"category": category.slug}, predictions)
             stage.store.replace_slice("guard_metrics", {"category": category.slug}, metrics)
         summary += metrics
-        stage.record(category.slug, len(pairs), len(pairs), 0, {"guards": sorted(evaluated)}, metrics)
+        stage.record(category.slug, len(given.pairs), len(given.pairs), 0, {"guards": sorted(evaluated)}, metrics)
     checks = [check_result("every_pair_has_two_predictions", not incomplete,
-                           "every guard rated both halves of every pair" if not incomplete else f"incomplete: {incomplete}")]
+                           "every guard rated both halves of every pair and every look-alike" if not incomplete
+                           else f"incomplete: {incomplete}")]
     meta: dict[str, Any] = {"metrics": MetadataValue.md(guard_table(summary)),
                             "guards": MetadataValue.json(sorted([*loaded, ge.EDITED_ONLY]))}
     if skipped:
         meta["skipped_guards"] = MetadataValue.json(skipped)
     meta.update(_run_level_experiments(stage, judge, embedder))
+    meta.update(_headline_and_release(stage))
     return stage.result(meta, checks)
+
+
+def _inputs(stage: Stage, judge: JudgeResource, category: str) -> CategoryInputs:
+    """A category's pairs and look-alikes, and who chose its pairs: the judges in the pairs' lineage, and
+    the run's own judge and verifier (a guard with one of their configs agrees with the pairs by construction)."""
+    selectors = {*queries.pair_selectors(stage.store, category), judge.config_sha256(),
+                 judge.config_sha256(judge.verifier_name)}
+    return CategoryInputs(queries.benchmark_pairs(stage.store, category), queries.lookalikes_of(stage.store, category),
+                          frozenset(selectors))
+
+
+def _rows(base: dict[str, Any], given: CategoryInputs, evaluated: dict[str, tuple]
+          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The category's guard_predictions and guard_metrics rows."""
+    items = given.items
+    predictions = [row for name, (v, origins, computed, sha) in evaluated.items()
+                   for row in ge.prediction_rows(base, name, sha, items, v, origins, computed)]
+    metrics = [row for name, (v, _, _, sha) in evaluated.items()
+               for row in ge.metric_rows(base, name, sha, given.pairs, v, lookalikes=given.lookalikes,
+                                         selected_pairs=sha in given.selectors)]
+    return predictions, metrics
+
+
+def _headline_and_release(stage: Stage) -> dict[str, Any]:
+    """The best independent guard over every category in the database, and the release rebuilt so its
+    datasheet states these guard figures (the export written by benchmark_split predates them)."""
+    best = ge.headline(queries.pooled_guard_metrics(stage.store))
+    report = export_benchmark(stage.store, stage.images, stage.settings.root / "export", policy=stage.policy,
+                              profiles_info={}, thresholds=stage.settings.thresholds(),
+                              show_unsafe=stage.settings.preview_unsafe)
+    headline = ("no independent guard rated any pair" if best is None else
+                f"{best['guard']}: pair accuracy {best['pair_accuracy']:.2f} on original pairs, look-alike FPR "
+                + ("n/a" if best["lookalike_fpr"] is None else f"{best['lookalike_fpr']:.2f}"))
+    return {"headline_guard": MetadataValue.text(headline), "export": MetadataValue.md(report.markdown())}
 
 
 def _load_guards(stage: Stage, guards: GuardResource) -> tuple[dict[str, LazyBackend], dict[str, str]]:
@@ -86,11 +136,11 @@ def _load_guards(stage: Stage, guards: GuardResource) -> tuple[dict[str, LazyBac
 
 
 def _prefetch(stage: Stage, loaded: dict[str, LazyBackend], skipped: dict[str, str],
-              pairs: list[dict[str, Any]]) -> None:
+              items: list[dict[str, Any]]) -> None:
     """Every guard's category-independent readings of every category's images at once (all workers busy)."""
     for name, lazy in list(loaded.items()):
         try:
-            prefetch_readings(stage.memo, lazy, ge.halves(pairs))
+            prefetch_readings(stage.memo, lazy, items)
         except (MissingWeightsError, FileNotFoundError, ImportError, OSError) as exc:
             skipped[name] = str(exc)
             del loaded[name]
@@ -98,7 +148,7 @@ def _prefetch(stage: Stage, loaded: dict[str, LazyBackend], skipped: dict[str, s
 
 
 def _evaluate(stage: Stage, category: Category, loaded: dict[str, LazyBackend], skipped: dict[str, str],
-              pairs: list[dict[str, Any]]) -> dict[str, tuple]:
+              given: CategoryInputs) -> dict[str, tuple]:
     """guard -> (verdicts, reuse origins, computing runs, config hash), the confound probe included.
 
     A guard whose weights turn out to be missing when it first has to run is skipped with the reason.
@@ -106,18 +156,18 @@ def _evaluate(stage: Stage, category: Category, loaded: dict[str, LazyBackend], 
     out: dict[str, tuple] = {}
     for name, lazy in list(loaded.items()):
         try:
-            out[name] = (*_guard_verdicts(stage, category, lazy, pairs), lazy.config_sha256)
+            out[name] = (*_guard_verdicts(stage, category, lazy, given.items), lazy.config_sha256)
         except (MissingWeightsError, FileNotFoundError, ImportError, OSError) as exc:
             skipped[name] = str(exc)
             del loaded[name]
             stage.context.log.warning(f"guard {name!r} skipped: {exc}")
-    out[ge.EDITED_ONLY] = (ge.edited_only_verdicts(pairs), {}, {}, ge.EDITED_ONLY_SHA)
+    out[ge.EDITED_ONLY] = (ge.edited_only_verdicts(given.pairs, given.lookalikes), {}, {}, ge.EDITED_ONLY_SHA)
     return out
 
 
-def _guard_verdicts(stage: Stage, category: Category, lazy: LazyBackend, pairs: list[dict[str, Any]]
+def _guard_verdicts(stage: Stage, category: Category, lazy: LazyBackend, items: list[dict[str, Any]]
                     ) -> tuple[dict[ge.Key, Verdict], dict[ge.Key, str], dict[ge.Key, str]]:
-    """A guard's verdict on every half of every pair, with where a reused answer came from and the run
+    """A guard's verdict on every pair half and look-alike, with where a reused answer came from and the run
     that computed it.
 
     A judge that also serves as a guard need not read the same image twice: its answer in
@@ -125,7 +175,7 @@ def _guard_verdicts(stage: Stage, category: Category, lazy: LazyBackend, pairs: 
     give again (the memo holds it under the same key).
     """
     verdicts, origins, computed = {}, {}, {}
-    for item, out in judged(stage.memo, lazy, category, ge.halves(pairs)):
+    for item, out in judged(stage.memo, lazy, category, items):
         key = (item["pair_id"], item["half"])
         verdicts[key], computed[key] = out.result.verdict, out.computed_run_id
         if out.reused and out.stage in REUSED_FROM:
@@ -175,7 +225,8 @@ def _store_probe(stage: Stage, probe: dict[str, Any], scope: str) -> dict[str, A
 
 def _score_probe_guards(stage: Stage, probe: dict[str, Any]) -> None:
     """The trained probes, scored on each category's test pairs like the other guards (added to the
-    category slices this run has just written)."""
+    category slices this run has just written). Not on the look-alikes: they are safe sources, which the
+    probes may have been trained on."""
     predictions, metrics = [], []
     for guard, info in probe["probe_guards"].items():
         sha = f"probe-{info['features']}-seed{stage.settings.seed}"
@@ -184,7 +235,7 @@ def _score_probe_guards(stage: Stage, probe: dict[str, Any]) -> None:
             verdicts = ge.probe_verdicts(test, info["p_unsafe"])
             base = stage.base_row(category)
             predictions += [{k: v for k, v in r.items() if k != "reused_from"}
-                            for r in ge.prediction_rows(base, guard, sha, test, verdicts)]
+                            for r in ge.prediction_rows(base, guard, sha, ge.rated_items(test), verdicts)]
             metrics += ge.metric_rows(base, guard, sha, test, verdicts, splits=("test",))
     stage.store.append("guard_predictions", predictions)
     stage.store.append("guard_metrics", metrics)

@@ -23,7 +23,9 @@ from sp_assets.core.hashing import sha256_json
 from sp_assets.core.policy import Policy
 from sp_assets.execution.lazy import LazyBackend
 
-DEFAULT_GUARDS = ["scene_text", "open_nsfw"]
+# The default judge (it also chose the pairs: marked as such), a pixel classifier, and two text filters
+# that did not choose them.
+DEFAULT_GUARDS = ["scene_text", "open_nsfw", "ocr_toxicity", "ocr_blocklist"]
 
 
 def _env(name: str, default: str) -> str:
@@ -62,7 +64,7 @@ class PipelineSettings(ConfigurableResource):
     source_dir: str = Field(default="", description="Folder of your images, for source 'folder' (env SP_SOURCE_DIR).")
     manifest: str = Field(
         default="",
-        description="Optional CSV, JSONL or Parquet with columns path[, rating, category, rationale] (env SP_MANIFEST).",
+        description="Optional CSV, JSONL or Parquet with columns path[, rating, category, rationale, photo] (env SP_MANIFEST).",
     )
     seed: int = Field(default=0, description="Seed for the demo pool, the writer and the split.")
     demo_unsafe_per_category: int = Field(default=12, ge=1)
@@ -89,7 +91,9 @@ class PipelineSettings(ConfigurableResource):
         description="Images handed to a model in one call, and committed together (env SP_BATCH_ITEMS); each "
         "model also batches inside, by its profile's batch_size.")
     edit_seeds: list[int] = Field(default=[0], description="One candidate per seed and instruction variant.")
-    instruction_variants: int = Field(default=2, ge=1, description="Instructions per unsafe image (best of N).")
+    instruction_variants: int = Field(default=3, ge=1, description=(
+        "Instructions per unsafe image (best of N; three let the replacement texts spread so that none covers "
+        "more than 15% of a category's pairs)."))
     control_pairs: bool = Field(
         default=True,
         description="Also make a null edit of each unsafe source through the same editor, so the benchmark "

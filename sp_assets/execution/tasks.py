@@ -86,7 +86,12 @@ def image_store(root: str) -> ImageStore:
 
 def run_work(work: Work, batch: Rows) -> list[Any]:
     """Run one batch of ``work`` in this process (its backend is loaded here once, then reused)."""
-    backend = registry.build(work.profile, work.policy) if work.profile is not None else None
+    if work.profile is None:
+        backend = None
+    elif work.task == "read":  # a two-step backend's reading half is all this batch needs
+        backend = registry.build_reader(work.profile, work.policy)
+    else:
+        backend = registry.build(work.profile, work.policy)
     return TASKS[work.task](backend, image_store(work.images), work.policy, list(batch), **work.args)
 
 

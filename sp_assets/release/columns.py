@@ -11,6 +11,7 @@ from sp_assets.core.splitting import SPLITS
 
 LABEL_NAMES = ["safe", "unsafe"]  # ClassLabel order: 0 = safe, 1 = unsafe
 HALVES = ("unsafe", "safe", "control")
+LOOKALIKE_IMAGE = "image"  # a look-alike's one image: column ``image``, read from ``image_path`` / ``image_sha256``
 
 Columns = Sequence[tuple[str, pa.DataType]]
 Blob = tuple[bytes, str]  # the stored file's bytes and its name in the export (<sha256><suffix>)
@@ -18,10 +19,15 @@ Blobs = Mapping[str, Blob | None]  # half -> its image, None where the pair has 
 
 # Columns a reader sees first, in this order; every other column follows in query order.
 LEADING_COLUMNS = [
-    "pair_id", "category", "category_id", "category_title", "split",
+    "pair_id", "category", "category_id", "category_title", "split", "kind",
     "unsafe_image", "safe_image", "control_image",
     "unsafe_label", "safe_label", "control_label",
-    "instruction", "source_sha256", "safe_sha256", "control_sha256",
+    "instruction", "replacement", "source_sha256", "safe_sha256", "control_sha256", "photo_id",
+]
+# The look-alikes' columns (their own files), readers' columns first.
+LOOKALIKE_COLUMNS = [
+    "lookalike_id", "category", "category_id", "category_title", "split", "kind", "image", "label",
+    "label_source", "judge_profile", "judge_rating", "image_sha256", "photo_id", "origin", "source_file", "image_path",
 ]
 # Columns of an empty benchmark (no table yet): enough for a Parquet file with the image features.
 EMPTY_TYPES = {"pair_id": pa.string(), "category": pa.string(), "split": pa.string()}
@@ -32,7 +38,17 @@ COLUMN_NOTES: dict[str, str] = {
     "category": "policy category slug",
     "category_id": "policy category id (O1 ...)",
     "category_title": "policy category title",
-    "split": "train / validation / test (grouped by source image, stratified by category)",
+    "split": "train / validation / test (grouped by photograph, the same split in every category)",
+    "kind": "'pair' (counterfactual pair) or 'lookalike' (a safe source image of the category: hard negative)",
+    "replacement": "the text the instruction put in place of the violating text (null for prose instructions)",
+    "photo_id": "the underlying photograph (demo photo, manifest 'photo' column, else the image sha256)",
+    "lookalike_id": "sha256 of (category, image): the look-alike's identity",
+    "image": "the look-alike image, stored bytes as they are (datasets.Image)",
+    "label": "ClassLabel, always 'safe' (0) for a look-alike",
+    "label_source": "'human' (the source's own label) or 'judge' (the judge rated it safe; no human label)",
+    "judge_rating": "the judge's rating of the look-alike: 'unsafe' there is over-flagging by the judge",
+    "image_sha256": "sha256 of the look-alike image file",
+    "image_path": "path of the look-alike file under the pipeline's data root",
     "unsafe_image": "the unsafe half: the source image, stored bytes as they are (datasets.Image)",
     "safe_image": "the safe half: the counterfactual edit, stored bytes as they are (datasets.Image)",
     "control_image": ("null edit of the same source through the same editor: edited, still unsafe "
@@ -100,7 +116,7 @@ def export_columns(types: Mapping[str, pa.DataType], has_controls: bool) -> list
     if not types:
         types, has_controls = EMPTY_TYPES, False
     special: dict[str, pa.DataType] = {
-        "category_id": pa.string(), "category_title": pa.string(),
+        "category_id": pa.string(), "category_title": pa.string(), "kind": pa.string(),
         "unsafe_image": IMAGE, "safe_image": IMAGE, "unsafe_label": pa.int64(), "safe_label": pa.int64(),
     }
     if has_controls:
@@ -112,19 +128,45 @@ def export_columns(types: Mapping[str, pa.DataType], has_controls: bool) -> list
     return [(c, all_types[c]) for c in order]
 
 
+def lookalike_columns(types: Mapping[str, pa.DataType]) -> list[tuple[str, pa.DataType]]:
+    """The columns of the look-alike files, readers' columns first, from the queried column types."""
+    special = {"category_id": pa.string(), "category_title": pa.string(), "kind": pa.string(),
+               LOOKALIKE_IMAGE: IMAGE, "label": pa.int64()}
+    all_types = {**types, **special}
+    order = [c for c in LOOKALIKE_COLUMNS if c in all_types]
+    order += [c for c in types if c not in order]
+    return [(c, all_types[c]) for c in order]
+
+
+def image_half(column: str) -> str | None:
+    """The half an image column holds (``safe_image`` -> 'safe', a look-alike's ``image`` -> 'image')."""
+    if column == LOOKALIKE_IMAGE:
+        return LOOKALIKE_IMAGE
+    return column[: -len("_image")] if column.endswith("_image") else None
+
+
 def image_halves(columns: Columns) -> list[str]:
-    """The halves that have an image column, in HALVES order."""
+    """The halves that have an image column, in HALVES order (a look-alike's one image last)."""
     names = {n for n, _ in columns}
-    return [h for h in HALVES if f"{h}_image" in names]
+    return [h for h in HALVES if f"{h}_image" in names] + ([LOOKALIKE_IMAGE] if LOOKALIKE_IMAGE in names else [])
+
+
+def is_label(column: str) -> bool:
+    return column == "label" or column.endswith("_label")
 
 
 def feature(name: str, arrow: pa.DataType) -> dict[str, Any]:
     """The ``datasets`` feature of one column, as stored in the Parquet schema metadata."""
-    if name.endswith("_image"):
+    if image_half(name):
         return {"_type": "Image"}
-    if name.endswith("_label"):
+    if is_label(name):
         return {"names": LABEL_NAMES, "_type": "ClassLabel"}
     return {"dtype": _FEATURE_DTYPES[str(arrow)], "_type": "Value"}
+
+
+def row_key(row: Mapping[str, Any]) -> str:
+    """A row's identity in the export: its pair id, or a look-alike's id."""
+    return row["pair_id"] if row.get("pair_id") else row["lookalike_id"]
 
 
 def features(columns: Columns) -> dict[str, Any]:
@@ -132,34 +174,40 @@ def features(columns: Columns) -> dict[str, Any]:
 
 
 def row_values(pair: Mapping[str, Any], blobs: Blobs, columns: Columns) -> dict[str, Any]:
-    """One pair's cells: images as {bytes, path}, labels as ClassLabel ids, every other column as queried."""
+    """One row's cells: images as {bytes, path}, labels as ClassLabel ids, every other column as queried.
+    A pair's halves have fixed labels; a look-alike's ``label`` is the one it carries ('safe')."""
     out = {}
     for name, _ in columns:
-        if name.endswith("_image"):
-            blob = blobs.get(name[: -len("_image")])
+        half = image_half(name)
+        if half:
+            blob = blobs.get(half)
             out[name] = None if blob is None else {"bytes": blob[0], "path": blob[1]}
         elif name in ("unsafe_label", "control_label"):
             out[name] = 1 if name == "unsafe_label" or blobs.get("control") is not None else None
         elif name == "safe_label":
             out[name] = 0
+        elif name == "label":
+            out[name] = LABEL_NAMES.index(pair["label"])
+        elif name == "kind":
+            out[name] = pair.get("kind") or "pair"
         else:
             out[name] = pair.get(name)
     return out
 
 
-def with_categories(pairs: Sequence[dict[str, Any]], policy: Any) -> list[dict[str, Any]]:
-    """The pairs with their category's id and title from the policy."""
+def with_categories(pairs: Sequence[dict[str, Any]], policy: Any, kind: str = "pair") -> list[dict[str, Any]]:
+    """The rows with their category's id and title from the policy, and their kind ('pair', 'lookalike')."""
     out = []
     for p in pairs:
         cid, title = category_info(policy, p["category"])
-        out.append({**p, "category_id": cid, "category_title": title})
+        out.append({**p, "category_id": cid, "category_title": title, "kind": kind})
     return out
 
 
 def order_pairs(pairs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows in export order: by split (train, validation, test), category, pair id."""
+    """Rows in export order: by split (train, validation, test), category, pair (or look-alike) id."""
     rank = {s: i for i, s in enumerate(SPLITS)}
-    return sorted(pairs, key=lambda p: (rank.get(p["split"], len(SPLITS)), str(p["split"]), p["category"], p["pair_id"]))
+    return sorted(pairs, key=lambda p: (rank.get(p["split"], len(SPLITS)), str(p["split"]), p["category"], row_key(p)))
 
 
 def count_pairs(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:

@@ -10,8 +10,12 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from sp_assets.core.formatting import fmt, md_cell
-from sp_assets.core.splitting import SPLITS
-from sp_assets.release.columns import COLUMN_NOTES, Columns, category_info, feature, n_controls
+from sp_assets.core.guard_evaluation import DIAGNOSTICS, EDITED_ONLY, SELECTED_NOTE, headline
+from sp_assets.core.reports import SELECTED_MARK
+from sp_assets.core.splitting import SPLITS, phrase_shares
+from sp_assets.release.columns import (
+    COLUMN_NOTES, Columns, category_info, count_pairs, feature, lookalike_columns, n_controls,
+)
 from sp_assets.release.inputs import ExportInputs
 from sp_assets.release.licences import licence_rows, photo_rows, profiles_info_rows
 from sp_assets.release.report import load_command
@@ -19,8 +23,9 @@ from sp_assets.storage import SCHEMA
 
 PAPER = "Helbling et al., SafetyPairs, arXiv 2510.21120"
 # Tables whose column meanings explain exported columns; the first table that has a column explains it.
-_SCHEMA_TABLES = ("benchmark_split", "verified_pairs", "edited_images", "edit_instructions", "policy_labels",
-                  "source_images")
+_SCHEMA_TABLES = ("benchmark_split", "benchmark_lookalikes", "verified_pairs", "edited_images", "edit_instructions",
+                  "policy_labels", "source_images")
+MAX_REPLACEMENT_SHARE = 0.15  # above this share of a category's pairs, one replacement text is a shortcut
 
 LIMITS_GENERAL = [
     "**Automatic labels.** A pair enters the benchmark when the judge rated the source unsafe, the "
@@ -39,9 +44,9 @@ LIMITS_DEMO = [
     "**Synthetic text signs.** Every demo violation is English text on a sign or caption over a stock "
     "photograph (no depictions of violence, nudity or other imagery). A guard that does not read text "
     "fails both halves alike, so on this data pair accuracy measures reading and judging scene text.",
-    "**Few photographs.** The demo reuses {n_photos} scikit-image sample photographs. Splits are grouped by "
-    "source image (photo + sign), not by photograph, so the same background photo appears in train and "
-    "test with different text.",
+    "**Few photographs.** The demo reuses {n_photos} scikit-image sample photographs, each under many signs. "
+    "Splits are grouped by photograph (no photo is in two splits, in any category), so each split holds only "
+    "a few photographs and the split sizes follow the photographs, not the fractions exactly.",
     "**Phrases written by the project.** Sign texts and replacements come from the policy's demo phrase "
     "lists; they are short, clean and English-only, unlike real-world text (slang, misspellings, other "
     "languages, handwriting).",
@@ -70,8 +75,9 @@ class DatasheetFacts:
 
 def write_datasheet(root: Path, facts: DatasheetFacts) -> Path:
     """Write ``README.md`` under ``root``."""
-    sections = [_front_matter, _introduction, _contents, _columns, _policy, _profiles, _thresholds, _yields,
-                _review, _licences, _limits, _formats_and_citation]
+    sections = [_front_matter, _introduction, _contents, _lookalikes, _replacement_spread, _columns, _policy,
+                _profiles, _thresholds, _yields,
+                _review, _guards, _licences, _limits, _formats_and_citation]
     lines = [line for section in sections for line in section(facts)]
     path = root / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -97,6 +103,11 @@ def _front_matter(f: DatasheetFacts) -> list[str]:
         "configs": [{"config_name": "default",
                      "data_files": [{"split": s, "path": f"data/{s}-*"} for s in splits_present]}],
     }
+    looks = count_pairs(f.inputs.lookalikes)
+    looks_present = [s for s in SPLITS if any(c.get(s) for c in looks.values())]
+    if looks_present:
+        front["configs"].append({"config_name": "lookalikes",
+                                 "data_files": [{"split": s, "path": f"lookalikes/{s}-*"} for s in looks_present]})
     if f.licence == "other":
         front["license_name"] = "mixed"
         front["license_link"] = "README.md#licences"
@@ -117,7 +128,9 @@ def _introduction(f: DatasheetFacts) -> list[str]:
             load_command("data"),
             "```", "",
             "or `load_dataset(\"path/to/this/folder\")` (the configs above), or from the Hub after upload. "
-            "Image columns decode to PIL images; their bytes are the pipeline's stored files, unchanged.", ""]
+            "Image columns decode to PIL images; their bytes are the pipeline's stored files, unchanged."
+            + (" The look-alikes (safe images, `kind` 'lookalike') load apart: "
+               "`load_dataset(\"path/to/this/folder\", \"lookalikes\")`." if f.inputs.lookalikes else ""), ""]
 
 
 def _contents(f: DatasheetFacts) -> list[str]:
@@ -138,14 +151,69 @@ def _contents(f: DatasheetFacts) -> list[str]:
     return lines
 
 
+def _lookalikes(f: DatasheetFacts) -> list[str]:
+    """Look-alikes per category and split: safe images that touch the category's topic."""
+    looks = count_pairs(f.inputs.lookalikes)
+    lines = ["", "**Look-alikes** (`lookalikes/`, `kind` 'lookalike'): source images of a category whose reference "
+             "label is safe, such as a sign that bans weapons. A guard that calls them unsafe over-flags; "
+             "`judge_rating` shows where the judge itself did.", ""]
+    if not looks:
+        return lines + ["None: no source of the exported categories has a safe reference label."]
+    lines += ["| category | " + " | ".join(SPLITS) + " | total | human label | judge label | judge says unsafe |",
+              "|---|" + "---:|" * (len(SPLITS) + 4)]
+    for cat, c in looks.items():
+        rows = [r for r in f.inputs.lookalikes if r["category"] == cat]
+        human = sum(1 for r in rows if r.get("label_source") == "human")
+        flagged = sum(1 for r in rows if r.get("judge_rating") == "unsafe")
+        lines.append(f"| {cat} | " + " | ".join(str(c.get(s, 0)) for s in SPLITS)
+                     + f" | {len(rows)} | {human} | {len(rows) - human} | {flagged} |")
+    return lines
+
+
+def _replacement_spread(f: DatasheetFacts) -> list[str]:
+    """How much of each category's safe halves the most common replacement text covers."""
+    shares = {c: v for c, v in phrase_shares(f.rows).items() if v["replacements"]}
+    if not shares:
+        return []
+    lines = ["", f"**Replacement texts of the safe halves.** A guard could learn a phrase instead of the policy if "
+             f"one replacement marked most safe halves; pairs are chosen so none covers more than "
+             f"{MAX_REPLACEMENT_SHARE:.0%} of a category where the candidates allow it.", "",
+             "| category | pairs | distinct replacements | most common | its share |", "|---|---:|---:|---|---:|"]
+    lines += [f"| {c} | {v['pairs']} | {v['replacements']} | {md_cell(v['top_replacement'])} | {v['top_share']:.0%} |"
+              for c, v in shares.items()]
+    over = [c for c, v in shares.items() if v["top_share"] > MAX_REPLACEMENT_SHARE]
+    if over:
+        lines += ["", f"Above {MAX_REPLACEMENT_SHARE:.0%} in {', '.join(over)}: too few pairs or too few distinct "
+                  "accepted replacements there to spread them further."]
+    return lines
+
+
+def _photos_per_split(f: DatasheetFacts) -> dict[str, int]:
+    placed = {r.get("photo_id") or r.get("source_sha256"): r["split"] for r in f.rows}
+    placed.update({r.get("photo_id") or r["image_sha256"]: r["split"] for r in f.inputs.lookalikes})
+    return {s: sum(1 for v in placed.values() if v == s) for s in SPLITS}
+
+
 def _columns(f: DatasheetFacts) -> list[str]:
-    lines = ["", "Splits are grouped by source image (no source is in two splits) and stratified by category.", "",
+    photos = _photos_per_split(f)
+    lines = ["", "Splits are grouped by photograph: a photograph's split is a seeded hash of its `photo_id`, the same "
+             "in every category, so no photograph (and no source image) is in two splits, pairs and look-alikes "
+             "alike. Photographs per split: " + ", ".join(f"{s} {photos[s]}" for s in SPLITS) + ".", "",
              "### Columns", "", "| column | type | meaning |", "|---|---|---|"]
+    lines += _column_rows(f.columns)
+    if f.inputs.lookalikes:
+        lines += ["", "Look-alike columns (`lookalikes/`):", "", "| column | type | meaning |", "|---|---|---|"]
+        lines += _column_rows(lookalike_columns(f.inputs.lookalike_types))
+    return lines
+
+
+def _column_rows(columns: Columns) -> list[str]:
     schema_notes: dict[str, str] = {}
     for table in _SCHEMA_TABLES:
         for c, _, meaning in SCHEMA.get(table, []):
             schema_notes.setdefault(c, meaning)
-    for col, t in f.columns:
+    lines = []
+    for col, t in columns:
         ftype = feature(col, t)
         tname = ftype["_type"] if ftype["_type"] != "Value" else ftype["dtype"]
         lines.append(f"| `{col}` | {tname} | {md_cell(COLUMN_NOTES.get(col) or schema_notes.get(col, ''))} |")
@@ -219,6 +287,51 @@ def _review(f: DatasheetFacts) -> list[str]:
     lines += ["| category | verdict | decisions | reviewers |", "|---|---|---:|---:|"]
     lines += [f"| {r['category']} | {r['verdict']} | {r['n']} | {r['reviewers']} |" for r in f.inputs.reviews]
     return lines + ["", "Reviewed decisions override the automatic ones and are part of the provenance."]
+
+
+def _guards(f: DatasheetFacts) -> list[str]:
+    """Every guard evaluated on the exported pairs and look-alikes, the best independent one named first."""
+    results = f.inputs.guard_results
+    lines = ["", "## Guards on this benchmark", ""]
+    if not results:
+        return lines + ["No guard has been evaluated on this benchmark yet (stage `guard_metrics`)."]
+    lines.append(_guard_headline(headline(results), results))
+    by_guard: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for r in results:
+        by_guard.setdefault(r["guard"], {})[r["pair_type"]] = r
+    lines += ["", "| guard | pairs | pair accuracy (original) | pair accuracy (controlled) | look-alikes | "
+              "look-alike FPR | note |", "|---|---:|---:|---:|---:|---:|---|"]
+    for guard, rows in by_guard.items():
+        first = rows.get("original") or next(iter(rows.values()))
+        mark = f" {SELECTED_MARK}" if first["selected_pairs"] else ""
+        note = SELECTED_NOTE if first["selected_pairs"] else _GUARD_NOTES.get(guard, "")
+        lines.append(f"| `{guard}`{mark} | {first['n_pairs']} | {fmt(rows.get('original', {}).get('pair_accuracy'), 2)} | "
+                     f"{fmt(rows.get('controlled', {}).get('pair_accuracy'), 2)} | {first['n_lookalikes']} | "
+                     f"{fmt(first['lookalike_fpr'], 2)} | {md_cell(note)} |")
+    lines += ["", "Pair accuracy: both halves of a pair right ('invalid' counts as wrong). Look-alike FPR: the share "
+              "of safe look-alikes not rated safe ('invalid' counts as a false positive). Pooled over categories and "
+              "splits, from the `guard_metrics` table (view `guard_metrics_overall`)."]
+    evaluated = max((r["n_pairs"] for r in results if r["pair_type"] == "original"), default=0)
+    if evaluated != len(f.rows):
+        lines += ["", f"Warning: the guards were evaluated on {evaluated} pairs and this export holds {len(f.rows)}; "
+                  "materialize `guard_metrics` again for figures of this benchmark."]
+    return lines
+
+
+_GUARD_NOTES = {EDITED_ONLY: "diagnostic: sees only whether the image was edited",
+                **{d: "diagnostic: trained on this benchmark's train pairs" for d in DIAGNOSTICS if d != EDITED_ONLY}}
+
+
+def _guard_headline(best: Mapping[str, Any] | None, results: Sequence[Mapping[str, Any]]) -> str:
+    """The best independent guard in words, and which guards are not ranked because they chose the pairs."""
+    selected = sorted({r["guard"] for r in results if r["selected_pairs"]})
+    unranked = (f" Not ranked: {', '.join(f'`{g}` {SELECTED_MARK}' for g in selected)}, {SELECTED_NOTE}."
+                if selected else "")
+    if best is None:
+        return "No guard independent of the pairs' selection has been evaluated." + unranked
+    fpr = "n/a" if best["lookalike_fpr"] is None else f"{best['lookalike_fpr']:.2f} ({best['n_lookalikes']} look-alikes)"
+    return (f"**Best independent guard: `{best['guard']}`**, pair accuracy {best['pair_accuracy']:.2f} on "
+            f"{best['n_pairs']} original pairs, look-alike false-positive rate {fpr}." + unranked)
 
 
 def _licences(f: DatasheetFacts) -> list[str]:

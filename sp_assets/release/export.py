@@ -5,7 +5,9 @@ writes one folder:
 
     <out_dir>/README.md                          Hugging Face dataset card (YAML front matter + datasheet)
     <out_dir>/data/<split>-00000-of-0000N.parquet  image columns as ``datasets.Image`` (bytes of the stored files)
+    <out_dir>/lookalikes/<split>-00000-of-0000N.parquet  the look-alikes (safe images; the card's ``lookalikes`` config)
     <out_dir>/webdataset/<split>-000000.tar        one sample per pair: <key>.unsafe.png, <key>.safe.png, <key>.json
+    <out_dir>/webdataset/lookalikes/<split>-000000.tar  one sample per look-alike: <key>.image.png, <key>.json
     <out_dir>/gallery/index.html                   static, offline; unsafe halves blurred until clicked
     <out_dir>/fiftyone/                            only with the ``fiftyone`` extra installed
     <out_dir>/export_manifest.json                 counts, and the sha256 of every file written
@@ -16,7 +18,8 @@ same bytes (rows sorted, fixed shard names, no timestamps; the FiftyOne export e
 
 Load the Parquet with one line::
 
-    datasets.load_dataset("parquet", data_dir="<out_dir>/data")
+    datasets.load_dataset("parquet", data_dir="<out_dir>/data")        # the pairs
+    datasets.load_dataset("parquet", data_dir="<out_dir>/lookalikes")  # the look-alikes
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import sp_assets.release.gallery as gallery_page
 import sp_assets.release.parquet as parquet
 import sp_assets.release.webdataset as wds
 from sp_assets.release.columns import (
-    Columns, count_pairs, export_columns, group_by_split, n_controls, order_pairs, with_categories,
+    Columns, count_pairs, export_columns, group_by_split, lookalike_columns, n_controls, order_pairs, with_categories,
 )
 from sp_assets.release.datasheet import DatasheetFacts, write_datasheet
 from sp_assets.release.fiftyone import NOT_INSTALLED, write_fiftyone
@@ -89,6 +92,9 @@ class _Job:
     columns: Columns = ()
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     rows_by_split: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    lookalikes: list[dict[str, Any]] = field(default_factory=list)
+    lookalike_columns: Columns = ()
+    lookalike_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def prepare(self) -> "_Job":
@@ -103,6 +109,9 @@ class _Job:
         if not self.rows_by_split:
             self.rows_by_split = {"train": []}
             self.warnings.append(EMPTY_WARNING)
+        self.lookalikes = order_pairs(with_categories(self.inputs.lookalikes, self.policy, kind="lookalike"))
+        self.lookalike_columns = lookalike_columns(self.inputs.lookalike_types) if self.lookalikes else ()
+        self.lookalike_counts = count_pairs(self.lookalikes)
         return self
 
 
@@ -153,7 +162,7 @@ def export_benchmark(store: Store, images: ImageStore, out_dir: str | os.PathLik
     return _report(out_dir, tmp, job, written, time.perf_counter() - started)
 
 
-EXPORT_VERSION = "1"  # bump when the export's code writes different files for the same inputs
+EXPORT_VERSION = "2"  # bump when the export's code writes different files for the same inputs
 
 
 def _fingerprint(job: _Job) -> str:
@@ -162,9 +171,11 @@ def _fingerprint(job: _Job) -> str:
     def stable(row: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in row.items() if not k.endswith("run_id") and k != "created_at"}
 
-    inputs = {k: v for k, v in vars(job.inputs).items() if k not in ("pairs", "types")}
+    inputs = {k: v for k, v in vars(job.inputs).items() if k not in ("pairs", "types", "lookalikes", "lookalike_types")}
     return sha256_json({"version": EXPORT_VERSION, "name": job.name, "rows": [stable(r) for r in job.rows],
                         "columns": [(c, str(t)) for c, t in job.columns], "inputs": inputs,
+                        "lookalikes": [stable(r) for r in job.lookalikes],
+                        "lookalike_columns": [(c, str(t)) for c, t in job.lookalike_columns],
                         "policy": getattr(job.policy, "sha256", None), "profiles": job.profiles_info,
                         "thresholds": job.thresholds, "options": vars(job.options)})
 
@@ -184,22 +195,29 @@ def _unchanged_export(out_dir: Path, job: _Job) -> ExportReport | None:
 
 def _write_release(tmp: Path, job: _Job, images: ImageStore) -> _Written:
     """Every format, the gallery and the datasheet, under ``tmp``."""
-    has_controls, opts = job.inputs.has_controls, job.options
-    formats = {"Parquet": parquet.describe(has_controls)}
+    has_controls, has_lookalikes, opts = job.inputs.has_controls, bool(job.lookalikes), job.options
+    formats = {"Parquet": parquet.describe(has_controls, has_lookalikes)}
     skipped: dict[str, str] = {}
     shard_formats: dict[str, type[ShardWriter]] = {"parquet": parquet.ParquetShard}
+    lookalike_formats: dict[str, type[ShardWriter]] = {"parquet": parquet.LookalikeParquetShard}
     if opts.webdataset:
         shard_formats["webdataset"] = wds.WebDatasetShard
-        formats["WebDataset"] = wds.describe(has_controls)
+        lookalike_formats["webdataset"] = wds.LookalikeWebDatasetShard
+        formats["WebDataset"] = wds.describe(has_controls, has_lookalikes)
     else:
         skipped["webdataset"] = "turned off (webdataset=False)"
     copies = gallery_page.GalleryImages(tmp) if opts.gallery else None
+    on_row = copies.add if copies else lambda pair, blobs: None
     shards = write_shards(tmp, job.rows_by_split, job.columns, shard_formats, StoredImages(images),
-                          opts.shard_size, copies.add if copies else lambda pair, blobs: None)
+                          opts.shard_size, on_row)
+    if has_lookalikes:  # their own files: the pair files load as they always did
+        looks = write_shards(tmp, group_by_split(job.lookalikes), job.lookalike_columns, lookalike_formats,
+                             StoredImages(images), opts.shard_size, on_row)
+        shards.update({f"{fmt}_lookalikes": by_split for fmt, by_split in looks.items()})
     gallery_path = None
     if copies:
         gallery_path = gallery_page.write_gallery(tmp, job.name, job.rows, copies.files, job.counts, job.policy,
-                                                  opts.show_unsafe)
+                                                  opts.show_unsafe, job.lookalikes)
         formats["Gallery"] = gallery_page.describe(opts.show_unsafe)
     else:
         skipped["gallery"] = "turned off (gallery=False)"
@@ -230,6 +248,7 @@ def _write_manifest(tmp: Path, job: _Job, skipped: Mapping[str, str]) -> None:
     files = sorted(p for p in tmp.rglob("*") if p.is_file() and "fiftyone" not in p.relative_to(tmp).parts)
     manifest = {
         "name": job.name, "n_pairs": len(job.rows), "counts": job.counts, "n_controls": n_controls(job.rows),
+        "n_lookalikes": len(job.lookalikes), "lookalike_counts": job.lookalike_counts,
         "policy_sha256": getattr(job.policy, "sha256", None), "skipped": dict(skipped), "warnings": job.warnings,
         "files": {p.relative_to(tmp).as_posix(): _sha256_file(p) for p in files},
         "inputs_sha256": _fingerprint(job),
@@ -281,4 +300,7 @@ def _report(out_dir: Path, tmp: Path, job: _Job, written: _Written, seconds: flo
         parquet_files=shards("parquet"), webdataset_files=shards("webdataset"), datasheet=final(written.datasheet),
         gallery=final(written.gallery) if written.gallery else None,
         fiftyone_dir=final(written.fiftyone) if written.fiftyone else None,
-        manifest=out_dir / "export_manifest.json", skipped=written.skipped, warnings=job.warnings, seconds=seconds)
+        manifest=out_dir / "export_manifest.json", skipped=written.skipped, warnings=job.warnings, seconds=seconds,
+        n_lookalikes=len(job.lookalikes), lookalike_counts=job.lookalike_counts,
+        lookalike_parquet_files=shards("parquet_lookalikes"),
+        lookalike_webdataset_files=shards("webdataset_lookalikes"))

@@ -30,6 +30,8 @@ class ExportInputs:
     pairs: list[dict[str, Any]] = field(default_factory=list)
     types: dict[str, pa.DataType] = field(default_factory=dict)
     has_controls: bool = False
+    lookalikes: list[dict[str, Any]] = field(default_factory=list)  # safe sources of each category (hard negatives)
+    lookalike_types: dict[str, pa.DataType] = field(default_factory=dict)
     yields: list[dict[str, Any]] = field(default_factory=list)
     reviews: list[dict[str, Any]] = field(default_factory=list)
     sources: list[dict[str, Any]] = field(default_factory=list)  # distinct (origin, recipe_json) of the pairs
@@ -38,6 +40,7 @@ class ExportInputs:
     split_configs: list[str] = field(default_factory=list)
     verify_configs: list[dict[str, Any]] = field(default_factory=list)
     guards: list[str] = field(default_factory=list)
+    guard_results: list[dict[str, Any]] = field(default_factory=list)  # guard_metrics_overall, all pairs
 
     @property
     def origins(self) -> list[str]:
@@ -73,18 +76,22 @@ def read_inputs(store: Store) -> ExportInputs:
     if "pair_lineage" in tables:
         types = _add_lineage(pairs, types, queries.pair_lineage(store))
     verify_configs = queries.verification_configs(store) if "verified_pairs" in tables else []
+    lookalikes, lookalike_types = _lookalikes(store, tables)
     return ExportInputs(
         pairs=pairs,
         types=types,
         has_controls={"control_sha256", "control_path"} <= tables["benchmark_split"],
+        lookalikes=lookalikes,
+        lookalike_types=lookalike_types,
         yields=_yields(store, tables),
         reviews=queries.review_counts(store) if "review_decisions" in tables else [],
-        sources=queries.exported_sources(store) if "source_images" in tables else [],
+        sources=queries.exported_sources(store, bool(lookalikes)) if "source_images" in tables else [],
         profiles_used=queries.profiles_used(store, tables["pair_lineage"]) if "pair_lineage" in tables else [],
         policy_hashes=sorted({p.get("policy_sha256") for p in pairs if p.get("policy_sha256")}),
         split_configs=sorted({p.get("split_config_sha256") for p in pairs if p.get("split_config_sha256")}),
         verify_configs=verify_configs,
         guards=queries.guards_evaluated(store) if "guard_metrics" in tables else [],
+        guard_results=queries.guard_results(store) if "guard_metrics" in tables else [],
     )
 
 
@@ -99,6 +106,16 @@ def _benchmark(store: Store) -> tuple[list[dict[str, Any]], dict[str, pa.DataTyp
     pairs = [{BENCH_RENAMES.get(k, k): v for k, v in r.items() if BENCH_RENAMES.get(k, k) in types}
              for r in bench.to_dicts()]
     return pairs, types
+
+
+def _lookalikes(store: Store, tables: dict[str, set[str]]) -> tuple[list[dict[str, Any]], dict[str, pa.DataType]]:
+    """The look-alike rows and their column types, without the columns that vary between runs."""
+    if "benchmark_lookalikes" not in tables:
+        return [], {}
+    frame = queries.benchmark_lookalikes(store, has_sources="source_images" in tables)
+    types = {name: t for name, dtype in frame.schema.items() if (t := arrow_type(dtype)) is not None}
+    rows = [{k: v for k, v in r.items() if k in types} for r in frame.to_dicts()]
+    return rows, types
 
 
 def _add_lineage(pairs: list[dict[str, Any]], types: dict[str, pa.DataType],

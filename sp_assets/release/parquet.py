@@ -20,10 +20,12 @@ def arrow_schema(columns: Columns) -> pa.Schema:
                      metadata={"huggingface": json.dumps({"info": {"features": features(columns)}})})
 
 
-def describe(has_controls: bool) -> str:
+def describe(has_controls: bool, has_lookalikes: bool = False) -> str:
     """The datasheet's line for this format."""
     return ("`data/<split>-NNNNN-of-NNNNN.parquet`, Hugging Face `datasets` layout with Image features "
-            "(`unsafe_image`, `safe_image`" + (", `control_image`" if has_controls else "") + ").")
+            "(`unsafe_image`, `safe_image`" + (", `control_image`" if has_controls else "") + ")"
+            + ("; the look-alikes in `lookalikes/<split>-NNNNN-of-NNNNN.parquet` (Image feature `image`, "
+               "ClassLabel `label`), the card's `lookalikes` config" if has_lookalikes else "") + ".")
 
 
 class ParquetShard:
@@ -40,6 +42,7 @@ class ParquetShard:
         self.schema = arrow_schema(self.columns)
         self._writer = pq.ParquetWriter(path, self.schema, compression="snappy")
         self._pending: dict[str, list[Any]] = {n: [] for n, _ in self.columns}
+        self._buffered = 0
         self._rows = 0
 
     def __enter__(self) -> "ParquetShard":
@@ -54,12 +57,13 @@ class ParquetShard:
         for name, value in row_values(pair, blobs, self.columns).items():
             self._pending[name].append(value)
         self._rows += 1
-        if len(self._pending["pair_id"]) >= ROW_GROUP_SIZE:
+        self._buffered += 1
+        if self._buffered >= ROW_GROUP_SIZE:
             self._flush()
 
     def _flush_rest(self) -> None:
         # A shard without rows still gets one (empty) row group: it carries the schema.
-        if self._pending["pair_id"] or not self._rows:
+        if self._buffered or not self._rows:
             self._flush()
 
     def _flush(self) -> None:
@@ -67,3 +71,10 @@ class ParquetShard:
         self._writer.write_table(table)
         for values in self._pending.values():
             values.clear()
+        self._buffered = 0
+
+
+class LookalikeParquetShard(ParquetShard):
+    """The look-alikes' shards: ``lookalikes/<split>-NNNNN-of-NNNNN.parquet`` (the card's second config)."""
+
+    directory = "lookalikes"

@@ -38,6 +38,10 @@ class ExportReport:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     unchanged: bool = False  # the export on disk was kept: it was made from the same inputs
+    n_lookalikes: int = 0
+    lookalike_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # category -> split -> look-alikes
+    lookalike_parquet_files: dict[str, list[Path]] = field(default_factory=dict)
+    lookalike_webdataset_files: dict[str, list[Path]] = field(default_factory=dict)
 
     @property
     def split_counts(self) -> dict[str, int]:
@@ -56,6 +60,10 @@ class ExportReport:
             "counts": self.counts, "split_counts": self.split_counts, "n_controls": self.n_controls,
             "parquet_files": {s: [rel(p) for p in ps] for s, ps in self.parquet_files.items()},
             "webdataset_files": {s: [rel(p) for p in ps] for s, ps in self.webdataset_files.items()},
+            "n_lookalikes": self.n_lookalikes, "lookalike_counts": self.lookalike_counts,
+            "lookalike_parquet_files": {s: [rel(p) for p in ps] for s, ps in self.lookalike_parquet_files.items()},
+            "lookalike_webdataset_files": {s: [rel(p) for p in ps]
+                                           for s, ps in self.lookalike_webdataset_files.items()},
             "datasheet": rel(self.datasheet), "gallery": rel(self.gallery), "fiftyone_dir": rel(self.fiftyone_dir),
             "skipped": self.skipped, "warnings": self.warnings, "load_command": self.load_command,
             "seconds": round(self.seconds, 3),
@@ -67,6 +75,11 @@ class ExportReport:
         lines = [f"**{self.n_pairs} pairs** exported to `{self.out_dir}`{kept}", "",
                  "| category | " + " | ".join(SPLITS) + " |", "|---|" + "---:|" * len(SPLITS)]
         lines += [f"| {c} | " + " | ".join(str(v.get(s, 0)) for s in SPLITS) + " |" for c, v in self.counts.items()]
+        if self.n_lookalikes:
+            lines += ["", f"**{self.n_lookalikes} look-alikes** (safe images of the category, in `lookalikes/`)", "",
+                      "| category | " + " | ".join(SPLITS) + " |", "|---|" + "---:|" * len(SPLITS)]
+            lines += [f"| {c} | " + " | ".join(str(v.get(s, 0)) for s in SPLITS) + " |"
+                      for c, v in self.lookalike_counts.items()]
         lines += ["", f"Load: `{self.load_command}`"]
         lines += [f"- {fmt} skipped: {why}" for fmt, why in self.skipped.items()]
         lines += [f"- warning: {w}" for w in self.warnings]
@@ -84,9 +97,9 @@ def report_from_manifest(out_dir: Path, manifest: dict[str, Any], warnings: list
     def by_split(folder: str) -> dict[str, list[Path]]:
         out: dict[str, list[Path]] = {}
         for f in files:
-            parts = f.split("/")
-            if len(parts) == 2 and parts[0] == folder:
-                out.setdefault(_split_of(parts[1]), []).append(out_dir / f)
+            head, _, name = f.rpartition("/")
+            if head == folder:
+                out.setdefault(_split_of(name), []).append(out_dir / f)
         return out
 
     gallery = out_dir / "gallery" / "index.html"
@@ -96,4 +109,6 @@ def report_from_manifest(out_dir: Path, manifest: dict[str, Any], warnings: list
         n_controls=manifest["n_controls"], parquet_files=by_split("data"), webdataset_files=by_split("webdataset"),
         datasheet=out_dir / "README.md", gallery=gallery if gallery.is_file() else None,
         fiftyone_dir=fiftyone_dir if fiftyone_dir.is_dir() else None, manifest=out_dir / "export_manifest.json",
-        skipped=manifest.get("skipped", {}), warnings=list(warnings), seconds=0.0, unchanged=True)
+        skipped=manifest.get("skipped", {}), warnings=list(warnings), seconds=0.0, unchanged=True,
+        n_lookalikes=manifest.get("n_lookalikes", 0), lookalike_counts=manifest.get("lookalike_counts", {}),
+        lookalike_parquet_files=by_split("lookalikes"), lookalike_webdataset_files=by_split("webdataset/lookalikes"))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 from sp_assets.core.hashing import sha256_bytes
-from sp_assets.release.columns import Blob, Blobs, Columns, image_halves
+from sp_assets.release.columns import Blob, Blobs, Columns, image_halves, row_key
 from sp_assets.release.report import ExportError
 from sp_assets.storage import ImageStore
 
@@ -47,10 +47,10 @@ class StoredImages:
         self.images = images
 
     def read(self, pair: Mapping[str, Any], half: str) -> Blob | None:
-        """(bytes, export file name) of one half; None for a pair without a control."""
+        """(bytes, export file name) of one half (or a look-alike's ``image``); None for a pair without a control."""
         sha_key = "source_sha256" if half == "unsafe" else f"{half}_sha256"
         rel, sha = pair.get(f"{half}_path"), pair.get(sha_key)
-        where = f"pair {pair['pair_id']} ({pair['category']})"
+        where = f"{'pair' if pair.get('pair_id') else 'look-alike'} {row_key(pair)} ({pair['category']})"
         if not rel or not sha:
             if half == "control":
                 return None

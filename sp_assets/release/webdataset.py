@@ -8,28 +8,32 @@ import tarfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from sp_assets.release.columns import LABEL_NAMES, Blobs, Columns
+from sp_assets.release.columns import LABEL_NAMES, Blobs, Columns, image_half, row_key
 
 
-def describe(has_controls: bool) -> str:
+def describe(has_controls: bool, has_lookalikes: bool = False) -> str:
     """The datasheet's line for this format."""
     return ("`webdataset/<split>-NNNNNN.tar`, one sample per pair keyed by `pair_id`: `<key>.unsafe.png`, "
             "`<key>.safe.png`" + (", `<key>.control.png` (where present)" if has_controls else "")
-            + ", `<key>.json` (every column but the images).")
+            + ", `<key>.json` (every column but the images)"
+            + ("; the look-alikes in `webdataset/lookalikes/<split>-NNNNNN.tar`, keyed by `lookalike_id`: "
+               "`<key>.image.png`, `<key>.json`" if has_lookalikes else "") + ".")
 
 
 def member_names(pair: Mapping[str, Any], blobs: Blobs) -> dict[str, str]:
-    """half -> tar member name (``<pair_id>.<half><suffix>``) for the halves the pair has."""
-    return {h: f"{pair['pair_id']}.{h}{Path(b[1]).suffix}" for h, b in blobs.items() if b is not None}
+    """half -> tar member name (``<key>.<half><suffix>``) for the halves (images) the row has."""
+    return {h: f"{row_key(pair)}.{h}{Path(b[1]).suffix}" for h, b in blobs.items() if b is not None}
 
 
 def sample_json(pair: Mapping[str, Any], columns: Columns, members: Mapping[str, str]) -> bytes:
     """The sample's ``.json``: every column but the images, labels by name, and the member names."""
     meta: dict[str, Any] = {}
     for name, _ in columns:
-        if name.endswith("_image"):
+        if image_half(name):
             continue
-        if name.endswith("_label"):
+        if name == "label":
+            meta[name] = pair.get("label")
+        elif name.endswith("_label"):
             half = name[: -len("_label")]
             meta[name] = None if half == "control" and half not in members else LABEL_NAMES[0 if half == "safe" else 1]
         else:
@@ -71,4 +75,10 @@ class WebDatasetShard:
         for half, blob in blobs.items():
             if blob is not None:
                 _add(self._tar, members[half], blob[0])
-        _add(self._tar, f"{pair['pair_id']}.json", sample_json(pair, self.columns, members))
+        _add(self._tar, f"{row_key(pair)}.json", sample_json(pair, self.columns, members))
+
+
+class LookalikeWebDatasetShard(WebDatasetShard):
+    """The look-alikes' tars: ``webdataset/lookalikes/<split>-NNNNNN.tar``, one sample per look-alike."""
+
+    directory = "webdataset/lookalikes"

@@ -2,8 +2,11 @@
 
 The page shows each candidate's source and edit side by side with the instruction and the automatic
 verdict. Unsafe halves (every source, every control edit, and every flip edit the verifier did not
-rate safe) are blurred until clicked, unless ``show_unsafe``. The markup is in static/ (review.html.j2,
-one card per candidate from review_card.j2); review.js keeps the choices and builds the decisions CSV.
+rate safe) are blurred until clicked, unless ``show_unsafe``. Above the candidates it lists the
+category's sources whose human label (manifest) the judge contradicts, with both labels and the
+judge's rationale, for a reviewer to look at; they take no decision here. The markup is in static/
+(review.html.j2, one card per candidate from review_card.j2, one entry per disagreement from
+review_disagreement.j2); review.js keeps the choices and builds the decisions CSV.
 A Content-Security-Policy in the page forbids any fetch.
 """
 
@@ -15,6 +18,7 @@ import io
 from pathlib import Path
 from typing import Any, Literal
 
+from sp_assets.core.agreement import disagreement
 from sp_assets.core.encoding import image_data_uri
 from sp_assets.core.formatting import fmt
 from sp_assets.core.html import render_page
@@ -30,6 +34,14 @@ PROFILE_COLUMNS = ("judge_profile", "writer_profile", "editor_profile", "verifie
 VERIFICATION_KEY = ("candidate_id", "judge_profile", "writer_profile", "editor_profile", "verifier_profile")
 
 Group = tuple[str, list[dict[str, Any]]]  # candidate_id, its verifications (one per profile combination)
+
+# What each kind of disagreement (core.agreement.disagreement) means for the pipeline.
+DISAGREEMENTS = {
+    "human_safe_judge_unsafe": "human: safe, judge: unsafe. Left out of the flip edits (no pair is made from it).",
+    "human_unsafe_judge_safe": "human: unsafe, judge: safe. Not edited (only sources the judge rates unsafe are).",
+    "judge_invalid": "the judge could not decide (invalid). Not edited.",
+    "category_differs": "both unsafe, but the judge found another category than the human. Edited all the same.",
+}
 
 
 def page_paths(out_dir: Path, category: str, include: Include = "all") -> tuple[Path, Path]:
@@ -48,6 +60,9 @@ def export_review(store: Store, images: ImageStore, category: str, out_dir: Path
     if include not in INCLUDES:
         raise ValueError(f"include={include!r}: use 'all', 'accepted' or 'rejected'")
     groups = _candidate_groups(store, category)
+    contradicted = _disagreements(store, category)
+    if not groups and not contradicted:
+        raise ValueError(_nothing_to_review(store, category))
     shown = groups if include == "all" else [g for g in groups if _auto_verdict(g[1]) == include]
     human = effective_decisions(store, category)
     uris = _ImageUris(images, max_side)
@@ -55,7 +70,7 @@ def export_review(store: Store, images: ImageStore, category: str, out_dir: Path
     page_html = render_page(
         "sp_assets.review", "review.html.j2", category=category, include=include, show_unsafe=show_unsafe,
         cards=cards, n_total=len(groups), n_auto_ok=sum(_auto_verdict(rows) == "accepted" for _, rows in groups),
-        exported=_utcnow().isoformat(), fmt=fmt)
+        disagreements=[_disagreement(r, uris) for r in contradicted], exported=_utcnow().isoformat(), fmt=fmt)
     page, template = page_paths(Path(out_dir), category, include)
     atomic_write_bytes(page, page_html.encode("utf-8"))
     atomic_write_bytes(template, _template_csv(category, shown).encode("utf-8"))
@@ -72,15 +87,39 @@ def _auto_verdict(rows: list[dict[str, Any]]) -> str:
 
 
 def _candidate_groups(store: Store, category: str) -> list[Group]:
-    """The category's candidates with their verifications, in page order; raises when there are none."""
+    """The category's candidates with their verifications, in page order (none before verified_pairs ran)."""
     if not review_queries.table_exists(store, "verified_pairs"):
-        raise ValueError("the database has no verified_pairs table yet: materialize verified_pairs first")
-    groups = _group(_unique_verifications(review_queries.review_candidates(store, category)))
-    if not groups:
-        known = review_queries.verified_categories(store)
-        raise ValueError(f"no candidates for category {category!r} in verified_pairs; categories with "
-                         f"candidates: {', '.join(known) or 'none (materialize verified_pairs first)'}")
-    return groups
+        return []
+    return _group(_unique_verifications(review_queries.review_candidates(store, category)))
+
+
+def _nothing_to_review(store: Store, category: str) -> str:
+    if not review_queries.table_exists(store, "verified_pairs"):
+        return "the database has no verified_pairs table yet: materialize verified_pairs first"
+    known = review_queries.verified_categories(store)
+    return (f"no candidates for category {category!r} in verified_pairs, and no source whose human label the "
+            f"judge contradicts; categories with candidates: {', '.join(known) or 'none (materialize verified_pairs first)'}")
+
+
+def _disagreements(store: Store, category: str) -> list[dict[str, Any]]:
+    """The category's labels where the judge contradicts the source's human label, with how."""
+    rows = review_queries.human_labelled_sources(store, category)
+    return [{**r, "disagreement": kind} for r in rows if (kind := disagreement(r))]
+
+
+def _disagreement(row: dict[str, Any], uris: _ImageUris) -> dict[str, Any]:
+    """What the template shows for one source the judge and the human label differently."""
+    return {
+        "kind": row["disagreement"], "meaning": DISAGREEMENTS[row["disagreement"]], "sha": row["image_sha256"],
+        "origin_ref": _text(row["origin_ref"]), "source_uri": uris.uri(row["source_path"]),
+        # Blurred unless neither the human nor the judge calls it unsafe.
+        "unsafe": "unsafe" in (row["human_rating"], row["rating"]),
+        "human": {"rating": row["human_rating"], "category": row["human_category"],
+                  "written": " / ".join(_text(row[k]) for k in ("manifest_rating", "manifest_category") if row[k]),
+                  "rationale": _text(row["manifest_rationale"])},
+        "judge": {"profile": row["judge_profile"], "model": _text(row["judge_model"]), "rating": row["rating"],
+                  "category": row["judged_category"], "score": row["score"], "rationale": _text(row["rationale"])},
+    }
 
 
 def _unique_verifications(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

