@@ -60,6 +60,15 @@ def test_phrases_are_not_copies_of_policy_texts():
                 assert jaccard < 0.6, f"{phrase!r} shares most words with policy text {q!r}"
 
 
+@pytest.mark.parametrize("policy_file", ["default.yaml", "strict_weapons.yaml"])
+def test_replacement_texts_are_not_judge_training_examples(policy_file):
+    # The verifier judges each edit's new text; trained on that very text, verification would be no test.
+    policy = load_policy(DEFAULT_POLICY_PATH.parent / policy_file)
+    examples = {_norm(t) for c in policy.categories for t in (*c.violating_examples, *c.allowed_examples)}
+    copied = sorted({t for c in policy.categories for t in c.replacement_texts if _norm(t) in examples})
+    assert not copied, f"{policy.path}: replacement texts also in judge_examples: {copied}; remove them there"
+
+
 def test_same_arguments_give_byte_identical_pngs():
     first = generate_demo_pool("o2_violence", n_unsafe=4, n_safe=2, seed=3)
     second = generate_demo_pool("o2_violence", n_unsafe=4, n_safe=2, seed=3)
