@@ -35,6 +35,15 @@ def say(name: str, value: object) -> None:
     print(f"{name}: {value}", flush=True)
 
 
+def bench_args(argv: list[str] | None, doc: str, prefix: str) -> tuple[argparse.Namespace, Path]:
+    """A benchmark's ``--categories`` and ``--keep`` options, and the folder it works in."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--categories", default="o1_hate...o9_disasters")
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    args = parser.parse_args(argv)
+    return args, args.keep or Path(tempfile.mkdtemp(prefix=prefix))
+
+
 def make_env(root: Path, data: Path) -> dict[str, str]:
     home = root / "home"
     home.mkdir(parents=True, exist_ok=True)
@@ -120,11 +129,7 @@ def kill_then_resume(root: Path, categories: str, reference: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.floor import model_time_floor
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--categories", default="o1_hate...o9_disasters")
-    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
-    args = parser.parse_args(argv)
-    root = args.keep or Path(tempfile.mkdtemp(prefix="sp-bench-"))
+    args, root = bench_args(argv, __doc__, "sp-bench-")
     try:
         data = root / "cold" / "data"
         env = make_env(root, data)

@@ -9,17 +9,15 @@ Usage: ``python benchmarks/bench_ray.py [--categories o1_hate...o9_disasters] [-
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_execution import make_env, query, run, say, snapshot  # noqa: E402
+from benchmarks.bench_execution import bench_args, make_env, query, run, say, snapshot  # noqa: E402
 
 UPSTREAM = "source_pool,policy_labels,edit_instructions"
 MEASURED = "edited_images,verified_pairs"
@@ -33,11 +31,7 @@ def stage_seconds(db: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--categories", default="o1_hate...o9_disasters")
-    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
-    args = parser.parse_args(argv)
-    root = args.keep or Path(tempfile.mkdtemp(prefix="sp-bench-ray-"))
+    args, root = bench_args(argv, __doc__, "sp-bench-ray-")
     try:
         base = root / "upstream" / "data"
         run(make_env(root, base), args.categories, root / "upstream.log", select=UPSTREAM)

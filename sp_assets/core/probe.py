@@ -451,7 +451,7 @@ def _sentence_model(model_path: str | None = None):
     from sentence_transformers import SentenceTransformer
 
     from sp_assets.backends.common.hf import quiet_load
-    from sp_assets.backends.judges.scene_text import sentence_model_folder
+    from sp_assets.backends.judges.text_head import sentence_model_folder
 
     folder = sentence_model_folder(model_path)
     return quiet_load(lambda: SentenceTransformer(str(folder), device="cpu", local_files_only=True))

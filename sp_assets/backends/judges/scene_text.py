@@ -16,7 +16,7 @@ from PIL import Image
 from sp_assets.backends.base import Judge, ModelInfo, TextRegion, TwoStep, Verdict
 from sp_assets.backends.common.threads import worker_threads
 from sp_assets.backends.common.versions import package_version
-from sp_assets.backends.judges.text_head import (  # noqa: F401  sentence_model_folder: probe.py imports it here
+from sp_assets.backends.judges.text_head import (
     INVALID_LABEL,
     SAFE_LABEL,
     HeadSettings,
@@ -24,7 +24,6 @@ from sp_assets.backends.judges.text_head import (  # noqa: F401  sentence_model_
     decision,
     files_sha256,
     normalise,
-    sentence_model_folder,
 )
 from sp_assets.core.policy import Category, Policy
 

@@ -18,6 +18,7 @@ import numpy as np
 from sp_assets.backends.common.hf import quiet_load
 from sp_assets.backends.common.threads import single_threaded
 from sp_assets.core.policy import Policy
+from sp_assets.storage.files import atomic_write
 
 SAFE_LABEL = "safe"
 INVALID_LABEL = "invalid"
@@ -317,10 +318,7 @@ class PolicyTextHead:
             pass
         vectors = self.embeddings(self.train_texts)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-            np.save(tmp, vectors, allow_pickle=False)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: np.save(tmp, vectors, allow_pickle=False))
         except OSError:
             pass  # a read-only home: compute again next time
         return vectors
