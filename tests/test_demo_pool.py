@@ -50,14 +50,24 @@ def test_phrases_are_not_copies_of_policy_texts():
     for slug in POLICY.slugs:
         unsafe, safe = demo_phrases(slug)
         for phrase in unsafe + safe:
-            p = _norm(phrase)
             for q in policy_texts:
-                assert p != q and p not in q and q not in p, (phrase, q)
-                ratio = difflib.SequenceMatcher(None, p, q).ratio()
-                assert ratio < 0.8, f"{phrase!r} is a near copy of policy text {q!r} (similarity {ratio:.2f})"
-                a, b = set(p.split()), set(q.split())
-                jaccard = len(a & b) / len(a | b)
-                assert jaccard < 0.6, f"{phrase!r} shares most words with policy text {q!r}"
+                why = near_copy(phrase, q)
+                assert why is None, f"{phrase!r} is {why} policy text {q!r}"
+
+
+def near_copy(text: str, other: str) -> str | None:
+    """How ``text`` copies ``other`` (normalised): the same, contained, similar letters (difflib ratio
+    0.8 or more) or most words shared (Jaccard 0.6 or more); None when it does not."""
+    p, q = _norm(text), _norm(other)
+    if p == q or p in q or q in p:
+        return "a copy of (or contained in)"
+    ratio = difflib.SequenceMatcher(None, p, q).ratio()
+    if ratio >= 0.8:
+        return f"a near copy (similarity {ratio:.2f}) of"
+    a, b = set(p.split()), set(q.split())
+    if len(a & b) / len(a | b) >= 0.6:
+        return "sharing most words with"
+    return None
 
 
 @pytest.mark.parametrize("policy_file", ["default.yaml", "strict_weapons.yaml"])
