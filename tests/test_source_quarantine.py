@@ -76,7 +76,7 @@ def test_bad_files_are_quarantined_and_counts_add_up(tmp_path):
         "good2.png": "unknown_category",
     }
     # Every message names the file and says what to do.
-    assert "manifest row 4" in rejected["truncated.png"]["detail"]
+    assert "manifest.csv line 5" in rejected["truncated.png"]["detail"]  # the physical line, header counted
     assert "O42" in rejected["good2.png"]["detail"] and "o2_violence" in rejected["good2.png"]["detail"]
     assert "100000" in rejected["huge.png"]["detail"]
     # Readable bad files are kept in quarantine, byte for byte.

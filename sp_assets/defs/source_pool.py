@@ -1,11 +1,12 @@
 """Stage 1, ``source_pool``: the images each category starts from (the source profile's pool)."""
 
 from collections import Counter
+from typing import Any
 
 from dagster import AssetExecutionContext, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
-from sp_assets.backends.base import Source
+from sp_assets.backends.base import Source, SourceOptions
 from sp_assets.core.hashing import sha256_json
 from sp_assets.defs.resources import PipelineSettings, SourceResource
 from sp_assets.defs.stage import Stage, asset_kwargs, check, counts_add_up, no_duplicate_keys
@@ -19,8 +20,9 @@ CHECKS = [
 
 
 @asset(**asset_kwargs(
-    "Source images per category, stored content-addressed. Unusable files are quarantined in "
-    "source_rejections with a reason; in = accepted + rejected.", CHECKS))
+    "Source images per category, stored content-addressed. Unusable files and manifest rows are quarantined "
+    "in source_rejections with a reason; in = accepted + rejected. Files that are not images and images the "
+    "manifest does not list are counted apart (skipped_files, unlisted_images).", CHECKS))
 def source_pool(context: AssetExecutionContext, settings: PipelineSettings, duckdb: DuckDBResource,
                 source: SourceResource):
     stage = Stage(ASSET, context, settings, duckdb)
@@ -30,6 +32,7 @@ def source_pool(context: AssetExecutionContext, settings: PipelineSettings, duck
     options = settings.source_options(stage.policy)
     config_sha = sha256_json(source.config(settings))
     reasons: Counter[str] = Counter()
+    notes = _intake_notes(backend, stage, options)
     for category in stage.categories():
         with stage.timed(category.slug):
             base = {**stage.base_row(category.slug), "source_config_sha256": config_sha,
@@ -42,8 +45,35 @@ def source_pool(context: AssetExecutionContext, settings: PipelineSettings, duck
             stage.store.replace_slice("source_images", {"category": category.slug}, intake.accepted)
             stage.store.replace_slice("source_rejections", {"category": category.slug}, intake.rejected)
         reasons.update(r["reason"] for r in intake.rejected)
+        # stage_runs keeps the category's notes with its counts, for the run summary (queries.source_intake_notes).
         stage.record(category.slug, intake.n_in, len(intake.accepted), len(intake.rejected),
-                     {"source": source.profile}, intake.accepted)
+                     {"source": source.profile, **_notes_of(notes, category.slug)}, intake.accepted)
     checks = [counts_add_up(stage, "files"), no_duplicate_keys(stage, ["category", "image_sha256"])]
     return stage.result({"source": source.profile, "rejection_reasons": MetadataValue.json(dict(reasons)),
-                         **stage.memo_report()}, checks)
+                         **_notes_metadata(notes), **stage.memo_report()}, checks)
+
+
+def _intake_notes(backend: Source, stage: Stage, options: SourceOptions) -> dict[str, dict[str, Any]]:
+    """Files the source left out on purpose (not images, not in the manifest), by category and '*'.
+
+    An optional hook: a source that reads a user's folder has one, a generated pool has nothing to report.
+    Read in the step, not memoized with the intake, so a reused intake still reports the folder as it is.
+    """
+    hook = getattr(backend, "intake_notes", None)
+    return hook(stage.category_list(), options) if hook else {}
+
+
+def _notes_of(notes: dict[str, dict[str, Any]], category: str) -> dict[str, Any]:
+    return {"intake": notes[category]} if category in notes else {}
+
+
+def _notes_metadata(notes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Whole-folder counts, with a few names, for the materialization."""
+    folder = notes.get("*")
+    if folder is None:
+        return {}
+    return {"skipped_files": folder["skipped_files"],
+            "skipped_examples": MetadataValue.text(", ".join(folder["skipped_examples"]) or "none"),
+            "unlisted_images": folder["unlisted_images"],
+            "unlisted_examples": MetadataValue.text(", ".join(folder["unlisted_examples"]) or "none"),
+            "intake_notes": MetadataValue.json({k: v for k, v in notes.items() if k != "*"})}

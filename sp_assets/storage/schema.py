@@ -40,7 +40,7 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
     "source_rejections": [
         ("category", "VARCHAR", "partition key"),
         ("origin_ref", "VARCHAR", "the file or manifest row that was refused"),
-        ("reason", "VARCHAR", "short code: corrupt, truncated, not_an_image, too_many_pixels, ..."),
+        ("reason", "VARCHAR", "short code: corrupt, truncated, not_an_image, too_many_pixels, bad_manifest_row, ..."),
         ("detail", "VARCHAR", "what was wrong and how to fix it"),
         ("duplicate_of", "VARCHAR", "for reason 'duplicate': the sha256 kept instead"),
         ("quarantine_path", "VARCHAR", "copy of the refused file under the data root, if it was readable"),
@@ -285,7 +285,7 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("n_in", "INTEGER", "rows or files that came in"),
         ("n_out", "INTEGER", "rows written / accepted"),
         ("n_rejected", "INTEGER", "rows refused, with reasons in the stage's table"),
-        ("profiles_json", "VARCHAR", "profiles in force"),
+        ("profiles_json", "VARCHAR", "profiles in force; source_pool adds `intake`: skipped and unlisted files"),
         ("created_at", "TIMESTAMP", "UTC"),
     ],
 }

@@ -1,30 +1,35 @@
 """Read a folder of the user's images, with an optional manifest, and check every file before use.
 
 Each file either becomes an accepted image or a rejection with a reason code and a detail that
-names the file and the fix; nothing is dropped silently. Files are read one at a time.
+names the file and the fix; so does each manifest row that cannot be read. Files that are not images
+(the manifest, notes) are skipped and images no manifest row names are left out, and both are counted
+(``FolderSource.intake_notes``): nothing is dropped silently. Files are read one at a time.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator, Sequence
 
-import polars as pl
 from PIL import Image, UnidentifiedImageError
 
 from sp_assets.backends.base import ModelInfo, Source, SourceItem, SourceOptions
+from sp_assets.backends.sources.manifest import ManifestError, ManifestRow, read_rows
 from sp_assets.core.policy import Category, Policy
 
-MANIFEST_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+__all__ = ["FolderSource", "ManifestError", "check_file", "iter_entries", "list_folder", "resolve_category"]
+
 _CATEGORY_ID_RE = re.compile(r"^\s*([A-Za-z]+\d+)\b")
 FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
-
-
-class ManifestError(ValueError):
-    """A manifest that cannot be read at all (as opposed to a bad row, which is rejected)."""
+# Files that sit beside images (manifests, notes, settings) are skipped and counted, never judged.
+SKIPPED_SUFFIXES = frozenset({".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".txt", ".md", ".parquet", ".yaml",
+                              ".yml"})
+SKIPPED_NAMES = frozenset({"thumbs.db", "desktop.ini"})
+EXAMPLES = 5  # file names shown with a count
 
 
 @dataclass
@@ -32,7 +37,7 @@ class Entry:
     """One candidate file: where it came from and what the manifest said about it."""
 
     ref: str  # path relative to the source folder, as written in the manifest or found on disk
-    row: int | None = None  # manifest row (1-based, header excluded), None when walking the folder
+    at: str | None = None  # the manifest and its line ("manifest.csv line 5"), None when walking the folder
     rating: str | None = None
     category: str | None = None  # raw category text from the manifest
     rationale: str | None = None
@@ -56,37 +61,38 @@ class Checked:
         return not self.reason
 
 
-def read_manifest(path: Path) -> pl.DataFrame:
-    kind = MANIFEST_SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise ManifestError(
-            f"{path}: manifest type {path.suffix!r} is not supported; use .csv, .jsonl or .parquet."
-        )
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found; fix SP_MANIFEST or the 'manifest' setting.")
-    try:
-        if kind == "csv":
-            frame = pl.read_csv(path, infer_schema=False)
-        elif kind == "jsonl":
-            frame = pl.read_ndjson(path, infer_schema_length=None)
-        else:
-            frame = pl.read_parquet(path)
-    except Exception as exc:  # polars raises several error types for malformed files
-        raise ManifestError(f"{path}: could not read the manifest ({exc}); check that it is valid {kind}.") from exc
-    columns = {c.lower(): c for c in frame.columns}
-    if "path" not in columns:
-        raise ManifestError(
-            f"{path}: manifest has no 'path' column (columns: {', '.join(frame.columns)}); "
-            "add one with image paths relative to the source folder."
-        )
-    return frame.rename({v: k for k, v in columns.items()})
+@dataclass
+class Listing:
+    """The files under a source folder: those to check as images, and those skipped (not images)."""
+
+    candidates: list[str] = field(default_factory=list)  # paths relative to the folder, in path order
+    skipped: list[str] = field(default_factory=list)  # non-image and hidden files; a hidden folder ends in '/'
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
+def list_folder(root: Path) -> Listing:
+    out = Listing()
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath).relative_to(root)
+        # A hidden folder (.git, .cache) is counted once, not walked.
+        out.skipped += [(here / d).as_posix() + "/" for d in dirnames if d.startswith(".")]
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            skip = name.startswith(".") or name.lower() in SKIPPED_NAMES or Path(name).suffix.lower() in SKIPPED_SUFFIXES
+            (out.skipped if skip else out.candidates).append((here / name).as_posix())
+    out.candidates.sort(key=lambda rel: rel.split("/"))
+    out.skipped.sort(key=lambda rel: rel.split("/"))
+    return out
+
+
+def folder_category(rel: str, policy: Policy) -> list[str] | None:
+    """The category a file's top folder names (``o2_violence/a.png``, ``O6/b.png``); None for every category."""
+    parts = PurePosixPath(rel).parts
+    if len(parts) < 2:
         return None
-    text = str(value).strip()
-    return text or None
+    try:
+        return [policy.category(parts[0]).slug]
+    except KeyError:
+        return None
 
 
 def resolve_category(raw: str | None, policy: Policy) -> list[str] | None:
@@ -107,49 +113,59 @@ def resolve_category(raw: str | None, policy: Policy) -> list[str] | None:
 
 
 def iter_entries(source_dir: Path, manifest: Path | None, policy: Policy) -> Iterator[Entry | Checked]:
-    """Entries to check. A manifest row that names an unknown category comes back as a rejection."""
-    if manifest is not None:
-        frame = read_manifest(manifest)
-        for i, row in enumerate(frame.iter_rows(named=True), start=1):
-            entry = Entry(
-                ref=_text(row.get("path")) or "",
-                row=i,
-                rating=_text(row.get("rating")),
-                category=_text(row.get("category")),
-                rationale=_text(row.get("rationale")),
-                photo=_text(row.get("photo")),
-            )
-            if not entry.ref:
-                yield Checked(entry, reason="missing_path", detail=f"{manifest}: row {i} has an empty 'path'; fill it in or drop the row.")
-                continue
-            try:
-                entry.categories = resolve_category(entry.category, policy)
-            except KeyError:
-                yield Checked(
-                    entry,
-                    reason="unknown_category",
-                    detail=f"{manifest}: row {i} ({entry.ref}) has category {entry.category!r}, which is not in "
-                    f"policy {policy.name!r}; use one of {', '.join(policy.slugs)} or an id such as "
-                    f"{policy.categories[0].id}.",
-                )
-                continue
-            yield entry
+    """Entries to check. A manifest row that cannot be read or names an unknown category comes back as a
+    rejection; without a manifest, every file of the folder that may be an image is an entry."""
+    if manifest is None:
+        for rel in list_folder(source_dir).candidates:
+            yield Entry(ref=rel, categories=folder_category(rel, policy))
         return
-    for path in sorted(source_dir.rglob("*")):
-        rel = path.relative_to(source_dir)
-        if not path.is_file() or any(part.startswith(".") for part in rel.parts):
+    for row in read_rows(manifest):
+        if row.problem:
+            yield _bad_row(manifest, row, policy)
             continue
-        categories = None
-        if len(rel.parts) > 1:
-            try:
-                categories = [policy.category(rel.parts[0]).slug]
-            except KeyError:
-                categories = None
-        yield Entry(ref=rel.as_posix(), categories=categories)
+        v = row.values
+        entry = Entry(ref=v["path"], at=f"{manifest.name} {row.at}", rating=v["rating"], category=v["category"],
+                      rationale=v["rationale"], photo=v["photo"])
+        try:
+            entry.categories = resolve_category(entry.category, policy)
+        except KeyError:
+            yield Checked(
+                entry,
+                reason="unknown_category",
+                detail=f"{manifest}: {row.at} ({entry.ref}) has category {entry.category!r}, which is not in "
+                f"policy {policy.name!r}; use one of {', '.join(policy.slugs)} or an id such as "
+                f"{policy.categories[0].id}.",
+            )
+            continue
+        yield entry
+
+
+def _bad_row(manifest: Path, row: ManifestRow, policy: Policy) -> Checked:
+    """A manifest row that cannot be used, as a rejection with reason 'bad_manifest_row'.
+
+    It is counted under the category it names when that can still be read, and otherwise under every
+    category the source serves (as a row without a category would be): each partition that may have
+    taken the row in shows it as rejected, so in = accepted + rejected holds in every one.
+    """
+    path, category = row.values.get("path"), row.values.get("category")
+    ref = path.strip() if isinstance(path, str) and path.strip() else f"{manifest.name} {row.at}"
+    entry = Entry(ref=ref, at=f"{manifest.name} {row.at}")
+    if isinstance(category, str):
+        try:
+            entry.categories = resolve_category(category, policy)
+        except KeyError:
+            entry.categories = None
+    return Checked(entry, reason="bad_manifest_row", detail=f"{manifest}: {row.at} {row.problem}")
+
+
+def manifest_refs(manifest: Path) -> set[str]:
+    """The paths a manifest names, bad rows included (a rejected row still lists its file)."""
+    paths = (row.values.get("path") for row in read_rows(manifest))
+    return {p.strip() for p in paths if isinstance(p, str) and p.strip()}
 
 
 def check_file(entry: Entry, source_dir: Path, max_pixels: int, max_bytes: int) -> Checked:
-    where = f"{entry.ref}" + (f" (manifest row {entry.row})" if entry.row else "")
+    where = f"{entry.ref}" + (f" ({entry.at})" if entry.at else "")
     candidate = Path(entry.ref)
     full = (source_dir / candidate).resolve() if not candidate.is_absolute() else candidate.resolve()
     if not full.is_relative_to(source_dir):
@@ -225,6 +241,33 @@ class FolderSource(Source):
                 columns={"manifest_rating": entry.rating, "manifest_category": entry.category,
                          "manifest_rationale": entry.rationale,
                          "photo_id": f"photo:{entry.photo}" if entry.photo else None})
+
+
+    def intake_notes(self, categories: Sequence[Category], options: SourceOptions) -> dict[str, dict[str, Any]]:
+        """What the folder holds besides the files ``scan`` offers, for each category and for the whole
+        folder ('*'): files skipped as not images (manifests, notes, hidden files) and, with a manifest,
+        files that no manifest row names. Neither kind counts in a category's 'in'."""
+        root, manifest = _folder_paths(options)
+        listing = list_folder(root)
+        unlisted: list[str] = []
+        if manifest is not None:
+            named = {(root / ref).resolve() for ref in manifest_refs(manifest)}
+            unlisted = [rel for rel in listing.candidates if (root / rel).resolve() not in named]
+        notes = {"*": _notes(listing.skipped, unlisted)}
+        for category in categories:
+            notes[category.slug] = _notes(_of_category(listing.skipped, category.slug, options.policy),
+                                          _of_category(unlisted, category.slug, options.policy))
+        return notes
+
+
+def _of_category(refs: list[str], slug: str, policy: Policy) -> list[str]:
+    """The files a category's scan would have seen: those in its folder and those in no category folder."""
+    return [r for r in refs if folder_category(r, policy) in (None, [slug])]
+
+
+def _notes(skipped: list[str], unlisted: list[str]) -> dict[str, Any]:
+    return {"skipped_files": len(skipped), "skipped_examples": skipped[:EXAMPLES],
+            "unlisted_images": len(unlisted), "unlisted_examples": unlisted[:EXAMPLES]}
 
 
 def _stat(path: Path) -> tuple[int, int]:
