@@ -24,6 +24,7 @@ from dagster_duckdb import DuckDBResource
 
 from sp_assets.core.hashing import canonical_json, sha256_json
 from sp_assets.core.policy import Category, Policy
+from sp_assets.core.progress import ALL, Progress, Throttle
 from sp_assets.defs.partitions import ACTIVE_POLICY, category_partitions
 from sp_assets.defs.resources import PipelineSettings
 from sp_assets.execution.memo import Memo
@@ -71,6 +72,8 @@ class Stage:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     written: list[dict[str, Any]] = field(default_factory=list)
     stage_rows: list[dict[str, Any]] = field(default_factory=list)  # stage_runs rows, written with the result
+    category: str = ALL  # the category being worked on (inside ``timed``), for the progress lines
+    throttle: Throttle = field(default_factory=Throttle)
 
     def __post_init__(self) -> None:
         # The step is its run's only writer: short connections, retried while another run holds the file.
@@ -83,8 +86,10 @@ class Stage:
         self.memo.progress = self._progress
         self.now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
-    def _progress(self, role: str, done: int, total: int) -> None:
-        self.context.log.info(f"{self.asset}: {role} {done}/{total} ({time.perf_counter() - self.started:.0f} s)")
+    def _progress(self, role: str, done: int, total: int, seconds: float) -> None:
+        """A ``core.progress`` line at INFO, every few seconds per role and category and at the end of each."""
+        if self.throttle.due((self.category, role), done, total):
+            self.context.log.info(Progress(self.asset, self.category, role, done, total, seconds).line())
 
     def memo_report(self) -> dict[str, Any]:
         """Model calls this step made and answers it reused, by role (for the materialization metadata)."""
@@ -105,8 +110,12 @@ class Stage:
     @contextlib.contextmanager
     def timed(self, category: str) -> Iterator[None]:
         t0 = time.perf_counter()
-        yield
-        self.timings[category] = self.timings.get(category, 0.0) + time.perf_counter() - t0
+        self.category = category
+        try:
+            yield
+        finally:
+            self.category = ALL
+            self.timings[category] = self.timings.get(category, 0.0) + time.perf_counter() - t0
 
     def record(self, category: str, n_in: int, n_out: int, n_rejected: int, profiles: Mapping[str, Any],
                rows: Sequence[Mapping[str, Any]] = ()) -> None:

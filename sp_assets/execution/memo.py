@@ -73,7 +73,9 @@ class Memo:
                  batch_size: int, policy: Policy):
         self.store, self.images, self.pool, self.policy = store, images, pool, policy
         self.run_id, self.stage, self.batch_size = run_id, stage, batch_size
-        self.progress: Callable[[str, int, int], None] = lambda role, done, total: None
+        # (role, items done, items to compute, seconds since they started): at the start, after every
+        # batch and at the end; the stage decides which of these are worth a log line.
+        self.progress: Callable[[str, int, int, float], None] = lambda role, done, total, seconds: None
         self.computed: Counter[str] = Counter()  # this stage's model calls, by role
         self.reused: Counter[str] = Counter()  # answers this stage found in the memo, by role
 
@@ -116,8 +118,9 @@ class Memo:
     def _compute(self, call: Call, job: Job, batches: list[list[tuple[str, Any]]]) -> dict[str, Outcome]:
         out: dict[str, Outcome] = {}
         pending: list[dict[str, Any]] = []
-        last_commit = time.monotonic()
+        started = last_commit = time.monotonic()
         done, total = 0, sum(len(b) for b in batches)
+        self.progress(call.role, done, total, 0.0)
         # Batches may come back in any order (a pool of several workers); the index names the batch.
         for index, results in self.pool.map(job, [[item for _, item in b] for b in batches]):
             pairs = batches[index]
@@ -134,9 +137,10 @@ class Memo:
             if time.monotonic() - last_commit >= COMMIT_EVERY_S:
                 memo_queries.save(self.store, pending)
                 pending, last_commit = [], time.monotonic()
-                self.progress(call.role, done, total)
+            if done < total:
+                self.progress(call.role, done, total, time.monotonic() - started)
         memo_queries.save(self.store, pending)
-        self.progress(call.role, done, total)
+        self.progress(call.role, done, total, time.monotonic() - started)
         return out
 
     def _row(self, call: Call, key: str, item: Any, encoded: Encoded) -> dict[str, Any]:
