@@ -17,7 +17,13 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(BIN)/pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev,ray,s3,guards]'
 	touch $(STAMP)
 
+# `source .venv/bin/activate` then lets the dagster CLI find the code location and the instance
+# (`dagster asset materialize --select ... --partition ...` without -m); added once.
 setup: $(STAMP)
+	@grep -q DAGSTER_MODULE_NAME $(BIN)/activate || printf '%s\n' '' \
+	  '# SafetyPairs (make setup): the dagster CLI finds the code location and the instance from here.' \
+	  'export DAGSTER_MODULE_NAME="$${DAGSTER_MODULE_NAME:-sp_assets.definitions}"' \
+	  'export DAGSTER_HOME="$${DAGSTER_HOME:-$(CURDIR)}"' >> $(BIN)/activate
 
 demo: setup
 	$(BIN)/python -m sp_assets.demo
