@@ -1,20 +1,26 @@
 """``make demo``: materialize all seven stages for every category through the Dagster CLI, then summarise.
 
 Run as ``python -m sp_assets.demo [--categories o1_hate...o9_disasters]``. The run goes through
-``dagster asset materialize``, exactly as a user would launch it, so it shows up in ``make dev``.
+``dagster asset materialize``, exactly as a user would launch it, so it shows up in ``make dev``. Its
+event stream goes to ``<data root>/logs/demo-<time>.log``; the terminal shows progress per stage and
+category (``core.run_display``) and the run's warnings and errors.
 """
 
 import argparse
+import datetime as dt
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from sp_assets.core.guard_evaluation import SELECTED_NOTE, headline
 from sp_assets.core.policy import REPO_ROOT, load_active_policy
 from sp_assets.core.reports import SELECTED_MARK, guard_name
+from sp_assets.core.run_display import RunDisplay
 from sp_assets.defs.resources import PipelineSettings
 from sp_assets.storage import Store, queries
 
@@ -22,14 +28,72 @@ STAGES = ["source_pool", "policy_labels", "edit_instructions", "edited_images", 
           "benchmark_split", "guard_metrics"]
 
 
-def materialize(partition_range: str, env: dict[str, str]) -> float:
+INTERRUPT_GRACE_S = 60  # after Ctrl-C, how long Dagster may take to mark the run cancelled
+
+
+def materialize(partition_range: str, env: dict[str, str], log_path: Path) -> tuple[int, float, RunDisplay]:
+    """Run the CLI with its whole output in ``log_path`` and its progress and problems on the terminal:
+    (exit status, seconds, the display, which holds the lines that mattered)."""
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
     cmd = [dagster, "asset", "materialize", "-m", "sp_assets", "--select", ",".join(STAGES),
            "--partition-range", partition_range]
     print("$", " ".join(cmd), flush=True)
+    print(f"Dagster's events go to {log_path}; progress, warnings and errors below.", flush=True)
+    display = RunDisplay(sys.stdout, STAGES, live=sys.stdout.isatty())
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, cwd=REPO_ROOT)
-    return time.perf_counter() - t0
+    with log_path.open("w", encoding="utf-8") as log:
+        status = _stream(cmd, {**env, "PYTHONUNBUFFERED": "1"}, log, display)
+    display.close()
+    return status, time.perf_counter() - t0, display
+
+
+def _stream(cmd: list[str], env: dict[str, str], log: IO[str], display: RunDisplay) -> int:
+    """Every line of the run's output into the log as it arrives, and to the display."""
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, encoding="utf-8", errors="replace", bufsize=1)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            display.feed(line)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return _interrupted(proc, log, display)
+
+
+def _interrupted(proc: subprocess.Popen, log: IO[str], display: RunDisplay) -> int:
+    """Ctrl-C: Dagster got it too (same terminal) and cancels the run; it is asked again if it did not,
+    and killed if it has not stopped after INTERRUPT_GRACE_S. The rest of its output still goes to the log."""
+    try:
+        rest, _ = proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rest, _ = proc.communicate(timeout=INTERRUPT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rest, _ = proc.communicate()
+    log.write(rest or "")
+    for line in (rest or "").splitlines():
+        display.feed(line)
+    return 130
+
+
+def log_file(data_root: Path) -> Path:
+    """Where this demo run's Dagster events go: one file per run, under the data root."""
+    return data_root / "logs" / f"demo-{dt.datetime.now():%Y%m%d-%H%M%S}.log"
+
+
+def failure_message(status: int, log_path: Path, relevant: list[str]) -> str:
+    """What a failed run tells: the exit status, where the whole log is, its last lines that matter."""
+    if not relevant:  # nothing looked like an error: the log's own last lines
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines() if log_path.exists() else []
+        relevant = lines[-12:]
+    head = "interrupted" if status == 130 else f"failed (dagster exited with status {status})"
+    return "\n".join([f"\nmake demo {head}. Dagster's whole event log: {log_path}", "Last relevant lines:",
+                      *(f"  {line}" for line in relevant)])
 
 
 def _yield_lines(store: Store) -> list[str]:
@@ -40,6 +104,33 @@ def _yield_lines(store: Store) -> list[str]:
         out.append(f"{r['category']:<24}{r['sources']:>8}{r['attempts']:>9}{r['accepted']:>9}{y:>7.0%}{r['pairs']:>7}"
                    f"{r['controlled']:>11}  {r['reasons'] or '-'}")
     return out
+
+
+def _editor_lines(store: Store) -> list[str]:
+    """Yield per editor, when more than one editor made candidates (SP_EDITOR switched, SP_EDITORS_ALSO)."""
+    rows = queries.flip_yield_per_editor(store)
+    if len({r["editor_profile"] for r in rows}) < 2:
+        return []
+    out = ["", "flip candidates per editor (benchmark_split keeps the best accepted one per source):",
+           f"  {'category':<24}{'editor':<18}{'attempts':>9}{'accepted':>9}{'yield':>7}{'chosen':>7}"]
+    for r in rows:
+        out.append(f"  {r['category']:<24}{r['editor_profile']:<18}{r['attempts']:>9}{r['accepted']:>9}"
+                   f"{r['yield']:>7.0%}{r['chosen']:>7}")
+    return out
+
+
+def _intake_lines(store: Store, run_id: str) -> list[str]:
+    """Files of the user's folder that are not in the pool without being rejected: not images, or unlisted."""
+    notes = queries.source_intake_notes(store, run_id)
+    out = []
+    for category, n in notes.items():
+        if n.get("skipped_files"):
+            out.append(f"  {category}: {n['skipped_files']} non-image files skipped "
+                       f"(e.g. {', '.join(n.get('skipped_examples') or [])})")
+        if n.get("unlisted_images"):
+            out.append(f"  {category}: {n['unlisted_images']} files on disk named by no manifest row, not taken in "
+                       f"(e.g. {', '.join(n.get('unlisted_examples') or [])})")
+    return ["", "source folder notes:"] + out if out else []
 
 
 def _time_lines(store: Store, run_id: str) -> list[str]:
@@ -111,7 +202,8 @@ def summary(store: Store, data_root: Path) -> str:
     run_id = queries.latest_complete_run(store)
     if run_id is None:
         return "no completed run found in stage_runs"
-    lines = [f"Run {run_id}", ""] + _yield_lines(store) + _time_lines(store, run_id) + _guard_lines(store)
+    lines = [f"Run {run_id}", ""] + _yield_lines(store) + _intake_lines(store, run_id) + _editor_lines(store)
+    lines += _time_lines(store, run_id) + _guard_lines(store)
     return "\n".join(lines + _probe_lines(store, run_id) + _where_lines(data_root, run_id))
 
 
@@ -124,11 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     env.setdefault("DAGSTER_HOME", str(REPO_ROOT))
     settings = PipelineSettings.from_env()
-    seconds = materialize(args.categories, env)
+    log_path = log_file(settings.root)
+    status, seconds, display = materialize(args.categories, env, log_path)
+    if status != 0:
+        print(failure_message(status, log_path, list(display.relevant)), file=sys.stderr, flush=True)
+        return status if status > 0 else 128 - status  # killed by a signal: the shell's convention
     store = Store.at(settings.root / "safetypairs.duckdb", read_only=True)
     print()
     print(summary(store, settings.root))
     print(f"\nTotal wall time: {seconds:.0f} s on {os.cpu_count()} cores.")
+    print(f"Dagster's events of this run: {log_path}")
     return 0
 
 

@@ -6,6 +6,7 @@ shared keys of ``schema.KEYS``, so no query links two stages on fewer columns th
 
 from __future__ import annotations
 
+import json
 from typing import Any, Sequence
 
 from sp_assets.storage.schema import join_on
@@ -205,10 +206,41 @@ def flip_yield_per_category(store: Store) -> Rows:
         "FROM yield_by_profile y WHERE y.kind = 'flip' GROUP BY y.category ORDER BY y.category").to_dicts()
 
 
+def flip_yield_per_editor(store: Store) -> Rows:
+    """Flip candidates per category and editor profile, to compare editors: attempts, accepted, yield, how many
+    of the category's benchmark pairs came from the editor (``chosen``), and the mean embedding cosine,
+    changed fraction and quality_score of its accepted candidates (NULL when none was accepted)."""
+    return store.query(
+        "WITH v AS (SELECT category, editor_profile, count(*) AS attempts, count(*) FILTER (WHERE accepted) AS accepted, "
+        "avg(embedding_cosine) FILTER (WHERE accepted) AS embedding_cosine, "
+        "avg(changed_fraction) FILTER (WHERE accepted) AS changed_fraction, "
+        "avg(quality_score) FILTER (WHERE accepted) AS quality_score "
+        "FROM verified_pairs WHERE kind = 'flip' GROUP BY category, editor_profile), "
+        "b AS (SELECT category, editor_profile, count(*) AS chosen FROM benchmark_split GROUP BY category, editor_profile) "
+        "SELECT v.category, v.editor_profile, v.attempts, v.accepted, round(v.accepted / v.attempts, 4) AS yield, "
+        "coalesce(b.chosen, 0) AS chosen, round(v.embedding_cosine, 4) AS embedding_cosine, "
+        "round(v.changed_fraction, 5) AS changed_fraction, round(v.quality_score, 4) AS quality_score "
+        "FROM v LEFT JOIN b USING (category, editor_profile) ORDER BY v.category, v.editor_profile").to_dicts()
+
+
 def stage_seconds(store: Store, run_id: str) -> dict[str, float]:
     """Wall time of each stage of a run, models included (the per-step rows)."""
     rows = store.query("SELECT asset, seconds FROM stage_runs WHERE run_id = ? AND category = '*'", [run_id])
     return {r["asset"]: r["seconds"] for r in rows.iter_rows(named=True)}
+
+
+def source_intake_notes(store: Store, run_id: str | None = None) -> dict[str, dict[str, Any]]:
+    """Per category, what the latest source_pool step (of ``run_id``, if given) left out of its intake:
+    ``skipped_files`` (not images: manifests, notes, hidden files) and ``unlisted_images`` (on disk, named
+    by no manifest row), each with a few ``..._examples``. Categories of a source with nothing to note
+    (the demo pool) are absent."""
+    rows = store.query(
+        "SELECT category, profiles_json FROM stage_runs WHERE asset = 'source_pool' AND category <> '*' "
+        "AND (CAST(? AS VARCHAR) IS NULL OR run_id = ?) "
+        "QUALIFY row_number() OVER (PARTITION BY category ORDER BY created_at DESC) = 1 ORDER BY category",
+        [run_id, run_id]).rows()
+    notes = {category: json.loads(profiles or "{}").get("intake") for category, profiles in rows}
+    return {category: n for category, n in notes.items() if n}
 
 
 def pooled_guard_metrics(store: Store) -> Rows:

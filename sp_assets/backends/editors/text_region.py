@@ -105,6 +105,11 @@ class TextRegionEditor(Editor):
     around the pixels that changed. Images are converted to RGB first.
 
     Deterministic: the seed is accepted (and recorded) but nothing is random.
+
+    Parameters a profile compares editors by: ``inpaint_method`` ('telea' or 'ns', OpenCV's two
+    inpainting methods) with ``inpaint_radius`` (pixels around each masked pixel it fills from), and
+    ``font_name``, a TrueType file that ships with matplotlib (``shipped_fonts()``: DejaVuSans-Bold.ttf,
+    the default and the demo's own font, DejaVuSerif-Bold.ttf, ...). Bad values raise ``ValueError``.
     """
 
     def __init__(
@@ -116,20 +121,16 @@ class TextRegionEditor(Editor):
         glyph_dilate: int = 2,
         font_name: str = DEFAULT_FONT,
     ) -> None:
-        if inpaint_method not in INPAINT_METHODS:
-            raise ValueError(f"inpaint_method {inpaint_method!r} is not one of {sorted(INPAINT_METHODS)}")
-        if mask_mode not in MASK_MODES:
-            raise ValueError(f"mask_mode {mask_mode!r} is not one of {MASK_MODES}")
-        for name, value in (("inpaint_radius", inpaint_radius), ("pad", pad), ("glyph_dilate", glyph_dilate)):
-            if int(value) < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+        _check_params(inpaint_method, mask_mode, font_name,
+                      {"inpaint_radius": inpaint_radius, "pad": pad, "glyph_dilate": glyph_dilate})
         self.inpaint_method = inpaint_method
         self.inpaint_radius = int(inpaint_radius)
         self.pad = int(pad)
         self.mask_mode = mask_mode
         self.glyph_dilate = int(glyph_dilate)
         self.font_name = font_name
-        # The font file's bytes decide the rendered glyphs, so they belong in the config hash.
+        # The font file's bytes decide the rendered glyphs: config() records their hash (the profile's config
+        # hash covers the file name only).
         self._font_sha256 = hashlib.sha256(font_path(font_name).read_bytes()).hexdigest()
         self.info = ModelInfo(
             model_id=f"opencv-inpaint-{inpaint_method}+{_font_family(font_name)}",
@@ -537,9 +538,32 @@ def _mode_colour(pixels: np.ndarray, bin_size: int = 32) -> np.ndarray:
     return np.median(pixels[near], axis=0)
 
 
+def _check_params(inpaint_method: Any, mask_mode: Any, font_name: Any, sizes: dict[str, Any]) -> None:
+    """Reject parameter values the editor cannot use, saying where they are set and what is allowed."""
+    where = "; set it in the editor profile's params (resources/editors.yaml)"
+    if inpaint_method not in INPAINT_METHODS:
+        raise ValueError(f"text_region editor: inpaint_method {inpaint_method!r} is not one of "
+                         f"{sorted(INPAINT_METHODS)}{where}")
+    if mask_mode not in MASK_MODES:
+        raise ValueError(f"text_region editor: mask_mode {mask_mode!r} is not one of {MASK_MODES}{where}")
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"text_region editor: {name} must be a whole number of pixels >= 0, got {value!r}{where}")
+    fonts = shipped_fonts()
+    if font_name not in fonts:
+        raise ValueError(f"text_region editor: font_name {font_name!r} is not a font file shipped with matplotlib; "
+                         f"choose one of {', '.join(f for f in fonts if f.startswith('DejaVu'))}{where}")
+
+
+def shipped_fonts() -> list[str]:
+    """File names of the TrueType fonts in matplotlib's data folder (the DejaVu family and more)."""
+    return sorted(p.name for p in font_path(DEFAULT_FONT).parent.glob("*.ttf"))
+
+
 def _font_family(font_name: str) -> str:
-    stem = font_name.rsplit(".", 1)[0].lower()
-    return "dejavu" if stem.startswith("dejavu") else stem
+    """The font part of the model id: 'dejavu' for the default (as rows have always said), else the file's stem,
+    so an edit in another font says which one in its model id."""
+    return "dejavu" if font_name == DEFAULT_FONT else font_name.rsplit(".", 1)[0].lower()
 
 
 def _balanced_breaks(words: list[str], k: int, length) -> list[str]:
