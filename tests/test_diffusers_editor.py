@@ -19,8 +19,9 @@ from PIL import Image
 
 from sp_assets.backends.base import EditResult, Instruction
 from sp_assets.backends.editors.diffusers_pipeline import (
-    DiffusersEditor, accepted_call_args, pipeline_class, target_size,
+    DiffusersEditor, accepted_call_args, pipeline_class,
 )
+from sp_assets.backends.editors.diffusers_sizes import target_size
 from sp_assets.backends.common.hf import MissingWeightsError
 from sp_assets.core.policy import REPO_ROOT
 from sp_assets.backends.profiles import Profile, ProfileError
@@ -147,6 +148,25 @@ def test_resolution_resizes_the_input_and_the_output_comes_back(tiny_model: Path
     assert result.raw_size == (80, 48) and result.image.size == (96, 64)
     assert target_size(4000, 3000, 1024, None, 16) == (1184, 880)
     assert target_size(4000, 3000, None, 512, 8) == (512, 384)
+
+
+def test_no_resample_without_a_configured_size(editor: DiffusersEditor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No resolution set: a source already a multiple of 16 reaches the pipeline untouched; another is
+    resampled once, by the editor, and the pipeline does not resample it again."""
+    seen = []
+    real = Image.Image.resize
+
+    def resize(self, size, *args, **kwargs):
+        if tuple(size) != self.size:
+            seen.append((self.size, tuple(size)))
+        return real(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", resize)
+    (result,) = editor.edit([_photo(64, 48, 6)], [INSTRUCTION], [0])
+    assert seen == [] and result.raw_size == (64, 48) and result.detail["size_rule"] == "input"
+    assert result.detail["size_call_args"] == {}  # InstructPix2Pix takes no height/width: it draws at its input
+    editor.edit([_photo(90, 60, 7)], [INSTRUCTION], [0])
+    assert seen == [((90, 60), (96, 64)), ((96, 64), (90, 60))]
 
 
 def test_registry_factory_and_auto_pipeline(tiny_model: Path) -> None:

@@ -7,7 +7,6 @@ import difflib
 import gc
 import inspect
 import logging
-import math
 import string
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,6 +28,15 @@ from sp_assets.backends.common.hf import (
     resolve_dtype,
 )
 from sp_assets.backends.common.versions import package_version
+from sp_assets.backends.editors.diffusers_sizes import (
+    QWEN_EDIT,
+    QWEN_EDIT_PLUS,
+    RULES,
+    SizePlan,
+    check_size_args,
+    pipeline_multiple,
+    plan_size,
+)
 from sp_assets.backends.profiles import ProfileError
 
 log = logging.getLogger(__name__)
@@ -39,9 +47,11 @@ KNOWN_EDIT_PIPELINES = (
     "StableDiffusionInstructPix2PixPipeline", "StableDiffusionXLInstructPix2PixPipeline",
     "FluxKontextPipeline", "QwenImageEditPipeline", "QwenImageEditPlusPipeline",
 )
-# Pipelines whose ``image`` list means several reference images for ONE edit, not a batch: they
-# get one candidate per call (diffusers' QwenImageEditPlusPipeline refuses batch_size > 1).
-ONE_CANDIDATE_PER_CALL = frozenset({"QwenImageEditPlusPipeline"})
+# Pipelines that take one candidate per call. QwenImageEditPipeline expects a single image: given a
+# list, its resize step passes the list through and the vision encoder reads each source at full size
+# (several times the vision tokens of its ~1 MP copy). QwenImageEditPlusPipeline reads an image list
+# as several references for ONE edit, and refuses batch_size > 1.
+ONE_CANDIDATE_PER_CALL = frozenset({QWEN_EDIT, QWEN_EDIT_PLUS})
 # Arguments the editor sets itself; a profile may not override them through extra_call_args.
 RESERVED_CALL_ARGS = frozenset({
     "prompt", "image", "generator", "num_images_per_prompt", "output_type", "return_dict", "latents",
@@ -83,21 +93,6 @@ def takes_image_and_prompt(cls: type) -> bool:
     except (TypeError, ValueError):
         return False
     return "image" in params and "prompt" in params
-
-
-def target_size(width: int, height: int, resolution: int | None, max_side: int | None,
-                multiple_of: int) -> tuple[int, int]:
-    """The size the pipeline is given: scaled to about ``resolution``² pixels (aspect kept) when set,
-    the longer side capped at ``max_side`` when set, each side snapped to ``multiple_of``."""
-    w, h = float(width), float(height)
-    if resolution:
-        scale = math.sqrt(resolution * resolution / (w * h))
-        w, h = w * scale, h * scale
-    if max_side and max(w, h) > max_side:
-        scale = max_side / max(w, h)
-        w, h = w * scale, h * scale
-    m = max(1, int(multiple_of))
-    return max(m, int(round(w / m)) * m), max(m, int(round(h / m)) * m)
 
 
 def _diffusers_pipeline_names() -> list[str]:
@@ -187,8 +182,12 @@ class DiffusersEditor(Editor):
     is a ``MissingWeightsError`` naming the profile, the model and the ``hf download`` command.
 
     Editors change size (Qwen-Image-Edit works near one megapixel, Kontext snaps to its preferred
-    resolutions): every output is brought back to its source's size with a LANCZOS resize, and the size
-    the pipeline returned is kept in ``EditResult.raw_size``. ``EditResult.region`` is None: a diffusion
+    resolutions). Each source gets a size plan (``diffusers_sizes``): the pipeline is asked to draw at
+    the size it reads the source at (Kontext: its preferred resolution for the source's aspect, not its
+    default square 1024x1024), the source is resampled at most once before the pipeline sees it, and the
+    rule, the sizes and the height/width asked are recorded in every result's ``detail``. Every output
+    is brought back to its source's size with a LANCZOS resize, and the size the pipeline returned is
+    kept in ``EditResult.raw_size``. ``EditResult.region`` is None: a diffusion
     editor may touch any pixel, so the verifier derives the changed region from a difference map.
 
     Pipelines with a built-in NSFW safety checker (the Stable Diffusion family, InstructPix2Pix) have it
@@ -206,14 +205,18 @@ class DiffusersEditor(Editor):
       steps, guidance_scale, image_guidance_scale, negative_prompt: None leaves the pipeline's
           default. A value the pipeline's __call__ does not accept is not passed, and is listed in
           config()['ignored_params'].
-      extra_call_args: more __call__ arguments (true_cfg_scale, max_area, strength...); a name the
-          pipeline does not accept is an error.
-      batch_size: candidates per pipeline call (candidates of the same input size share a call).
+      extra_call_args: more __call__ arguments (true_cfg_scale, strength, Kontext's _auto_resize...); a
+          name the pipeline does not accept is an error, and so are the size arguments the size rule
+          sets (height, width; Kontext's max_area).
+      batch_size: candidates per pipeline call; only candidates with the same size plan share a call
+          (Qwen-Image-Edit and -Plus always take one per call).
       cpu_offload: enable_model_cpu_offload on CUDA (less GPU memory, slower); ignored on CPU.
       allow_download: let diffusers fetch missing files from the hub (off by default).
       disable_safety_checker: switch off a built-in NSFW checker (default on; recorded).
-      resolution, max_side, multiple_of: resize the input before the pipeline sees it (see
-          ``target_size``); outputs always come back at the source size.
+      resolution, max_side, multiple_of: the size to edit at (see ``diffusers_sizes.target_size``; the
+          multiple is at least the pipeline's own). Unset: the pipeline's own size rule. Kontext with a
+          size set reads and draws at it (auto-resize off); Qwen draws at it but always reads the
+          reference near one megapixel. Outputs always come back at the source size.
       scheduler: a diffusers scheduler class name to use instead of the model's (built from the
           model's scheduler config); unset keeps the model's.
       prompt_template: builds the prompt from the instruction; fields {text}, {keep},
@@ -277,6 +280,7 @@ class DiffusersEditor(Editor):
             cls = self._class_from_model(cls is not None)
         self.pipeline_cls: type = cls
         self._check_extra(extra)
+        check_size_args(profile_name, cls.__name__, extra, self.resolution, self.max_side)
 
         self.pipe = self._load_pipeline(scheduler_cls, bool(cpu_offload))
         self._set_call_args(extra, {"num_inference_steps": steps, "guidance_scale": guidance_scale,
@@ -350,6 +354,7 @@ class DiffusersEditor(Editor):
         }
         self.extra_call_args = extra
         self.one_per_call = type(self.pipe).__name__ in ONE_CANDIDATE_PER_CALL
+        self.pipe_multiple = pipeline_multiple(self.pipe)
 
     def _model_info(self) -> ModelInfo:
         import diffusers
@@ -493,6 +498,8 @@ class DiffusersEditor(Editor):
             "resolution": self.resolution,
             "max_side": self.max_side,
             "multiple_of": self.multiple_of,
+            "pipeline_multiple": self.pipe_multiple,
+            "size_rule": RULES[self.size_plan((1024, 768)).rule],  # the rule depends on the class and config only
             "prompt_template": self.prompt_template,
             "scheduler_override": self.scheduler_override,
             "resize_back": "lanczos",
@@ -523,31 +530,37 @@ class DiffusersEditor(Editor):
     ) -> list[EditResult]:
         check_edit_args(images, instructions, seeds)
         sources = [im.convert("RGB") for im in images]
-        inputs = []
-        for src in sources:
-            size = target_size(src.width, src.height, self.resolution, self.max_side, self.multiple_of)
-            inputs.append(src if size == src.size else src.resize(size, Image.Resampling.LANCZOS))
-        # Candidates of the same input size share a call (a pipeline resizes a batch to one size).
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, im in enumerate(inputs):
-            groups.setdefault(im.size, []).append(i)
+        plans = [self.size_plan(src.size) for src in sources]
+        # At most one resample before the pipeline: none where it resizes the source itself.
+        inputs = [src if plan.input_size == src.size else src.resize(plan.input_size, Image.Resampling.LANCZOS)
+                  for src, plan in zip(sources, plans)]
+        # One height/width per call: candidates share a call only when their plans agree on every size.
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, plan in enumerate(plans):
+            groups.setdefault(plan.batch_key, []).append(i)
         step = 1 if self.one_per_call else self.batch_size
         results: list[EditResult | None] = [None] * len(sources)
         for members in groups.values():
             for start in range(0, len(members), step):
                 chunk = members[start:start + step]
-                for i, result in zip(chunk, self._run([sources[i] for i in chunk], [inputs[i] for i in chunk],
-                                                      [instructions[i] for i in chunk],
-                                                      [int(seeds[i]) for i in chunk])):
+                done = self._run([sources[i] for i in chunk], [inputs[i] for i in chunk], plans[chunk[0]],
+                                 [instructions[i] for i in chunk], [int(seeds[i]) for i in chunk])
+                for i, result in zip(chunk, done):
                     results[i] = result
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
-    def _run(self, sources: list[Image.Image], inputs: list[Image.Image], instructions: list[Instruction],
-             seeds: list[int]) -> list[EditResult]:
-        """One pipeline call for candidates of one input size; outputs come back at their source's size."""
+    def size_plan(self, source_size: tuple[int, int]) -> SizePlan:
+        """How a source of this (width, height) is read and drawn (see ``diffusers_sizes``)."""
+        return plan_size(type(self.pipe).__name__, source_size, resolution=self.resolution,
+                         max_side=self.max_side, multiple_of=self.multiple_of, pipe_multiple=self.pipe_multiple,
+                         auto_resize=self.extra_call_args.get("_auto_resize", True) is not False)
+
+    def _run(self, sources: list[Image.Image], inputs: list[Image.Image], plan: SizePlan,
+             instructions: list[Instruction], seeds: list[int]) -> list[EditResult]:
+        """One pipeline call for candidates that share a size plan; outputs come back at their source's size."""
         prompts = [self.prompt_for(ins) for ins in instructions]
-        out = self._call_pipeline(prompts, inputs, seeds)
+        out = self._call_pipeline(prompts, inputs, plan, seeds)
         raw_images = list(out.images)
         if len(raw_images) != len(sources):
             raise RuntimeError(f"{type(self.pipe).__name__} returned {len(raw_images)} images for "
@@ -557,9 +570,13 @@ class DiffusersEditor(Editor):
         results = []
         for k, (src, inp, raw, prompt, seed) in enumerate(zip(sources, inputs, raw_images, prompts, seeds)):
             raw = raw.convert("RGB")
+            if raw.size != plan.draw_size:  # the size rule and this diffusers disagree: say so
+                log.warning("editor profile %r: %s drew %s, the size rule (%s) expected %s", self.profile_name,
+                            type(self.pipe).__name__, raw.size, plan.rule, plan.draw_size)
             resized = raw.size != src.size
             image = raw.resize(src.size, Image.Resampling.LANCZOS) if resized else raw
             detail = self._detail(prompt, seed, src, inp, raw, len(sources))
+            detail.update(plan.detail())
             if nsfw is not None:
                 detail["nsfw_content_detected"] = bool(nsfw[k])
             if tokens is not None:
@@ -568,18 +585,27 @@ class DiffusersEditor(Editor):
             results.append(EditResult(image=image, raw_size=raw.size, region=None, detail=detail))
         return results
 
-    def _call_pipeline(self, prompts: list[str], inputs: list[Image.Image], seeds: list[int]) -> Any:
+    def _call_pipeline(self, prompts: list[str], inputs: list[Image.Image], plan: SizePlan, seeds: list[int]) -> Any:
         """The pipeline's output for one batch, each candidate with its own seeded CPU generator."""
         import torch
 
-        kwargs: dict[str, Any] = dict(self._call_args)
+        kwargs: dict[str, Any] = {**self._call_args, **dict(plan.call_args)}
         kwargs["prompt"] = prompts
-        # One reference image per edit for pipelines that read an image list as references.
-        kwargs["image"] = inputs[0] if self.one_per_call else inputs
+        kwargs["image"] = self._image_arg(inputs)
         kwargs["generator"] = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         if self._negative is not None:
             kwargs["negative_prompt"] = [self._negative] * len(prompts)
         return self.pipe(**kwargs)
+
+    def _image_arg(self, inputs: list[Image.Image]) -> Image.Image | list[Image.Image]:
+        """``image`` as each pipeline expects it: one image (Qwen-Image-Edit), a list of the references of one
+        edit (Qwen-Image-Edit-Plus: here one, the source), or one image per candidate (the rest)."""
+        name = type(self.pipe).__name__
+        if name == QWEN_EDIT:
+            return inputs[0]
+        if name == QWEN_EDIT_PLUS:
+            return [inputs[0]]
+        return inputs
 
     def _detail(self, prompt: str, seed: int, src: Image.Image, inp: Image.Image, raw: Image.Image,
                 batch_call_size: int) -> dict[str, Any]:
