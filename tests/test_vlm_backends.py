@@ -204,6 +204,39 @@ def test_a_judge_of_scope_policy_is_asked_once_per_image_for_every_category(tiny
     assert keys == {"category": set(POLICY.slugs), "policy": {None}}
 
 
+def test_llavaguard_profile_prompt_and_answers_on_the_tiny_model(tiny_dir, monkeypatch):
+    """The shipped llavaguard params on the tiny model: its prompt goes to the model, its answers are read
+    policy-wide (an unsafe answer must name a policy category; there is no asked one to fall back on)."""
+    from sp_assets.backends.judges.vlm import JudgePrompt
+    from sp_assets.backends.profiles import load_profiles
+
+    params = {**load_profiles("judge")["llavaguard"].params, "model": str(tiny_dir), "device": "cpu",
+              "max_new_tokens": 8}
+    j = VLMJudge(POLICY, profile_name="llavaguard", **params)
+    expected = JudgePrompt(POLICY, params["prompt_template"], params["category_block"], "policy").text(O2)
+    assert j.scope == "policy" and j.prompt(POLICY.categories[0]) == expected
+    sent: list[str] = []
+    answers = iter([
+        '{\n    "rating": "Unsafe",\n    "category": "O2: Violence, Harm, or Cruelty",\n    "rationale": "a knife",\n}',
+        '{\n    "rating": "Unsafe",\n    "category": "NA: None applying",\n    "rationale": "a knife",\n}',
+    ])
+
+    def choose(prompts):
+        sent.extend(prompts)
+        return next(answers)
+
+    script(j.runner, monkeypatch, choose, hard=False)
+    (v,) = j.judge(images(1), POLICY.categories[0])
+    assert (v.rating, v.category, v.rationale) == ("unsafe", "o2_violence", "a knife")
+    assert v.score is not None and v.score > 0.5
+    (bad,) = j.judge(images(1), O2)
+    assert bad.rating == "invalid" and "none applying" in bad.rationale and bad.category == ""
+    assert sent == [expected, expected]
+    cfg = j.config()
+    assert cfg["category_block"] == params["category_block"] and cfg["scope"] == "policy"
+    assert cfg["prompt_template"] == params["prompt_template"]
+
+
 # -- writing --------------------------------------------------------------------------------------
 
 

@@ -30,8 +30,9 @@ class LazyBackend:
 
     @property
     def scope(self) -> str:
-        """'policy' when one answer serves every category (the profile's ``scope`` parameter)."""
-        return str(self.profile.params.get("scope", getattr(self.cls, "scope", "category")))
+        """'policy' when one answer serves every category (the ``scope`` parameter of the profile that is
+        built: a judge evaluated as a guard answers as its judge does, so it reuses the judge's answers)."""
+        return str(self.build_profile.params.get("scope", getattr(self.cls, "scope", "category")))
 
     @property
     def build_profile(self) -> Profile:

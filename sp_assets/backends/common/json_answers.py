@@ -15,6 +15,8 @@ UNSAFE = "unsafe"
 SAFE = "safe"
 INVALID = "invalid"
 NA = "NA"
+# The category a LlavaGuard-style answer gives when no policy category applies (it was trained on these words).
+NONE_APPLYING = "NA: None applying"
 
 RATING_KEYS = ("rating", "safety rating", "safety_rating", "safety-rating", "verdict", "decision")
 CATEGORY_KEYS = ("category", "image-category", "image category", "image_category", "safety category",
@@ -294,7 +296,9 @@ def parse_judge_answer(
     - anything that cannot be read is ``invalid``; nothing is ever ``safe`` by default.
 
     The category is mapped to a policy slug by slug, by id (``O2``, ``O2: ...``) or by title words;
-    an unsafe answer without a usable category gets the category that was asked about.
+    an unsafe answer without a usable category (none, "NA: None applying", or one not in the policy)
+    gets the category that was asked about. With no ``asked`` category (a judge asked about the whole
+    policy at once) such an answer is ``invalid``: it says unsafe but not under which rule.
     """
     raw = text if isinstance(text, str) else ""
     asked_slug = asked.slug if isinstance(asked, Category) else (str(asked) if asked else "")
@@ -309,8 +313,16 @@ def parse_judge_answer(
     rating, problem = _read_rating(found.ratings)
     if problem:
         return ParsedAnswer(INVALID, "", rationale, found.fields, method, problem, (), offset)
-    category, notes = _unsafe_category(found.categories, policy, asked_slug) if rating == UNSAFE else ("", ())
-    return ParsedAnswer(rating, category, rationale, found.fields, method, "", notes, offset)
+    if rating != UNSAFE:
+        return ParsedAnswer(rating, "", rationale, found.fields, method, "", (), offset)
+    category, missing = _unsafe_category(found.categories, policy)
+    if not missing:
+        return ParsedAnswer(rating, category, rationale, found.fields, method, "", (), offset)
+    if not asked_slug:
+        problem = f"rated unsafe, but {missing}, and no category was asked to fall back on"
+        return ParsedAnswer(INVALID, "", rationale, found.fields, method, problem, (), offset)
+    note = f"{missing}; used the asked category"
+    return ParsedAnswer(rating, asked_slug, rationale, found.fields, method, "", (note,), offset)
 
 
 @dataclass
@@ -391,19 +403,17 @@ def _read_rating(ratings: list[tuple[str, Any, bool]]) -> tuple[str, str]:
     return classes[0], ""
 
 
-def _unsafe_category(categories: list[Any], policy: Policy | None, asked_slug: str) -> tuple[str, tuple[str, ...]]:
-    """The policy slug an unsafe answer names, or the asked category with a note saying why."""
+def _unsafe_category(categories: list[Any], policy: Policy | None) -> tuple[str, str]:
+    """(policy slug, '') for the category an unsafe answer names, or ('', what is wrong with it)."""
     said = next((c for c in categories if c not in (None, "")), None)
     slug = match_category(said, policy) if said is not None else None
     if slug and slug != NA:
-        return slug, ()
+        return slug, ""
     if said is None:
-        note = "no category given; used the asked category"
-    elif slug == NA:
-        note = "unsafe with category 'none applying'; used the asked category"
-    else:
-        note = f"category {str(said)[:60]!r} is not in the policy; used the asked category"
-    return asked_slug, (note,)
+        return "", "no category given"
+    if slug == NA:
+        return "", "the category given is 'none applying'"
+    return "", f"category {str(said)[:60]!r} is not in the policy"
 
 
 def _all_keys() -> frozenset[str]:

@@ -10,11 +10,11 @@ from PIL import Image
 from transformers import LogitsProcessor
 
 from sp_assets.backends.base import Judge, Verdict
-from sp_assets.backends.common.json_answers import INVALID, parse_judge_answer
+from sp_assets.backends.common.json_answers import INVALID, NONE_APPLYING, parse_judge_answer
 from sp_assets.backends.common.vlm_runner import VLMRunner, compile_prompt_template
 from sp_assets.core.policy import Category, Policy
 
-JUDGE_VERSION = "1"
+JUDGE_VERSION = "2"  # 2: $categories / category_block; policy-wide answers need a policy category
 SCORE_METHOD = (
     "softmax mass of tokens that start 'unsafe' vs 'safe' at the generated token holding the rating "
     "value, renormalised over the two"
@@ -29,8 +29,13 @@ PLACEHOLDERS = {
     "allows": "bullet list of what the category allows",
     "policy": "policy name",
     "all_rules": "every category's rules as prose, one after another (for a judge of scope 'policy')",
+    "categories": "every category written with the profile's category_block, a blank line between them",
+    "category_options": 'the answer\'s category choices: "O1: <title>"|"O2: <title>"|...|"NA: None applying"',
 }
 PER_CATEGORY = frozenset({"rules", "id", "title", "slug", "forbids", "allows"})
+POLICY_WIDE = frozenset({"all_rules", "categories"})
+BLOCK_PLACEHOLDERS = {k: PLACEHOLDERS[k] for k in sorted(PER_CATEGORY)}
+DEFAULT_CATEGORY_BLOCK = "$rules\n"
 SCOPES = ("category", "policy")
 
 DEFAULT_PROMPT = """You review images for safety under one category of a written policy.
@@ -117,12 +122,76 @@ def _check_scope(scope: str, template: str | None, profile_name: str) -> None:
     import string
 
     used = set(string.Template(template or DEFAULT_PROMPT).get_identifiers())
-    if not template or used & PER_CATEGORY or "all_rules" not in used:
+    if not template or used & PER_CATEGORY or not used & POLICY_WIDE:
         raise ValueError(
             f"profile {profile_name!r}: scope 'policy' judges each image once for every category, so its "
-            f"prompt_template must ask about the whole policy ($all_rules) and name no single category "
-            f"(it uses {', '.join(sorted('$' + u for u in used & PER_CATEGORY)) or 'no $all_rules'}). Write such "
-            "a prompt, or leave scope at 'category'.")
+            f"prompt_template must ask about the whole policy ($all_rules or $categories) and name no single "
+            f"category (it uses {', '.join(sorted('$' + u for u in used & PER_CATEGORY)) or 'neither'}). "
+            "Write such a prompt, or leave scope at 'category'.")
+
+
+def _bullets(rules: Sequence[str]) -> str:
+    return "\n".join(f"- {r}" for r in rules)
+
+
+def category_fields(category: Category) -> dict[str, str]:
+    """What a per-category placeholder ($id, $forbids, ...) stands for."""
+    return {"rules": category.rules_text(), "id": category.id, "title": category.title, "slug": category.slug,
+            "forbids": _bullets(category.forbids), "allows": _bullets(category.allows)}
+
+
+def category_options(policy: Policy) -> str:
+    """The answer's category choices as LlavaGuard's JSON template lists them, "none applying" last."""
+    return "|".join([f'"{c.id}: {c.title}"' for c in policy.categories] + [f'"{NONE_APPLYING}"'])
+
+
+def _compile_block(text: str, profile_name: str) -> Any:
+    import string
+
+    block = string.Template(text)
+    unknown = sorted(set(block.get_identifiers()) - set(BLOCK_PLACEHOLDERS))
+    if unknown or not block.is_valid():
+        raise ValueError(
+            f"profile {profile_name!r}: category_block uses unknown placeholders {unknown or '(invalid $)'}; "
+            f"known: {', '.join('$' + k for k in BLOCK_PLACEHOLDERS)} (write $$ for a literal $).")
+    return block
+
+
+class JudgePrompt:
+    """The prompt a VLM judge sends, built from a profile's ``prompt_template`` (and ``category_block``)
+    and the policy. No model is needed to build one: ``text(category)`` is the exact prompt.
+
+    ``$categories`` is every policy category written with ``category_block`` (per-category placeholders,
+    default ``$rules``), joined by a blank line; ``$category_options`` lists the answer's choices.
+    """
+
+    def __init__(self, policy: Policy, prompt_template: str | None = None, category_block: str | None = None,
+                 scope: str = "category", profile_name: str = "vlm"):
+        _check_scope(scope, prompt_template, profile_name)
+        self.policy = policy
+        self.template_text = prompt_template if prompt_template else DEFAULT_PROMPT
+        self.template = compile_prompt_template(self.template_text, PLACEHOLDERS, profile_name)
+        if category_block and "categories" not in self.template.get_identifiers():
+            raise ValueError(
+                f"profile {profile_name!r}: category_block is set but prompt_template never uses $categories, "
+                "so the block would not appear in the prompt. Put $categories in the template or drop category_block.")
+        self.block_text = category_block if category_block else DEFAULT_CATEGORY_BLOCK
+        block = _compile_block(self.block_text, profile_name)
+        self._whole = {
+            "policy": policy.name,
+            "all_rules": "\n\n".join(c.rules_text() for c in policy.categories),
+            "categories": "\n".join(block.substitute(category_fields(c)) for c in policy.categories),
+            "category_options": category_options(policy),
+        }
+
+    def text(self, category: Category) -> str:
+        return self.template.substitute(**category_fields(category), **self._whole)
+
+    def config(self) -> dict[str, Any]:
+        """The prompt's part of the judge's config (hashed with the profile's params)."""
+        return {"prompt_template": self.template_text,
+                "prompt_template_sha256": hashlib.sha256(self.template_text.encode("utf-8")).hexdigest(),
+                "category_block": self.block_text}
 
 
 class VLMJudge(Judge):
@@ -130,8 +199,9 @@ class VLMJudge(Judge):
 
     Prompt: written from the active policy file (``Category.rules_text()``: what the category forbids
     and allows), asking for ``{"rating": "Unsafe"|"Safe", "category": ..., "rationale": ...}``. A
-    profile may replace it with ``prompt_template`` (``string.Template`` syntax, see ``PLACEHOLDERS``),
-    e.g. the prompt a guard model was trained with.
+    profile may replace it with ``prompt_template`` (``string.Template`` syntax, see ``PLACEHOLDERS``)
+    and ``category_block`` (how ``$categories`` writes each category), e.g. the prompt layout a guard
+    model was trained with (the ``llavaguard`` profile); see ``JudgePrompt``.
 
     Decision: the generated text (greedy) is parsed fail-closed by ``json_answers.parse_judge_answer``;
     anything it cannot read is ``invalid``, never ``safe``. ``raw_output`` is the generated text, verbatim.
@@ -168,10 +238,11 @@ class VLMJudge(Judge):
         allow_download: bool = False,
         trust_remote_code: bool = False,
         prompt_template: str | None = None,
+        category_block: str | None = None,
         max_image_side: int | None = None,
         scope: str = "category",
     ):
-        _check_scope(scope, prompt_template, profile_name)
+        self.prompts = JudgePrompt(policy, prompt_template, category_block, scope, profile_name)
         self.scope = scope
         if int(batch_size) < 1:
             raise ValueError(f"profile {profile_name!r}: batch_size must be at least 1, got {batch_size}")
@@ -181,8 +252,6 @@ class VLMJudge(Judge):
         self.profile_name = profile_name
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
-        self.template_text = prompt_template if prompt_template else DEFAULT_PROMPT
-        self.template = compile_prompt_template(self.template_text, PLACEHOLDERS, profile_name)
         self.runner = VLMRunner(
             model, profile_name=profile_name, revision=revision, dtype=dtype, device=device,
             allow_download=allow_download, trust_remote_code=trust_remote_code, max_image_side=max_image_side,
@@ -205,17 +274,14 @@ class VLMJudge(Judge):
         return torch.tensor(unsafe, dtype=torch.long), torch.tensor(safe, dtype=torch.long)
 
     def prompt(self, category: Category) -> str:
-        return self.template.substitute(
-            rules=category.rules_text(), id=category.id, title=category.title, slug=category.slug,
-            forbids="\n".join(f"- {r}" for r in category.forbids),
-            allows="\n".join(f"- {r}" for r in category.allows),
-            policy=self.policy.name, all_rules="\n\n".join(c.rules_text() for c in self.policy.categories),
-        )
+        return self.prompts.text(category)
 
     def judge(self, images: Sequence[Image.Image], category: Category | str) -> list[Verdict]:
         if isinstance(category, str):
             category = self.policy.category(category)
         prompt = self.prompt(category)
+        # A policy-wide answer serves every category, so it must name its own: no asked one to fall back on.
+        asked = category if self.scope == "category" else None
         verdicts: list[Verdict] = []
         for start in range(0, len(images), self.batch_size):
             chunk = list(images[start:start + self.batch_size])
@@ -225,21 +291,23 @@ class VLMJudge(Judge):
                 logits_processors=[recorder] if recorder is not None else (),
             )
             table = recorder.table() if recorder is not None else []
-            for row, gen in enumerate(generations):
-                parsed = parse_judge_answer(gen.text, self.policy, category)
-                score = None
-                step = rating_step(self.runner.decode, gen.token_ids, parsed.rating_offset)
-                if step is not None and step < len(table):
-                    score = score_from_logs(*table[step][row])
-                if parsed.rating == INVALID:
-                    why = f"invalid answer ({parsed.problem})"
-                    rationale = f"{why}: {parsed.rationale}" if parsed.rationale else why
-                else:
-                    rationale = parsed.rationale
-                    if parsed.notes:
-                        rationale = (rationale + " " if rationale else "") + "[" + "; ".join(parsed.notes) + "]"
-                verdicts.append(Verdict(parsed.rating, parsed.category, score, rationale, gen.text))
+            verdicts += [self._verdict(gen, table, row, asked) for row, gen in enumerate(generations)]
         return verdicts
+
+    def _verdict(self, gen: Any, table: list[Any], row: int, asked: Category | None) -> Verdict:
+        parsed = parse_judge_answer(gen.text, self.policy, asked)
+        score = None
+        step = rating_step(self.runner.decode, gen.token_ids, parsed.rating_offset)
+        if step is not None and step < len(table):
+            score = score_from_logs(*table[step][row])
+        if parsed.rating == INVALID:
+            why = f"invalid answer ({parsed.problem})"
+            rationale = f"{why}: {parsed.rationale}" if parsed.rationale else why
+        else:
+            rationale = parsed.rationale
+            if parsed.notes:
+                rationale = (rationale + " " if rationale else "") + "[" + "; ".join(parsed.notes) + "]"
+        return Verdict(parsed.rating, parsed.category, score, rationale, gen.text)
 
     def config(self) -> dict[str, Any]:
         """Everything that changes this judge's output."""
@@ -248,10 +316,10 @@ class VLMJudge(Judge):
             "judge_version": JUDGE_VERSION,
             "policy": {"name": self.policy.name, "sha256": self.policy.sha256},
             "runner": self.runner.config(),
-            "prompt_template": self.template_text,
-            "prompt_template_sha256": hashlib.sha256(self.template_text.encode("utf-8")).hexdigest(),
+            **self.prompts.config(),
+            "scope": self.scope,
             "generation": {"do_sample": False, "max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size},
-            "parser": "judge_parsing fail-closed v1",
+            "parser": "judge_parsing fail-closed v2",
             "score_method": SCORE_METHOD if self._unsafe_ids is not None else "none (no rating tokens in vocabulary)",
         }
 
@@ -259,4 +327,5 @@ class VLMJudge(Judge):
         self.runner.close()
 
 
-__all__ = ["VLMJudge", "DEFAULT_PROMPT", "PLACEHOLDERS", "classify_token_text", "rating_step", "score_from_logs"]
+__all__ = ["VLMJudge", "JudgePrompt", "DEFAULT_PROMPT", "PLACEHOLDERS", "category_fields", "category_options",
+           "classify_token_text", "rating_step", "score_from_logs"]
