@@ -104,6 +104,15 @@ class PipelineSettings(ConfigurableResource):
     min_embedding_cosine: float = Field(default=0.80, description="Preservation: whole-image embedding cosine.")
     lpips: bool = Field(default=True, description="Compute LPIPS when torchvision and its cached backbone are present.")
     max_changed_fraction: float = Field(default=0.5, description="Edits that change more of the image are rejected.")
+    max_align_shift_px: float = Field(default=24.0, description=(
+        "Alignment (edits whose editor reports no region): the largest shift of the image centre, in source "
+        "pixels, still taken for editor drift; a larger one is rejected as 'misaligned'."))
+    max_align_scale_change: float = Field(
+        default=0.05, description="Alignment: the largest zoom in or out (0.05 = 5%).")
+    max_align_rotation_deg: float = Field(default=2.0, description="Alignment: the largest rotation, in degrees.")
+    min_align_correlation: float = Field(default=0.6, description=(
+        "Alignment: the least correlation of the source and the aligned edit (grey, zero-mean); unrelated "
+        "content scores below it."))
     min_yield: float = Field(default=0.2, description="Asset check floor on accepted / attempted candidates.")
     split_train: float = 0.6
     split_validation: float = 0.2
@@ -142,6 +151,10 @@ class PipelineSettings(ConfigurableResource):
             "min_psnr_outside": self.min_psnr_outside,
             "min_embedding_cosine": self.min_embedding_cosine,
             "max_changed_fraction": self.max_changed_fraction,
+            "max_align_shift_px": self.max_align_shift_px,
+            "max_align_scale_change": self.max_align_scale_change,
+            "max_align_rotation_deg": self.max_align_rotation_deg,
+            "min_align_correlation": self.min_align_correlation,
         }
 
     def split_fractions(self) -> dict[str, float]:

@@ -13,6 +13,7 @@ from sp_assets.core.policy import Category
 from sp_assets.core.previews import pairs_markdown
 from sp_assets.core.records import verification_row, with_review
 from sp_assets.core.reports import category_yield, profile_yield_table, yield_table
+from sp_assets.core.verification import alignment_summary
 from sp_assets.defs.resources import EditorResource, EmbedderResource, JudgeResource, PipelineSettings, WriterResource
 from sp_assets.defs.stage import Stage, asset_kwargs, check, check_result, counts_add_up, no_duplicate_keys
 from sp_assets.execution.calls import preservation_call
@@ -63,6 +64,7 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
                      {"judge": judge.profile, "verifier": judge.verifier_name, "writer": writer.profile,
                       "editors": editor.names, "embedder": embedder.describe()}, rows)
     meta = {"thresholds": MetadataValue.json(thresholds), "lpips": MetadataValue.text(lpips_note),
+            "alignment": MetadataValue.text(alignment_summary(stage.written)),
             "editor_profiles": MetadataValue.json(editor.names), "verifier_profile": judge.verifier_name,
             "embedder_profile": embedder.profile, **_yield_metadata(stage, yields, judge, writer, paths),
             **stage.memo_report()}

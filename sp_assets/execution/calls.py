@@ -24,7 +24,7 @@ from sp_assets.execution.lazy import LazyBackend
 from sp_assets.execution.memo import Call, Encoded
 from sp_assets.execution.tasks import EditOutput, Judged, Written
 
-PRESERVATION_VERSION = "preservation-v1"  # bump when core.verification.measure_preservation changes
+PRESERVATION_VERSION = "preservation-v2"  # bump when core.verification.measure_preservation changes
 
 
 def encode_verdict(v: Verdict) -> dict[str, Any]:

@@ -146,6 +146,18 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("lpips", "DOUBLE", "LPIPS distance of the whole images, when its weights are on the machine (else NULL)"),
         ("changed_fraction", "DOUBLE", "share of pixels inside the edited region"),
         ("region_source", "VARCHAR", "'editor' (reported) or 'diff' (derived from a difference map)"),
+        ("align_status", "VARCHAR", "region_source 'diff' only (NULL otherwise): 'identity' (moved under 0.5 px: "
+                                    "measured unwarped), 'warped' (measured on the edit aligned to the source) or "
+                                    "'failed' (no motion found: rejected as misaligned)"),
+        ("align_method", "VARCHAR", "how the motion was found: 'ecc' (OpenCV ECC, affine), 'orb' (ORB features + "
+                                    "RANSAC, refined by ECC) or 'none' (image too small or flat to register)"),
+        ("align_dx", "DOUBLE", "shift of the image centre from source to edit, pixels at the source size (+ right)"),
+        ("align_dy", "DOUBLE", "the same, vertical (+ down)"),
+        ("align_shift_px", "DOUBLE", "length of that shift, pixels (limit: settings.max_align_shift_px)"),
+        ("align_scale", "DOUBLE", "zoom of the edit's content against the source (1.0 = none)"),
+        ("align_rotation_deg", "DOUBLE", "rotation of the edit's content, degrees (+ clockwise on screen)"),
+        ("align_correlation", "DOUBLE", "zero-mean normalised correlation of the grey source and the aligned edit "
+                                        "(ECC's criterion; limit: settings.min_align_correlation)"),
         ("sizes_match", "BOOLEAN", "source and edit have the same size"),
         ("accepted", "BOOLEAN", "all tests passed"),
         ("reject_reason", "VARCHAR", "why not accepted (semicolon-separated codes)"),
