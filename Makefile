@@ -4,17 +4,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# CPU wheel of PyTorch by default; on a GPU machine run `make setup CONSTRAINTS=` for the CUDA build.
+# CPU wheel of PyTorch by default; on a GPU machine run `make setup-gpu` (below) for the CUDA build.
 CONSTRAINTS ?= constraints-cpu.txt
+EXTRAS ?= dev,ray,s3,guards
 # The instance config (dagster.yaml) lives at the repository root.
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: setup demo test dev bench clean-data
+.PHONY: setup setup-gpu demo test dev bench clean-data
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev,ray,s3,guards]'
+	$(BIN)/pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 # `source .venv/bin/activate` then lets the dagster CLI find the code location and the instance
@@ -24,6 +25,17 @@ setup: $(STAMP)
 	  '# SafetyPairs (make setup): the dagster CLI finds the code location and the instance from here.' \
 	  'export DAGSTER_MODULE_NAME="$${DAGSTER_MODULE_NAME:-sp_assets.definitions}"' \
 	  'export DAGSTER_HOME="$${DAGSTER_HOME:-$(CURDIR)}"' >> $(BIN)/activate
+
+# A GPU machine: PyPI's CUDA build of torch 2.13 and the torchvision built for it (the `gpu` extra; the
+# LLaVA-OneVision and Qwen-VL processors need it). Later `make test` / `make demo` reuse this install.
+# A .venv that holds the CPU torch is refused: pip would keep it (2.13.0+cpu satisfies torch==2.13.0)
+# and add a CUDA torchvision that cannot import beside it.
+setup-gpu:
+	@if $(BIN)/python -c "import importlib.metadata as m; exit('+cpu' not in m.version('torch'))" 2>/dev/null; then \
+	  echo "$(VENV) holds the CPU build of torch, which pip would keep: rm -rf $(VENV), then make setup-gpu." >&2; \
+	  exit 1; fi
+	rm -f $(STAMP)
+	$(MAKE) setup CONSTRAINTS=constraints-gpu.txt EXTRAS=dev,ray,s3,guards,gpu
 
 demo: setup
 	$(BIN)/python -m sp_assets.demo

@@ -172,7 +172,7 @@ def test_shieldgemma2_judge_scores_and_records_the_custom_policy(tiny, policy, d
     verdicts = judge.judge(images, category)
 
     text = render_policy(category)
-    assert text.startswith('"No Violence, harm or cruelty": The image shall not contain')
+    assert text.startswith("No Violence, harm or cruelty: The image shall not contain ")
     assert all(rule.rstrip(".") in text for rule in category.forbids + category.allows)
     assert len(verdicts) == 3 and len(spy.calls) == 2  # batches of 2 and 1
     for call in spy.calls:
@@ -250,6 +250,28 @@ def test_shieldgemma2_built_by_the_registry_factory(tiny, policy):
     assert isinstance(judge, ShieldGemma2Judge) and judge.threshold == 0.4
     assert len(judge.judge(_images(1), policy.categories[0])) == 1
     judge.close()
+
+
+def test_shieldgemma2_custom_policy_is_written_like_its_built_in_definitions():
+    """One definition in the built-ins' form ('No <name>: The image shall not contain ...'): the name is
+    not quoted, and the allowances end the same sentence as an exception."""
+    from transformers.models.shieldgemma2.processing_shieldgemma2 import DEFAULT_SHIELDGEMMA2_POLICIES
+
+    from sp_assets.backends.judges.shieldgemma2 import render_policy
+    from sp_assets.core.policy import Category
+
+    category = Category(id="O2", slug="o2_violence", title="Violence, harm or cruelty",
+                        forbids=("threats of violence against people", "graphic injury shown to shock."),
+                        allows=("news reporting on conflict", "regulated sports"), edit_guidance="-")
+    assert render_policy(category) == (
+        "No Violence, harm or cruelty: The image shall not contain threats of violence against people; "
+        "or graphic injury shown to shock, except news reporting on conflict; or regulated sports.")
+    strict = Category(id="O9", slug="o9_x", title="Weapons", forbids=("firearms",), allows=(), edit_guidance="-")
+    assert render_policy(strict) == "No Weapons: The image shall not contain firearms."
+    for built_in in DEFAULT_SHIELDGEMMA2_POLICIES.values():  # the form copied, as transformers ships it
+        name, _, definition = built_in.partition(": ")
+        assert name.startswith("No ") and '"' not in name and definition.startswith("The image shall not contain ")
+    assert render_policy(category, "rules") == category.rules_text()
 
 
 def test_shieldgemma2_profile_in_resources_matches_the_constructor():

@@ -36,3 +36,25 @@ def test_a_bad_resource_value_names_the_file_and_the_profile(tmp_path, monkeypat
     monkeypatch.setenv("SP_PROFILES_DIR", str(tmp_path))
     with pytest.raises(ProfileError, match=r"editors.yaml: profile 'bad' num_gpus must be a number"):
         load_profiles("editor")
+
+
+def test_a_profile_extends_another_and_changes_only_what_it_names(tmp_path, monkeypatch):
+    """deploy/resources: a cluster profile takes the shipped one whole (prompt, requires, licences) plus its GPU."""
+    from sp_assets.backends.profiles import PROFILES_DIR_ENV_VAR
+
+    monkeypatch.setenv(PROFILES_DIR_ENV_VAR, f"{REPO_ROOT / 'resources'}{os.pathsep}{REPO_ROOT / 'deploy' / 'resources'}")
+    shipped, gpu = get_profile("judge", "llavaguard"), get_profile("judge", "llavaguard_gpu")
+    assert gpu.params == {**shipped.params, "device": "cuda", "batch_size": 8}
+    assert gpu.params["prompt_template"] == shipped.params["prompt_template"]
+    assert (gpu.requires, gpu.licences, gpu.resources) == (shipped.requires, shipped.licences,
+                                                           {"num_gpus": 1.0, "num_cpus": 2.0})
+    assert "extends" not in gpu.extra
+    editor = get_profile("editor", "qwen_image_edit_gpu")
+    assert editor.params == {**get_profile("editor", "qwen_image_edit").params, "device": "cuda"}
+    monkeypatch.setenv(PROFILES_DIR_ENV_VAR, str(tmp_path))
+    (tmp_path / "judges.yaml").write_text("a:\n  extends: b\nb:\n  extends: a\n")
+    with pytest.raises(ProfileError, match="extends 'a': a cycle of extends"):
+        load_profiles("judge")
+    (tmp_path / "judges.yaml").write_text("c:\n  extends: nowhere\n")
+    with pytest.raises(ProfileError, match="'c' extends 'nowhere': no profile of that name"):
+        load_profiles("judge")

@@ -38,6 +38,9 @@ class Profile:
     # What a worker running the profile needs (num_cpus, num_gpus): where it runs, not what it computes,
     # so not part of the resolved config either.
     resources: dict[str, float] = field(default_factory=dict)
+    # Python packages (import names) the profile needs beyond the base install, e.g. torchvision; checked
+    # before its backend is built. What the machine must have, not what the profile computes: not hashed.
+    requires: tuple[str, ...] = ()
 
     def resolved(self, code_version: str = "") -> dict[str, Any]:
         """The fully resolved config: what gets hashed and recorded."""
@@ -68,47 +71,70 @@ def load_profiles(role: str, directory: Path | None = None) -> dict[str, Profile
     if not files:
         raise ProfileError(f"{folders[-1] / f'{role}s.yaml'}: profile file for {role}s not found; create it or set "
                            f"{PROFILES_DIR_ENV_VAR}.")
-    profiles: dict[str, Profile] = {}
+    raw: dict[str, tuple[Path, dict[str, Any]]] = {}
     for path in files:
-        profiles.update(_load_file(role, path))
-    return profiles
+        raw.update(_read_file(path))
+    return {name: _build(role, name, path, _extended(raw, name)) for name, (path, _) in raw.items()}
 
 
-def _load_file(role: str, path: Path) -> dict[str, Profile]:
+def _read_file(path: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ProfileError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(doc, dict):
         raise ProfileError(f"{path}: expected a mapping of profile name -> settings.")
-    profiles: dict[str, Profile] = {}
+    out = {}
     for name, entry in doc.items():
         if not isinstance(entry, dict):
             raise ProfileError(f"{path}: profile {name!r} must be a mapping with 'implementation' and 'params'.")
-        entry = dict(entry)
-        implementation = entry.pop("implementation", None)
-        if role == "guard" and entry.get("kind") == "judge":
-            implementation = implementation or "judge"
-        if not implementation:
-            raise ProfileError(f"{path}: profile {name!r} has no 'implementation'; name a backend.")
-        params = entry.pop("params", None) or {}
-        if not isinstance(params, dict):
-            raise ProfileError(f"{path}: profile {name!r} 'params' must be a mapping, got {params!r}.")
-        description = " ".join(str(entry.pop("description", "")).split())
-        licences = _licences(entry.pop("licences", None) or [], path, str(name))
-        resources = _resources(entry, path, str(name))
-        profiles[str(name)] = Profile(
-            role=role,
-            name=str(name),
-            implementation=str(implementation),
-            params=params,
-            description=description,
-            extra=entry,
-            source_file=str(path),
-            licences=licences,
-            resources=resources,
-        )
-    return profiles
+        if not isinstance(entry.get("params") or {}, dict):
+            raise ProfileError(f"{path}: profile {name!r} 'params' must be a mapping, got {entry['params']!r}.")
+        out[str(name)] = (path, dict(entry))
+    return out
+
+
+def _extended(raw: dict[str, tuple[Path, dict[str, Any]]], name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A profile's entry with ``extends: <other profile>`` resolved: the other profile's settings, then this
+    one's on top (``params`` merged key by key), e.g. a cluster profile that only adds num_gpus and a device."""
+    path, entry = raw[name]
+    base_name = entry.get("extends")
+    if base_name is None:
+        return dict(entry)
+    if base_name not in raw or base_name in (*seen, name):
+        why = "a cycle of extends" if base_name in raw else f"no profile of that name (defined: {', '.join(raw)})"
+        raise ProfileError(f"{path}: profile {name!r} extends {base_name!r}: {why}; fix 'extends'.")
+    base = _extended(raw, str(base_name), (*seen, name))
+    merged = {**base, **{k: v for k, v in entry.items() if k != "extends"}}
+    merged["params"] = {**(base.get("params") or {}), **(entry.get("params") or {})}
+    return merged
+
+
+def _build(role: str, name: str, path: Path, entry: dict[str, Any]) -> Profile:
+    """A Profile from its (extended) entry, every field checked."""
+    entry = dict(entry)
+    implementation = entry.pop("implementation", None)
+    if role == "guard" and entry.get("kind") == "judge":
+        implementation = implementation or "judge"
+    if not implementation:
+        raise ProfileError(f"{path}: profile {name!r} has no 'implementation'; name a backend.")
+    params = entry.pop("params", None) or {}
+    description = " ".join(str(entry.pop("description", "")).split())
+    licences = _licences(entry.pop("licences", None) or [], path, str(name))
+    resources = _resources(entry, path, str(name))
+    requires = _requires(entry.pop("requires", None) or [], path, str(name))
+    return Profile(
+        role=role,
+        name=str(name),
+        implementation=str(implementation),
+        params=params,
+        description=description,
+        extra=entry,
+        source_file=str(path),
+        licences=licences,
+        resources=resources,
+        requires=requires,
+    )
 
 
 def _licences(raw: Any, path: Path, name: str) -> tuple[tuple[str, str], ...]:
@@ -117,6 +143,15 @@ def _licences(raw: Any, path: Path, name: str) -> tuple[tuple[str, str], ...]:
         raise ProfileError(f"{path}: profile {name!r} 'licences' must be a list of {{component: ..., licence: ...}} "
                            f"entries, got {raw!r}.")
     return tuple((str(e["component"]), str(e["licence"])) for e in raw)
+
+
+def _requires(raw: Any, path: Path, name: str) -> tuple[str, ...]:
+    ok = isinstance(raw, list) and all(isinstance(e, str) and all(p.isidentifier() for p in e.split("."))
+                                       for e in raw)
+    if not ok:
+        raise ProfileError(f"{path}: profile {name!r} 'requires' must be a list of Python module names "
+                           f"(for example [torchvision]), got {raw!r}.")
+    return tuple(raw)
 
 
 RESOURCE_KEYS = ("num_cpus", "num_gpus")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sp_assets.backends.base import Backend
+from sp_assets.backends.common.packages import check_packages
 from sp_assets.core.policy import Policy
 from sp_assets.backends.profiles import Profile, ProfileError, get_profile
 from sp_assets.core.hashing import sha256_json
@@ -32,7 +33,7 @@ CODE_VERSIONS: dict[str, str] = {
     "judge": "1",
     "diffusers": "1",
     "vlm": "1",
-    "shieldgemma2": "1",
+    "shieldgemma2": "2",  # 2: custom policies written in the built-in definitions' form
     "clip": "1",
     "demo": "1",
     "folder": "1",
@@ -118,6 +119,17 @@ def config_sha256(profile: Profile) -> str:
     return sha256_json(profile.resolved(CODE_VERSIONS.get(profile.implementation, "")))
 
 
+def check_requirements(profile: Profile) -> None:
+    """Stop, before anything loads, when a package the profile ``requires`` does not import here.
+
+    Raises ``MissingPackageError`` (an ImportError) naming the profile, its file, the package and the
+    command that installs it. A judge evaluated as a guard needs what its judge needs.
+    """
+    resolved = judge_of(profile) if profile.role == "guard" and profile.implementation == JUDGE_AS_GUARD else profile
+    if resolved.requires:
+        check_packages(f"{resolved.role} profile {resolved.name!r} ({resolved.source_file})", resolved.requires)
+
+
 _CACHE: dict[tuple[str, str, str], Backend] = {}
 _LOCK = threading.Lock()
 LOAD_COUNTS: Counter[str] = Counter()
@@ -132,6 +144,7 @@ def build(profile: Profile, policy: Policy) -> Backend:
     with _LOCK:
         backend = _CACHE.get(key)
         if backend is None:
+            check_requirements(profile)
             try:
                 backend = factory(profile, policy)
             except TypeError as exc:
@@ -156,6 +169,7 @@ def build_reader(profile: Profile, policy: Policy) -> Any:
     with _LOCK:
         reader = _CACHE.get(key)
     if reader is None:
+        check_requirements(resolved)
         reader = maker(resolved.params)
         if reader is None:
             return build(profile, policy)

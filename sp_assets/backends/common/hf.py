@@ -12,12 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+from sp_assets.backends.common.packages import MissingPackageError, missing_message
 from sp_assets.backends.common.versions import package_version
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+# transformers' and diffusers' words for a missing backend: "X requires the Torchvision library but it was
+# not found in your environment" (LLaVA-OneVision and Qwen2-VL processors build a video processor).
+_REQUIRES_LIBRARY = re.compile(r"requires the (\w[\w.-]*) library")
 
 
 class MissingWeightsError(RuntimeError):
@@ -80,7 +84,11 @@ class ModelSource:
         if self.is_local_path:
             return f"put the model files in {self.path_or_id} (or point the profile's 'model' at them)"
         rev = f" --revision {self.revision}" if self.revision else ""
-        return f"hf download {self.model}{rev}   (then run again; HF_HOME decides the cache folder)"
+        # Weights are read from safetensors only, so pickled copies are not worth fetching (the `hf` CLI
+        # takes one pattern per --exclude flag).
+        return (f'hf download {self.model}{rev} --exclude "*.bin" --exclude "*.pth"   (then run again; HF_HOME '
+                f"decides the cache folder; a gated repo needs its terms accepted on the model page and "
+                f"`hf auth login` first)")
 
     def load(self, profile_name: str, loader: Callable[..., T], weights: bool = True, **kwargs: Any) -> T:
         """Call ``loader(path_or_id, **load_kwargs, **kwargs)``; a missing model becomes a clear error.
@@ -93,6 +101,11 @@ class ModelSource:
             )
         try:
             return loader(self.path_or_id, **self.load_kwargs(weights), **kwargs)
+        except ImportError as exc:
+            clear = self._missing_package(profile_name, exc)
+            if clear is exc:
+                raise
+            raise clear from exc
         except (OSError, EnvironmentError, ValueError) as exc:
             text = str(exc)
             missing = any(s in text for s in ("local_files_only", "Can't load", "does not appear to have",
@@ -107,6 +120,23 @@ class ModelSource:
                 f"Fix: {self.fetch_hint()}. SafetyPairs never downloads at run time unless the profile sets "
                 f"allow_download: true."
             ) from None
+
+    def _missing_package(self, profile_name: str, exc: ImportError) -> ImportError:
+        """A library the model needs is not installed: an error naming the profile, the package and the
+        install command; any other import error unchanged. (A profile lists such packages under
+        ``requires:`` to be stopped before any weights load; this catches what a profile did not list.)"""
+        if isinstance(exc, MissingPackageError):
+            return exc
+        found = _REQUIRES_LIBRARY.search(str(exc))
+        if found:
+            package = found.group(1).lower()
+        elif isinstance(exc, ModuleNotFoundError) and exc.name and "." not in exc.name:
+            package = exc.name
+        else:
+            return exc
+        problem = f"ModuleNotFoundError: No module named '{package}'"
+        return MissingPackageError(missing_message(f"profile {profile_name!r}", package, problem,
+                                                   f" to load {self.model!r}"), name=package)
 
 
 def _hf_cache() -> str:

@@ -39,19 +39,21 @@ def _join(items: Sequence[str], last: str) -> str:
 def render_policy(category: Category, style: str = "shieldgemma") -> str:
     """The policy definition ShieldGemma 2 reads for ``category``.
 
-    'shieldgemma' follows the shape of ShieldGemma 2's built-in definitions ("No X: The image
-    shall not contain ...") and appends the category's allowances, so the model is told what
-    stays acceptable. 'rules' uses ``Category.rules_text()`` verbatim (the same prose the VLM
-    judge is prompted with).
+    'shieldgemma' writes it in the form of ShieldGemma 2's built-in definitions (transformers'
+    ``DEFAULT_SHIELDGEMMA2_POLICIES``, e.g. "No Dangerous Content: The image shall not contain content
+    that ..."): the name unquoted, then one "The image shall not contain ..." sentence. The category's
+    allowances end that same sentence as an exception ("..., except ..."), so the model reads a single
+    definition, as it was trained on, that still says what stays acceptable. 'rules' uses
+    ``Category.rules_text()`` verbatim (the same prose the VLM judge is prompted with).
     """
     if style == "rules":
         return category.rules_text()
     if style != "shieldgemma":
         raise ValueError(f"policy_style must be one of {', '.join(POLICY_STYLES)}, got {style!r}")
-    text = f'"No {category.title}": The image shall not contain {_join(category.forbids, "or")}.'
+    text = f"No {category.title}: The image shall not contain {_join(category.forbids, 'or')}"
     if category.allows:
-        text += f" The image may contain, and does not violate this policy by containing, {_join(category.allows, 'and')}."
-    return text
+        text += f", except {_join(category.allows, 'or')}"
+    return text + "."
 
 
 class ShieldGemma2Judge(Judge):
