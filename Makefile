@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # CPU wheel of PyTorch by default; on a GPU machine run `make setup-gpu` (below) for the CUDA build.
 CONSTRAINTS ?= constraints-cpu.txt
+# Where pip finds the CPU wheel (torch 2.13.0+cpu) when its own configuration does not offer it: PyPI's
+# torch 2.13.0 for Linux is the CUDA build. e.g. make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 EXTRAS ?= dev,ray,s3,guards
 # The instance config (dagster.yaml) lives at the repository root.
 export DAGSTER_HOME := $(CURDIR)
@@ -15,7 +18,7 @@ export DAGSTER_HOME := $(CURDIR)
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[$(EXTRAS)]'
+	$(BIN)/pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 # `source .venv/bin/activate` then lets the dagster CLI find the code location and the instance
