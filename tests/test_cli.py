@@ -61,7 +61,8 @@ ACTIVATED = {"DAGSTER_MODULE_NAME": "sp_assets.definitions"}
 OTHER_TARGETS = ("DAGSTER_PYTHON_FILE", "DAGSTER_PACKAGE_NAME", "DAGSTER_ATTRIBUTE", "DAGSTER_WORKING_DIRECTORY")
 
 
-def _card_command(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def _card_command(tmp_path: Path, *args: str, command: tuple[str, ...] = (DAGSTER, "asset", "materialize")
+                  ) -> subprocess.CompletedProcess:
     """`dagster asset materialize ARGS` without -m, from the repository root; data and runs under tmp_path."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
@@ -69,7 +70,7 @@ def _card_command(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in OTHER_TARGETS}
     env.update(ACTIVATED, DAGSTER_HOME=str(home), SP_DATA_ROOT=str(tmp_path / "data"), SP_DEMO_UNSAFE="2",
                SP_DEMO_SAFE="1")
-    return subprocess.run([DAGSTER, "asset", "materialize", *args], cwd=REPO_ROOT, env=env,
+    return subprocess.run([*command, *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -89,6 +90,18 @@ def test_card_command_without_a_category_lists_them_and_the_command(tmp_path):
     first, last = ACTIVE_POLICY.slugs[0], ACTIVE_POLICY.slugs[-1]
     assert f"dagster asset materialize --select verified_pairs --partition {first}\n" in out
     assert f"dagster asset materialize --select verified_pairs --partition-range {first}...{last}\n" in out
+
+
+def test_dg_launch_finds_the_project_and_answers_a_missing_category(tmp_path):
+    """`dg launch` (dagster-dg-cli, the dev extra) reads [tool.dg] in pyproject.toml: the same runs, the same hint."""
+    dg = (str(Path(sys.executable).parent / "dg"), "launch")
+    done = _card_command(tmp_path, "--assets", "source_pool", "--partition", "o2_violence", command=dg)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert store_at(tmp_path / "data").rows("source_images", {"category": "o2_violence"})
+    missing = _card_command(tmp_path, "--assets", "verified_pairs", command=dg)
+    out = missing.stdout + missing.stderr
+    assert missing.returncode != 0 and "Traceback" not in out, out[-3000:]
+    assert f"dg launch --assets verified_pairs --partition {ACTIVE_POLICY.slugs[0]}\n" in out
 
 
 @pytest.mark.parametrize("command, given", [
