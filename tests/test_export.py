@@ -468,9 +468,16 @@ def test_fiftyone_is_skipped_with_the_extra_named_or_exported(run, tmp_path, mon
     report = _export(run.store, run.data_root, tmp_path / "fo", webdataset=False, gallery=False)
     assert "fiftyone" not in report.skipped and report.fiftyone_dir == tmp_path / "fo" / "fiftyone"
     n_controls = sum(1 for b in run.bench if b.get("control_sha256"))
-    assert json.loads((report.fiftyone_dir / "samples.json").read_text()) == 2 * len(run.bench) + n_controls
-    expected = {"unsafe": len(run.bench), "safe": len(run.bench), **({"control": n_controls} if n_controls else {})}
+    n_looks = run.store.query("SELECT count(*) FROM benchmark_lookalikes").item()
+    assert n_looks > 0  # the hard negatives go to FiftyOne too, each a group of one labelled safe
+    assert json.loads((report.fiftyone_dir / "samples.json").read_text()) == 2 * len(run.bench) + n_controls + n_looks
+    expected = {"unsafe": len(run.bench), "safe": len(run.bench), **({"control": n_controls} if n_controls else {}),
+                "lookalike": n_looks}
     assert Counter(s["group"] for s in calls["samples"]) == expected
+    looks = [s for s in calls["samples"] if s["group"] == "lookalike"]
+    assert all(s["ground_truth"] == {"label": "safe"} and "lookalike" in s["tags"] and s["kind"] for s in looks)
+    assert {s["lookalike_id"] for s in looks} == set(run.store.query("SELECT lookalike_id FROM benchmark_lookalikes")
+                                                    .to_series().to_list())
     assert calls["deleted"] == [True]
     assert "FiftyOne" in report.datasheet.read_text()
 

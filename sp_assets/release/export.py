@@ -233,13 +233,13 @@ def _write_fiftyone(tmp: Path, job: _Job, images: ImageStore, formats: dict[str,
     if not job.options.fiftyone:
         skipped["fiftyone"] = "turned off (fiftyone=False)"
         return None
-    dest, why = write_fiftyone(tmp, job.rows, images)
+    dest, why = write_fiftyone(tmp, job.rows, images, job.lookalikes)
     if dest is None:
         skipped["fiftyone"] = why
         if why != NOT_INSTALLED:  # it failed: say so where the formats are listed
             formats["FiftyOne"] = f"not written: {why}"
         return None
-    formats["FiftyOne"] = describe_fiftyone(job.inputs.has_controls)
+    formats["FiftyOne"] = describe_fiftyone(job.inputs.has_controls, bool(job.lookalikes))
     return dest
 
 

@@ -1,4 +1,4 @@
-"""The optional FiftyOne export: a grouped dataset (one group per pair) under ``fiftyone/``.
+"""The optional FiftyOne export: a grouped dataset (one group per pair, one per look-alike) under ``fiftyone/``.
 
 FiftyOne is an extra (``pip install 'safetypairs[fiftyone]'``); without it the export records why it
 skipped this format and writes the rest.
@@ -23,11 +23,15 @@ NOT_INSTALLED = f"fiftyone is not installed ({FIFTYONE_EXTRA} to enable this exp
 DIRECTORY = "fiftyone"
 _SAMPLE_FIELDS = ("pair_id", "category", "split", "instruction", "source_score", "edit_score", "ssim_outside",
                   "embedding_cosine", "judge_profile", "editor_profile", "policy_sha256")
+_LOOKALIKE_FIELDS = ("lookalike_id", "category", "split", "kind", "label_source", "judge_profile", "judge_rating",
+                     "photo_id")
+LOOKALIKE_SLICE = "lookalike"  # a look-alike is a group of one sample, in its own slice
 
 
-def describe(has_controls: bool) -> str:
+def describe(has_controls: bool, has_lookalikes: bool = False) -> str:
     """The datasheet's line for this format."""
-    return ("`fiftyone/`, a grouped dataset (slices unsafe / safe" + (" / control" if has_controls else "") + "): "
+    slices = "unsafe / safe" + (" / control" if has_controls else "") + (f" / {LOOKALIKE_SLICE}" if has_lookalikes else "")
+    return (f"`fiftyone/`, a grouped dataset (slices {slices}; a look-alike is a group of one, labelled safe): "
             "`fo.Dataset.from_dir('fiftyone', dataset_type=fo.types.FiftyOneDataset)`.")
 
 
@@ -63,7 +67,15 @@ def _sample_specs(rows: Sequence[dict[str, Any]], images: ImageStore) -> list[li
     return groups
 
 
-def write_fiftyone(root: Path, rows: Sequence[dict[str, Any]], images: ImageStore) -> tuple[Path | None, str]:
+def _lookalike_specs(rows: Sequence[dict[str, Any]], images: ImageStore) -> list[list[_SampleSpec]]:
+    """Per look-alike, a group of one sample in the look-alike slice, labelled safe (the hard negatives)."""
+    return [[_SampleSpec(str(images.path(r["image_path"])), LOOKALIKE_SLICE, [r["split"], r["category"], LOOKALIKE_SLICE],
+                         "safe", {key: r[key] for key in _LOOKALIKE_FIELDS if r.get(key) is not None})]
+            for r in rows if r.get("image_path")]
+
+
+def write_fiftyone(root: Path, rows: Sequence[dict[str, Any]], images: ImageStore,
+                   lookalikes: Sequence[dict[str, Any]] = ()) -> tuple[Path | None, str]:
     """Export the rows under ``root/fiftyone``: (that folder, "") or (None, why: NOT_INSTALLED or the failure)."""
     fo, why = import_fiftyone()
     if fo is None:
@@ -71,7 +83,7 @@ def write_fiftyone(root: Path, rows: Sequence[dict[str, Any]], images: ImageStor
     if not images.is_local:  # FiftyOne samples point at files on this machine
         return None, f"images are on {images.root}: FiftyOne needs them in a local folder (set SP_IMAGES_URL to one)"
     dest = root / DIRECTORY
-    groups = _sample_specs(rows, images)
+    groups = _sample_specs(rows, images) + _lookalike_specs(lookalikes, images)
     try:
         _export(fo, dest, groups)
     except Exception as exc:
@@ -84,7 +96,8 @@ def write_fiftyone(root: Path, rows: Sequence[dict[str, Any]], images: ImageStor
 
 
 def _export(fo: Any, dest: Path, groups: Sequence[Sequence[_SampleSpec]]) -> None:
-    """A grouped FiftyOne dataset: one group per pair, slices 'unsafe', 'safe' (and 'control')."""
+    """A grouped FiftyOne dataset: one group per pair, slices 'unsafe', 'safe' (and 'control'), and one group
+    per look-alike in the 'lookalike' slice."""
     dataset = fo.Dataset(f"safetypairs-export-{uuid.uuid4().hex[:12]}")
     try:
         dataset.add_group_field("group", default="unsafe")
