@@ -59,3 +59,33 @@ def store_at(data_root: Path) -> Store:
 @pytest.fixture
 def data_root(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine the thread barriers make them
+    5-10x slower (a 50 ms edit can stall for seconds). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def resamples(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Every PIL resize that changes a size during the test, as (from, to): the editor's and a pipeline's alike."""
+    from PIL import Image
+
+    seen: list[tuple[tuple[int, int], tuple[int, int]]] = []
+    real = Image.Image.resize
+
+    def resize(self, size, *args, **kwargs):
+        if tuple(size) != self.size:
+            seen.append((self.size, tuple(size)))
+        return real(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", resize)
+    return seen

@@ -29,6 +29,7 @@ from sp_assets.backends.profiles import Profile, ProfileError
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_diffusers import build_tiny_instruct_pix2pix  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 STEPS = 2
 INSTRUCTION = Instruction(text='Replace the text "GO AWAY" with "WELCOME".', keep="Keep everything else.",
                           target={"replacement": "WELCOME", "original": "GO AWAY"})
@@ -41,18 +42,6 @@ def _photo(width: int, height: int, seed: int) -> Image.Image:
 
 def _sha(im: Image.Image) -> str:
     return hashlib.sha256(np.asarray(im).tobytes()).hexdigest()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model gains nothing from threads, and on a busy shared CPU the thread barriers can
-    stall a 50 ms edit for seconds."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -150,23 +139,14 @@ def test_resolution_resizes_the_input_and_the_output_comes_back(tiny_model: Path
     assert target_size(4000, 3000, None, 512, 8) == (512, 384)
 
 
-def test_no_resample_without_a_configured_size(editor: DiffusersEditor, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_resample_without_a_configured_size(editor: DiffusersEditor, resamples: list) -> None:
     """No resolution set: a source already a multiple of 16 reaches the pipeline untouched; another is
     resampled once, by the editor, and the pipeline does not resample it again."""
-    seen = []
-    real = Image.Image.resize
-
-    def resize(self, size, *args, **kwargs):
-        if tuple(size) != self.size:
-            seen.append((self.size, tuple(size)))
-        return real(self, size, *args, **kwargs)
-
-    monkeypatch.setattr(Image.Image, "resize", resize)
     (result,) = editor.edit([_photo(64, 48, 6)], [INSTRUCTION], [0])
-    assert seen == [] and result.raw_size == (64, 48) and result.detail["size_rule"] == "input"
+    assert resamples == [] and result.raw_size == (64, 48) and result.detail["size_rule"] == "input"
     assert result.detail["size_call_args"] == {}  # InstructPix2Pix takes no height/width: it draws at its input
     editor.edit([_photo(90, 60, 7)], [INSTRUCTION], [0])
-    assert seen == [((90, 60), (96, 64)), ((96, 64), (90, 60))]
+    assert resamples == [((90, 60), (96, 64)), ((96, 64), (90, 60))]
 
 
 def test_registry_factory_and_auto_pipeline(tiny_model: Path) -> None:

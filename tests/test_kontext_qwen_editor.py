@@ -31,36 +31,12 @@ from tiny_diffusers import (  # noqa: E402
 
 INSTRUCTION = Instruction(text='Replace the text "GO AWAY" with "WELCOME".', keep="Keep everything else.")
 ONE_MP = 1024 * 1024
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _photo(width: int, height: int, seed: int) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def resamples(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """Every PIL resize that changes a size, as (from, to): the editor's and the pipeline's alike."""
-    seen: list[tuple[tuple[int, int], tuple[int, int]]] = []
-    real = Image.Image.resize
-
-    def resize(self, size, *args, **kwargs):
-        if tuple(size) != self.size:
-            seen.append((self.size, tuple(size)))
-        return real(self, size, *args, **kwargs)
-
-    monkeypatch.setattr(Image.Image, "resize", resize)
-    return seen
 
 
 def _record_calls(monkeypatch: pytest.MonkeyPatch, cls: type) -> list[dict]:

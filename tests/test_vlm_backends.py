@@ -28,15 +28,7 @@ from tiny_vlm import build_tiny_llm, build_tiny_vlm
 POLICY = load_policy(DEFAULT_POLICY_PATH)
 O2 = POLICY.category("o2_violence")
 UNSAFE_VERDICT = Verdict("unsafe", "o2_violence", 0.9, "a knife is held to a person's throat", "{}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model gains nothing from threads; on a busy 2-core machine they make it 5-10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
