@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 # `source .venv/bin/activate` then lets the dagster CLI find the code location and the instance
 # (`dagster asset materialize --select ... --partition ...` without -m); added once.
 setup: $(STAMP)
+	@$(BIN)/python -m sp_assets.backends.common.model_store install
 	@grep -q DAGSTER_MODULE_NAME $(BIN)/activate || printf '%s\n' '' \
 	  '# SafetyPairs (make setup): the dagster CLI finds the code location and the instance from here.' \
 	  'export DAGSTER_MODULE_NAME="$${DAGSTER_MODULE_NAME:-sp_assets.definitions}"' \
