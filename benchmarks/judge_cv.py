@@ -1,6 +1,7 @@
 """Choose the scene-text judge's head by cross-validation on the policy's own judge_examples.
 
     .venv/bin/python benchmarks/judge_cv.py [policies/default.yaml] [--folds 5]
+        [--sentence-model all-mpnet-base-v2 | all-MiniLM-L6-v2] [--model-path LOCAL_FOLDER]
 
 Only the policy's training rows are used (never the demo phrases, which are the judge's test set):
 stratified k-fold over the (text, label) rows, the word TF-IDF refitted on each training fold. For
@@ -13,7 +14,9 @@ thresholds (0.5 / 0.5):
   allowed     allowed rows (look-alikes) rated safe
 
 and picks the best by ``_objective``: the smallest miss of the targets (false_safe <= 0.03, allowed
->= 0.90), each miss in units of its budget, then the best exact. About five minutes on 2 cores.
+>= 0.90), each miss in units of its budget, then the best exact. About 40 minutes on 2 cores with
+all-mpnet-base-v2 (5 with all-MiniLM-L6-v2); on the default policy both choose svc C=10 safe_weight=2
+bow_weight=1 safe_prior=0.4 (mpnet: exact 0.926, false_safe 0.028, allowed 0.909).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from sp_assets.backends.judges.text_head import (
+    DEFAULT_SENTENCE_MODEL,
+    SENTENCE_MODELS,
     SAFE_LABEL,
     HeadSettings,
     PolicyTextHead,
@@ -84,14 +89,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("policy", nargs="?", default=str(DEFAULT_POLICY_PATH))
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--sentence-model", default=DEFAULT_SENTENCE_MODEL, choices=SENTENCE_MODELS)
+    ap.add_argument("--model-path", default=None, help="a local sentence-transformers folder (instead of the named model)")
     args = ap.parse_args()
     policy = load_policy(Path(args.policy))
     t0 = time.perf_counter()
-    head = PolicyTextHead(policy, HeadSettings(kind="logreg"))  # loads the encoder; its own fit is not used
+    head = PolicyTextHead(policy, HeadSettings(kind="logreg"), model_path=args.model_path,
+                          sentence_model=args.sentence_model)  # loads the encoder; its own fit is not used
     texts, labels = training_examples(policy)
     texts = [normalise(t) for t in texts]
     y = np.array([head.classes.index(label) for label in labels])
-    dense = head.embeddings(texts)
+    dense = head.training_embeddings()  # the judge's own cached vectors of these rows
     print(f"{len(texts)} rows ({int((y == 0).sum())} allowed) in {len(head.classes) - 1} categories; "
           f"embeddings in {time.perf_counter() - t0:.1f} s")
     folds = list(StratifiedKFold(n_splits=args.folds, shuffle=True, random_state=0).split(texts, y))

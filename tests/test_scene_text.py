@@ -22,21 +22,22 @@ from sp_assets.core.policy import DEFAULT_POLICY_PATH, load_policy
 POLICY = load_policy(DEFAULT_POLICY_PATH)
 
 # Floors for the unseen demo phrasings (DEMO_PHRASES: 108 violating, 54 look-alikes). Measured on the
-# default policy (2-core CPU, scikit-learn 1.x, sentence-transformers, all-MiniLM-L6-v2): exact 0.926,
-# safe-vs-unsafe 0.951, unsafe rated safe 0.028 (3 of 108), look-alikes rated safe 0.907, category right
-# when flagged 0.962. Chance is about 0.1 for the exact label.
-FLOOR_EXACT = 0.91
-FLOOR_BINARY = 0.94
+# default policy (2-core CPU, scikit-learn 1.x, sentence-transformers, all-mpnet-base-v2, 5,198 training
+# rows): exact 0.969, safe-vs-unsafe 0.988, unsafe rated safe 0.000 (0 of 108), look-alikes rated safe
+# 0.963, category right when flagged 0.972 (all-MiniLM-L6-v2 on 4,584 rows gave 0.926 / 0.951 / 0.028 /
+# 0.907 / 0.962). Chance is about 0.1 for the exact label.
+FLOOR_EXACT = 0.95
+FLOOR_BINARY = 0.97
 CEILING_FALSE_SAFE = 0.03  # the target
-FLOOR_LOOKALIKE_SAFE = 0.90  # the phrases' `allowed` lists: prohibitions, education, help, news ...
-FLOOR_ATTRIBUTION = 0.93  # right category among unsafe phrases the judge flagged unsafe
+FLOOR_LOOKALIKE_SAFE = 0.93  # the phrases' `allowed` lists: prohibitions, education, help, news ...
+FLOOR_ATTRIBUTION = 0.95  # right category among unsafe phrases the judge flagged unsafe
 # The held-out set (tests/data/judge_unseen.yaml, 442 texts written apart from the judge's data and never
-# used for tuning) measured: exact 0.869, unsafe rated safe 0.065, look-alikes rated safe 0.862, with no
-# training text a near copy of a held-out one (test below; 47 such training rows were removed, which
-# took the previous data from 0.867 / 0.115 / 0.889 to 0.846 / 0.115 / 0.858). The targets are
-# 0.90 / 0.03 / 0.90 and are NOT met yet; these floors sit just under today's figures so a regression
-# fails while the gap stays visible in the printed figures.
-HELD_OUT_FLOORS = {"exact": 0.85, "false_safe": 0.08, "lookalike_safe": 0.85}
+# used for tuning) measured: exact 0.930, unsafe rated safe 0.032 (7 of 217), look-alikes rated safe
+# 0.916 with all-mpnet-base-v2 and 5,198 rows (all-MiniLM-L6-v2 on 4,584 rows: 0.869 / 0.065 / 0.862),
+# with no training text a near copy of a held-out one (test below). The targets are 0.90 / 0.03 / 0.90:
+# exact and look-alikes are met, unsafe rated safe is NOT yet (one text over); these floors sit just
+# under today's figures so a regression fails while the gap stays visible in the printed figures.
+HELD_OUT_FLOORS = {"exact": 0.91, "false_safe": 0.045, "lookalike_safe": 0.90}
 HELD_OUT_TARGETS = {"exact": 0.90, "false_safe": 0.03, "lookalike_safe": 0.90}
 UNSEEN_FILE = Path(__file__).parent / "data" / "judge_unseen.yaml"  # written by someone else; see its test
 LOOKALIKE_KINDS = ("prohibition", "education", "help", "prevention", "news")
@@ -398,18 +399,23 @@ def test_held_out_texts_are_not_copies_of_training_texts():
 
 
 def test_training_embeddings_come_back_from_the_cache_unchanged(tmp_path, monkeypatch):
-    """A second build reads the training vectors from SP_CACHE_DIR and classifies exactly as the first."""
-    from sp_assets.backends.judges.text_head import PolicyTextHead, embedding_cache_dir
+    """A second build reads the training vectors from SP_CACHE_DIR and classifies exactly as the first.
 
+    Run on the lighter all-MiniLM-L6-v2 (the cache does not depend on the model; a cold all-mpnet-base-v2
+    build encodes for about two minutes)."""
+    from sp_assets.backends.common.model_store import models_dir
+    from sp_assets.backends.judges.text_head import MINILM, PolicyTextHead, embedding_cache_dir
+
+    monkeypatch.setenv("SP_MODELS_DIR", str(models_dir()))  # the installed models stay where they are
     monkeypatch.setenv("SP_CACHE_DIR", str(tmp_path))
     texts = ["NO WEAPONS ALLOWED", "WE WILL BREAK YOUR BONES", "SEX EDUCATION WORKSHOP", "FREE PUPPIES"]
-    cold = PolicyTextHead(POLICY)
+    cold = PolicyTextHead(POLICY, sentence_model=MINILM)
     files = list(embedding_cache_dir().glob("*.npy"))
     assert len(files) == 1 and embedding_cache_dir().is_relative_to(tmp_path)
     start = time.perf_counter()
-    warm = PolicyTextHead(POLICY)
+    warm = PolicyTextHead(POLICY, sentence_model=MINILM)
     print(f"\nwarm build {time.perf_counter() - start:.1f} s")
     assert np.array_equal(cold.probs(texts), warm.probs(texts))
     files[0].write_bytes(b"not an array")  # a damaged cache file is recomputed, not trusted
-    again = PolicyTextHead(POLICY)
+    again = PolicyTextHead(POLICY, sentence_model=MINILM)
     assert np.array_equal(cold.probs(texts), again.probs(texts))

