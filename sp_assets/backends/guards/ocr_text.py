@@ -11,7 +11,6 @@ must not call an unread image safe, says 'invalid' there instead.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -20,6 +19,7 @@ from PIL import Image
 
 from sp_assets.backends.base import Guard, TextRegion, TwoStep, Verdict
 from sp_assets.backends.common.hf import MissingWeightsError
+from sp_assets.backends.common.model_store import sha256_file as file_sha256
 from sp_assets.backends.judges.scene_text import SceneTextJudge, SceneTextReader, group_signs
 from sp_assets.core.policy import Category
 
@@ -28,11 +28,6 @@ NO_TEXT = "no_text"
 
 class PinnedFileError(MissingWeightsError):
     """A file a guard pins by sha256 is not the one on this machine: it is refused, never loaded."""
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def check_pinned(path: Path, expected: str, fix: str) -> str:
