@@ -146,6 +146,6 @@ def test_the_judge_refuses_store_weights_changed_after_install(tmp_path, monkeyp
     folder = tmp_path / "all-mpnet-base-v2-e8c3b32e"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"not the weights")
-    with pytest.raises(RuntimeError, match=r"not the pinned 78c0197b.*--force"):
+    with pytest.raises(model_store.PinnedFileError, match=r"pinned 78c0197b.*refusing to load.*--force"):
         text_head.check_pinned_weights(text_head.MPNET, folder, None)
     text_head.check_pinned_weights(text_head.MPNET, folder, str(folder))  # a user's own model_path: theirs

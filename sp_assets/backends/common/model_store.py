@@ -30,7 +30,9 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
+
+from sp_assets.backends.common.hf import MissingWeightsError
 
 MANIFEST_NAME = "safetypairs-model.json"
 _CHUNK = 1 << 20
@@ -130,6 +132,23 @@ def sha256_file(path: Path) -> str:
     """SHA-256 of a file's bytes (the one file hash the backends share)."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+class PinnedFileError(MissingWeightsError):
+    """A file pinned by SHA-256 is not the one on this machine: it is refused, never loaded."""
+
+
+def check_pinned(path: Path, expected: str, fix: str, *, digest: Callable[[Path], str] = sha256_file) -> str:
+    """The file's SHA-256 when it is ``expected``; otherwise ``PinnedFileError`` naming both and ``fix``.
+
+    ``digest`` lets a caller that already hashed the file (a per-process cache) skip hashing it again.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found; {fix}")
+    actual = digest(path)
+    if actual != expected:
+        raise PinnedFileError(f"{path}: sha256 is {actual}, pinned {expected}; refusing to load it. {fix}")
+    return actual
 
 
 def problems(model: PackagedModel, folder: Path, *, full: bool = False) -> list[str]:

@@ -12,32 +12,15 @@ must not call an unread image safe, says 'invalid' there instead.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from PIL import Image
 
 from sp_assets.backends.base import Guard, TextRegion, TwoStep, Verdict
-from sp_assets.backends.common.hf import MissingWeightsError
-from sp_assets.backends.common.model_store import sha256_file as file_sha256
 from sp_assets.backends.judges.scene_text import SceneTextJudge, SceneTextReader, group_signs
 from sp_assets.core.policy import Category
 
 NO_TEXT = "no_text"
-
-
-class PinnedFileError(MissingWeightsError):
-    """A file a guard pins by sha256 is not the one on this machine: it is refused, never loaded."""
-
-
-def check_pinned(path: Path, expected: str, fix: str) -> str:
-    """The file's sha256 when it is ``expected``; otherwise ``PinnedFileError`` naming both and ``fix``."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found; {fix}")
-    actual = file_sha256(path)
-    if actual != expected:
-        raise PinnedFileError(f"{path}: sha256 is {actual}, pinned {expected}; refusing to load it. {fix}")
-    return actual
 
 
 def sign_texts(reading: Sequence[Mapping[str, Any]]) -> list[str]:

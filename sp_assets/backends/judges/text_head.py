@@ -116,13 +116,11 @@ def check_pinned_weights(name: str, folder: Path, model_path: str | None) -> Non
     """A packaged model loaded from its store must be the pinned bytes (a local model_path is the user's)."""
     if model_path or name != MPNET:
         return
-    from sp_assets.backends.common.model_store import ALL_MPNET_BASE_V2, install_command
+    from sp_assets.backends.common.model_store import ALL_MPNET_BASE_V2, check_pinned, install_command
 
     pin = ALL_MPNET_BASE_V2.weights
-    got = _file_sha256(str(folder / pin.path))
-    if got != pin.sha256:
-        raise RuntimeError(f"{folder / pin.path} has SHA-256 {got}, not the pinned {pin.sha256}: the file was "
-                           f"changed after install. Run `{install_command(ALL_MPNET_BASE_V2)} --force`.")
+    check_pinned(folder / pin.path, pin.sha256, f"The file was changed after install; run "
+                 f"`{install_command(ALL_MPNET_BASE_V2)} --force`.", digest=lambda p: _file_sha256(str(p)))
 
 
 def training_examples(policy: Policy, *, use_rules: bool = True, use_replacements: bool = False
