@@ -70,6 +70,19 @@ def test_malformed_policies_name_the_file_entry_and_fix(tmp_path, mutate, expect
     assert str(path) in str(info.value)
 
 
+def test_a_lone_surrogate_in_a_text_names_the_row_and_the_fix(tmp_path):
+    """JSON-style escapes of an emoji read back from YAML as two lone surrogates: refused, with the row."""
+    text = DEFAULT_POLICY_PATH.read_text().replace("judge_examples:\n      violating:\n",
+                                                   'judge_examples:\n      violating:\n        - "cheers \\ud83c\\udf7a"\n', 1)
+    path = _write(tmp_path, text)
+    with pytest.raises(PolicyError, match=r"categories\[0\].*judge_examples.violating' row 0 'cheers .*"
+                                          r"surrogate code points \(\\ud83c\\udf7a\).*\\U0001F37A") as info:
+        load_policy(path)
+    assert str(path) in str(info.value)
+    fixed = text.replace("\\ud83c\\udf7a", "\\U0001F37A")
+    assert "cheers \U0001F37A" in load_policy(_write(tmp_path, fixed)).categories[0].violating_examples
+
+
 def test_bad_yaml_reports_the_line(tmp_path):
     path = _write(tmp_path, "name: x\ncategories:\n  - id: O1\n    slug: [unclosed\n")
     with pytest.raises(PolicyError, match=r"not valid YAML at line \d+"):

@@ -102,7 +102,22 @@ def _text_list(value: Any, where: str, key: str, path: Path, required: bool) -> 
         )
     if required and not value:
         raise PolicyError(f"{path}: {where} field '{key}' is empty; give at least one entry.")
+    for row, v in enumerate(value):
+        _check_encodable(v, f"{where} field '{key}' row {row}", path)
     return tuple(v.strip() for v in value)
+
+
+def _check_encodable(text: str, where: str, path: Path) -> None:
+    """Text must be valid Unicode: YAML reads "\\ud83c\\udf7a" (JSON's escape of an emoji) as two lone
+    surrogates, which hash, encode and print nowhere."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start:exc.end].encode("unicode_escape").decode("ascii")
+        raise PolicyError(
+            f"{path}: {where} {text!r} holds surrogate code points ({bad}), not a character. Write the character "
+            f"itself, or escape it whole as \\U0001XXXX (e.g. \\U0001F37A, not \\ud83c\\udf7a)."
+        ) from None
 
 
 def _document(text: str, path: Path) -> dict[str, Any]:
