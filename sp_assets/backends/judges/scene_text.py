@@ -248,16 +248,16 @@ def _quote(text: str) -> str:
 class SceneTextJudge(TwoStep, Judge):
     """Judge scene text against a policy, block by block, with a head fitted on the policy's own examples.
 
-    Each block of text (one sign's lines) is classified on its own (``PolicyTextHead``: logistic
-    regression over sentence-model features, trained on ``judge_examples``). The image is unsafe if
+    Each block of text (one sign's lines) is classified on its own (``PolicyTextHead``: an RBF SVC over
+    sentence-model features and a word TF-IDF, trained on ``judge_examples``). The image is unsafe if
     any block is, invalid if any block is invalid (unreadable or the head torn: fail closed), else
     safe; no readable text at all is invalid. An unsafe verdict's regions are the offending blocks'
     lines only, so the editor leaves the photo's other text alone.
 
-    The head's defaults (an RBF SVC, C=10, safe_weight=2, safe_prior=0.4, the word TF-IDF beside the
+    The head's defaults (an RBF SVC, C=10, safe_weight=1, safe_prior=0.5, the word TF-IDF beside the
     embeddings) were chosen by 5-fold cross-validation on the default policy's examples only
-    (``benchmarks/judge_cv.py``), never on the demo phrases or the held-out set; they came out the same
-    for all-mpnet-base-v2 (the default ``sentence_model``) as for all-MiniLM-L6-v2.
+    (``benchmarks/judge_cv.py`` with all-mpnet-base-v2, the default ``sentence_model``), never on the
+    demo phrases or the held-out set.
     """
 
     def __init__(
@@ -270,8 +270,8 @@ class SceneTextJudge(TwoStep, Judge):
         min_letters: int = 2,
         head: str = "svc",
         C: float = 10.0,
-        safe_weight: float = 2.0,
-        safe_prior: float = 0.4,
+        safe_weight: float = 1.0,
+        safe_prior: float = 0.5,
         bow_weight: float = 1.0,
         min_known_share: float = 0.5,
         use_rules: bool = True,

@@ -181,8 +181,8 @@ class HeadSettings:
 
     kind: str = "svc"
     C: float = 10.0
-    safe_weight: float = 2.0
-    safe_prior: float = 0.4
+    safe_weight: float = 1.0
+    safe_prior: float = 0.5
     bow_weight: float = 1.0
 
     def __post_init__(self) -> None:
