@@ -1,6 +1,6 @@
-"""The scene-text judge's text classifier: sentence-model features (all-mpnet-base-v2 by default) and a
-word TF-IDF, an RBF SVC (or
-logistic-regression) head fitted on the policy's own ``judge_examples``. Offline, deterministic, text only."""
+"""The scene-text judge's text classifier: sentence-model features (all-mpnet-base-v2 by default, a word
+TF-IDF beside them when ``bow_weight`` > 0), an RBF SVC (or logistic-regression) head fitted on the
+policy's own ``judge_examples``. Offline, deterministic, text only."""
 
 from __future__ import annotations
 
@@ -180,10 +180,10 @@ class HeadSettings:
     """
 
     kind: str = "svc"
-    C: float = 10.0
+    C: float = 30.0
     safe_weight: float = 1.0
-    safe_prior: float = 0.5
-    bow_weight: float = 1.0
+    safe_prior: float = 0.4
+    bow_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("svc", "logreg") or min(self.C, self.safe_weight, self.safe_prior) <= 0 \
@@ -286,7 +286,7 @@ class PolicyTextHead:
 
     ``classes[0]`` is 'safe'; the rest are the policy's categories that have examples. Features (see
     ``features``): the sentence embedding, the mean embedding of the content words, the embedding of
-    the text framed as a sign and a word TF-IDF
+    the text framed as a sign and, when ``bow_weight`` is above 0 (off by default), a word TF-IDF
     fitted on the training texts; the head is fitted on the policy's examples (``HeadSettings``).
     """
 
@@ -354,8 +354,8 @@ class PolicyTextHead:
     def training_embeddings(self) -> np.ndarray:
         """The training texts' embeddings, from this machine's cache when an earlier build stored them.
 
-        Encoding thousands of examples on one thread takes most of a build (about 8 minutes on 2 cores
-        with all-mpnet-base-v2 and 6,600 rows); every worker builds the judge, so the vectors are kept
+        Encoding thousands of examples on one thread takes most of a build (about 9 minutes on 2 cores
+        with all-mpnet-base-v2 and 8,000 rows); every worker builds the judge, so the vectors are kept
         under ``SP_CACHE_DIR`` (default ``~/.cache/safetypairs``), named by the encoder's weights and the
         texts. A cached file holds the very vectors the encoder gave (plain .npy, no pickle); a damaged
         one is recomputed.
@@ -417,7 +417,7 @@ class PolicyTextHead:
         ).hexdigest()
         return {
             **asdict(self.settings),
-            "features": "sentence+mean_content_words+sign_frame+word_tfidf",
+            "features": "sentence+mean_content_words+sign_frame" + ("+word_tfidf" if self.settings.bow_weight else ""),
             "sign_frame": SIGN_FRAME,
             "sentence_model": self.sentence_model,
             "use_rules": self.use_rules,
