@@ -15,8 +15,7 @@ from PIL import Image
 
 from sp_assets.backends import registry
 from sp_assets.backends.guards.blocklist import DEFAULT_LIST, BlocklistGuard, load_blocklist, normalise
-from sp_assets.backends.common.model_store import PinnedFileError
-from sp_assets.backends.common.model_store import sha256_file as file_sha256
+from sp_assets.backends.common.model_store import PinnedFileError, sha256_file as file_sha256
 from sp_assets.backends.guards.text_toxicity import TextToxicityGuard, bundled_model_dir
 from sp_assets.backends.judges.scene_text import SceneTextJudge
 from sp_assets.backends.profiles import get_profile

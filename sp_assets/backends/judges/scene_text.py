@@ -254,10 +254,9 @@ class SceneTextJudge(TwoStep, Judge):
     safe; no readable text at all is invalid. An unsafe verdict's regions are the offending blocks'
     lines only, so the editor leaves the photo's other text alone.
 
-    The head's defaults (an RBF SVC, C=30, safe_weight=1, safe_prior=0.4, no word TF-IDF beside the
-    embeddings: bow_weight=0) were chosen by 5-fold cross-validation on the default policy's examples only
-    (``benchmarks/judge_cv.py`` with all-mpnet-base-v2, the default ``sentence_model``), never on the
-    demo phrases or the held-out set.
+    The head's defaults are ``HeadSettings``'s, chosen by 5-fold cross-validation on the default
+    policy's examples only (``benchmarks/judge_cv.py`` with all-mpnet-base-v2, the default
+    ``sentence_model``), never on the demo phrases or the held-out set.
     """
 
     def __init__(
@@ -268,11 +267,11 @@ class SceneTextJudge(TwoStep, Judge):
         safe_threshold: float = 0.5,
         min_ocr_confidence: float = 0.6,
         min_letters: int = 2,
-        head: str = "svc",
-        C: float = 30.0,
-        safe_weight: float = 1.0,
-        safe_prior: float = 0.4,
-        bow_weight: float = 0.0,
+        head: str = HeadSettings.kind,
+        C: float = HeadSettings.C,
+        safe_weight: float = HeadSettings.safe_weight,
+        safe_prior: float = HeadSettings.safe_prior,
+        bow_weight: float = HeadSettings.bow_weight,
         min_known_share: float = 0.5,
         use_rules: bool = True,
         use_replacements: bool = False,

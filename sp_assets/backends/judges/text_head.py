@@ -177,6 +177,9 @@ class HeadSettings:
     safe_prior:  P(safe) is multiplied by this and the row renormalised before the decision rule;
                  below 1 the head needs more evidence to call a text safe
     bow_weight:  scale of the word TF-IDF block beside the sentence-model features (0: none)
+
+    The defaults are what ``benchmarks/judge_cv.py`` chose on the default policy (see its docstring);
+    ``SceneTextJudge`` takes its own defaults from here.
     """
 
     kind: str = "svc"
