@@ -10,9 +10,12 @@ from PIL import Image, ImageFilter
 
 
 def png_bytes(image: Image.Image) -> bytes:
-    """Deterministic PNG encoding: no metadata, fixed compression, so equal pixels give equal bytes."""
+    """Deterministic PNG encoding: no metadata, fixed compression, so equal pixels give equal bytes.
+
+    Pillow writes an ``icc_profile`` left in ``image.info`` unless told not to: an image derived from a
+    source would carry the source's profile (and, with it, who made it) into every edit."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=False, compress_level=6)
+    image.save(buf, format="PNG", optimize=False, compress_level=6, icc_profile=None)
     return buf.getvalue()
 
 

@@ -21,6 +21,7 @@ from sp_assets.backends.base import Backend, SourceOptions
 from sp_assets.backends.profiles import Profile, get_profile
 from sp_assets.core.hashing import sha256_json
 from sp_assets.core.policy import Policy
+from sp_assets.execution.intake import INTAKE_VERSION
 from sp_assets.execution.lazy import LazyBackend
 
 # The default judge (it also chose the pairs: marked as such), a pixel classifier, and two text filters
@@ -226,7 +227,7 @@ class SourceResource(BackendResource):
         """The settings that decide the source pool; hashed into every source row."""
         keys = ["source_dir", "manifest", "seed", "demo_unsafe_per_category", "demo_safe_per_category",
                 "max_image_pixels", "max_file_bytes"]
-        return {"source": self.profile, **{k: getattr(settings, k) for k in keys}}
+        return {"source": self.profile, "intake": INTAKE_VERSION, **{k: getattr(settings, k) for k in keys}}
 
 
 class JudgeResource(BackendResource):

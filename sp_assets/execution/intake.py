@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from sp_assets.backends.base import SourceItem
 from sp_assets.core.hashing import sha256_bytes
+from sp_assets.core.image_clean import MultiFrame, clean_image, container_is_clean
 from sp_assets.storage import ImageStore
+
+# Part of every source's config hash: a change in how files are taken in takes every category in again.
+INTAKE_VERSION = "display-clean-1"  # orientation applied, sRGB, one frame, no metadata (core.image_clean)
 
 
 @dataclass
@@ -27,12 +31,16 @@ def take_in(items: Iterable[SourceItem], images: ImageStore, base: dict[str, Any
     """Store every usable item by its hash; a refused item's bytes go to quarantine with its reason.
 
     ``base`` holds the columns every row shares (category, provenance). Duplicates of an image already
-    taken in are rejected as 'duplicate' and point at the one kept.
+    taken in are rejected as 'duplicate' and point at the one kept. Whatever the source, the stored image
+    is the picture as seen, without metadata: a source that hands over a file with EXIF, an ICC profile
+    or an orientation tag has it cleaned here (a folder source cleans while it checks).
     """
     out = Intake()
     seen: dict[str, str] = {}
     for item in items:
         out.n_in += 1
+        if not item.reason:
+            item = _cleaned(item)
         if item.reason:
             out.rejected.append(_rejection(item, images, base, item.reason, item.detail))
             continue
@@ -40,16 +48,37 @@ def take_in(items: Iterable[SourceItem], images: ImageStore, base: dict[str, Any
         sha = sha256_bytes(item.data)
         if sha in seen:
             out.rejected.append(_rejection(item, images, base, "duplicate",
-                                           f"{item.ref}: same bytes as {seen[sha]}; kept that one.", sha))
+                                           f"{item.ref}: same picture as {seen[sha]}; kept that one.", sha))
             continue
         sha, rel = images.put_bytes(item.data, item.suffix)
         seen[sha] = item.ref
         out.accepted.append({
             **base, "image_sha256": sha, "image_path": rel, "width": item.width, "height": item.height,
-            "format": item.format, "n_bytes": len(item.data), "origin": origin, "origin_ref": item.ref, **item.columns,
+            "format": item.format, "n_bytes": len(item.data), "origin": origin, "origin_ref": item.ref,
+            "original_sha256": sha, "metadata_removed": "", **item.columns,
             # A source with no known photograph is its own photograph.
             "photo_id": item.columns.get("photo_id") or sha})
     return out
+
+
+def _cleaned(item: SourceItem) -> SourceItem:
+    """The item with clean bytes (unchanged when they already are), or refused when they cannot be."""
+    if item.data is None or "original_sha256" in item.columns or container_is_clean(item.data):
+        return item
+    try:
+        clean = clean_image(item.data)
+    except MultiFrame as exc:
+        return _with(item, reason=exc.kind, detail=f"{item.ref}: {exc.frames} frames; store one frame as PNG or JPEG.")
+    except Exception as exc:  # noqa: BLE001 - a file the decoder refuses is quarantined, the batch goes on
+        return _with(item, reason="corrupt", detail=f"{item.ref}: could not decode ({type(exc).__name__}: {exc}).")
+    columns = {**item.columns, "original_sha256": sha256_bytes(item.data), "original_format": item.format or clean.format,
+               "metadata_removed": ",".join(clean.removed)}
+    return _with(item, data=clean.data, suffix=".png" if clean.changed else item.suffix, width=clean.width,
+                 height=clean.height, format=clean.format, columns=columns)
+
+
+def _with(item: SourceItem, **changes: Any) -> SourceItem:
+    return replace(item, **changes)
 
 
 def _rejection(item: SourceItem, images: ImageStore, base: dict[str, Any], reason: str, detail: str,

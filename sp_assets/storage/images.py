@@ -13,7 +13,7 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from sp_assets.core.encoding import png_bytes
 from sp_assets.core.hashing import sha256_bytes
@@ -101,6 +101,6 @@ class ImageStore:
 
     def open(self, rel: str) -> Image.Image:
         source: Any = self.path(rel) if self.is_local else io.BytesIO(self.read_bytes(rel))
+        # Intake stored the picture upright and without metadata (core.image_clean): no orientation to apply.
         with Image.open(source) as im:
-            # Honour the camera's orientation tag so people and models see the picture upright.
-            return ImageOps.exif_transpose(im).convert("RGB")
+            return im.convert("RGB")

@@ -20,8 +20,14 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("image_path", "VARCHAR", "path of the stored file, relative to the data root"),
         ("width", "INTEGER", "pixels"),
         ("height", "INTEGER", "pixels"),
-        ("format", "VARCHAR", "PNG, JPEG, ..."),
+        ("format", "VARCHAR", "PNG, JPEG, ... of the stored file"),
         ("n_bytes", "BIGINT", "file size"),
+        ("original_sha256", "VARCHAR", "sha256 of the file as the source gave it (equal to image_sha256 when it "
+                                       "held nothing but pixels)"),
+        ("original_format", "VARCHAR", "format of the file as given"),
+        ("metadata_removed", "VARCHAR", "what intake took out, comma-separated: exif, gps, camera, author, "
+                                        "software, orientation (applied), icc_to_srgb (converted), icc_unreadable, "
+                                        "comment, xmp, iptc, text, extra_frames, other; empty when nothing"),
         ("origin", "VARCHAR", "'demo' or 'folder'"),
         ("origin_ref", "VARCHAR", "demo recipe id, or the file path relative to the source folder"),
         ("manifest_rating", "VARCHAR", "human label from the manifest, if any"),
@@ -40,7 +46,9 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
     "source_rejections": [
         ("category", "VARCHAR", "partition key"),
         ("origin_ref", "VARCHAR", "the file or manifest row that was refused"),
-        ("reason", "VARCHAR", "short code: corrupt, truncated, not_an_image, too_many_pixels, bad_manifest_row, ..."),
+        ("reason", "VARCHAR", "short code: corrupt, truncated, not_an_image, too_many_pixels, animated, multi_page, "
+                              "not_a_file, unreadable, bad_path, bad_file_name, symlink_loop, changed_while_read, "
+                              "bad_manifest_row, duplicate, ..."),
         ("detail", "VARCHAR", "what was wrong and how to fix it"),
         ("duplicate_of", "VARCHAR", "for reason 'duplicate': the sha256 kept instead"),
         ("quarantine_path", "VARCHAR", "copy of the refused file under the data root, if it was readable"),

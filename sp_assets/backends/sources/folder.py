@@ -8,8 +8,11 @@ names the file and the fix; so does each manifest row that cannot be read. Files
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -19,6 +22,8 @@ from PIL import Image, UnidentifiedImageError
 
 from sp_assets.backends.base import ModelInfo, Source, SourceItem, SourceOptions
 from sp_assets.backends.sources.manifest import ManifestError, ManifestRow, read_rows
+from sp_assets.core.hashing import sha256_bytes
+from sp_assets.core.image_clean import MultiFrame, clean_image
 from sp_assets.core.policy import Category, Policy
 
 __all__ = ["FolderSource", "ManifestError", "check_file", "iter_entries", "list_folder", "resolve_category"]
@@ -48,7 +53,8 @@ class Entry:
 @dataclass
 class Checked:
     entry: Entry
-    data: bytes | None = None
+    data: bytes | None = None  # the file as read (quarantined with a rejection)
+    stored: bytes | None = None  # what is stored when accepted: the file as seen, without metadata
     format: str = ""
     width: int = 0
     height: int = 0
@@ -71,7 +77,12 @@ class Listing:
 
 def list_folder(root: Path) -> Listing:
     out = Listing()
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def unreadable(exc: OSError) -> None:  # a folder os.walk cannot list is counted, not passed over
+        name = Path(exc.filename or "?")
+        out.skipped.append((name.relative_to(root) if name.is_relative_to(root) else name).as_posix() + "/")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         here = Path(dirpath).relative_to(root)
         # A hidden folder (.git, .cache) is counted once, not walked.
         out.skipped += [(here / d).as_posix() + "/" for d in dirnames if d.startswith(".")]
@@ -164,49 +175,154 @@ def manifest_refs(manifest: Path) -> set[str]:
     return {p.strip() for p in paths if isinstance(p, str) and p.strip()}
 
 
+def printable(text: str) -> str:
+    """A path as it can be stored and shown: bytes that are not UTF-8 (a file name from another system)
+    and NUL written as escapes, so one odd name never stops a row from being committed."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+
+
+def _refused(entry: Entry, reason: str, detail: str) -> Checked:
+    return Checked(entry, reason=reason, detail=detail)
+
+
 def check_file(entry: Entry, source_dir: Path, max_pixels: int, max_bytes: int) -> Checked:
-    where = f"{entry.ref}" + (f" ({entry.at})" if entry.at else "")
-    candidate = Path(entry.ref)
-    full = (source_dir / candidate).resolve() if not candidate.is_absolute() else candidate.resolve()
+    """One file read once and checked: the bytes decoded are the bytes stored.
+
+    Every way a file can fail (a name that is not UTF-8, a path that leaves the folder or cannot exist, a
+    symlink loop, a FIFO or device, no permission, a file that grows or shrinks while it is read, an
+    animation, damaged or oversized image data) becomes a rejection with a reason and a fix.
+    """
+    where = printable(entry.ref) + (f" ({entry.at})" if entry.at else "")
+    if printable(entry.ref) != entry.ref:
+        reason = "bad_path" if entry.at else "bad_file_name"
+        return _refused(entry, reason, f"{where}: the {'path' if entry.at else 'file name'} holds bytes that are "
+                        "not UTF-8 text (or a NUL); rename the file with a UTF-8 name"
+                        + (" and write that name in the manifest." if entry.at else "."))
+    full, reason, problem = _resolve(entry.ref, source_dir)
+    if full is None:
+        return _refused(entry, reason, f"{where}: {problem}")
     if not full.is_relative_to(source_dir):
-        return Checked(entry, reason="path_escapes_root",
-                       detail=f"{where}: resolves to {full}, outside the source folder {source_dir}; "
-                       "give paths relative to the source folder, without '..'.")
-    if not full.is_file():
-        return Checked(entry, reason="missing", detail=f"{where}: no such file under {source_dir}; fix the path or add the file.")
-    size = full.stat().st_size
-    if size > max_bytes:
-        return Checked(entry, reason="too_large",
-                       detail=f"{where}: {size} bytes is over the limit of {max_bytes}; shrink it or raise max_file_bytes.")
-    data = full.read_bytes()
-    checked = Checked(entry, data=data)
+        return _refused(entry, "path_escapes_root",
+                        f"{where}: resolves to {full}, outside the source folder {source_dir}; "
+                        "give paths relative to the source folder, without '..'.")
+    data, refusal = _read_once(full, where, source_dir, max_bytes)
+    if refusal is not None:
+        return Checked(entry, reason=refusal[0], detail=refusal[1])
+    assert data is not None
+    return _decoded(Checked(entry, data=data), where, max_pixels)
+
+
+def _resolve(ref: str, source_dir: Path) -> tuple[Path | None, str, str]:
+    """The absolute path a reference names, or (None, reason, what is wrong and the fix)."""
+    candidate = Path(ref)
+    try:
+        full = (source_dir / candidate).resolve() if not candidate.is_absolute() else candidate.resolve()
+    except RuntimeError:  # Path.resolve on a symlink loop (Python 3.11)
+        return None, "symlink_loop", "is a symlink loop (a link that leads back to itself); remove the link or point it at the image."
+    except ValueError as exc:  # an embedded NUL
+        return None, "bad_path", f"is not a usable path ({exc}); fix the path in the manifest."
+    except OSError as exc:
+        return None, "bad_path", f"cannot be resolved ({exc.strerror or exc}); fix the path or the link."
+    return full, "", ""
+
+
+def _read_once(full: Path, where: str, source_dir: Path, max_bytes: int) -> tuple[bytes | None, tuple[str, str] | None]:
+    """The file's bytes, read through one descriptor; or (reason, detail) when it cannot be used.
+
+    Opened without blocking, so a FIFO never hangs the step, and checked through that descriptor, so the
+    file checked is the file read.
+    """
+    try:
+        fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, ("missing", f"{where}: no such file under {source_dir}; fix the path or add the file.")
+    except PermissionError:
+        return None, ("unreadable", f"{where}: permission denied; let this user read it (chmod a+r) or remove it.")
+    except OSError as exc:
+        reason = {errno.ELOOP: "symlink_loop", errno.ENAMETOOLONG: "bad_path"}.get(exc.errno or 0, "unreadable")
+        return None, (reason, f"{where}: cannot be opened ({exc.strerror or exc}); fix the path or the file.")
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            kind = _file_kind(st.st_mode)
+            return None, ("not_a_file", f"{where}: is a {kind}, not a regular file; only image files are read. "
+                          "Move it out of the source folder.")
+        if st.st_size > max_bytes:
+            return None, ("too_large", f"{where}: {st.st_size} bytes is over the limit of {max_bytes}; shrink it or "
+                          "raise max_file_bytes.")
+        try:
+            data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            return None, ("unreadable", f"{where}: reading failed ({exc.strerror or exc}); copy the file again.")
+        after = os.fstat(fh.fileno())
+    if len(data) > max_bytes:
+        return None, ("too_large", f"{where}: grew past the limit of {max_bytes} bytes while it was read; shrink it "
+                      "or raise max_file_bytes.")
+    if len(data) != st.st_size or after.st_size != st.st_size or after.st_mtime_ns != st.st_mtime_ns:
+        return None, ("changed_while_read", f"{where}: the file changed while it was read ({st.st_size} bytes, "
+                      f"then {len(data)} read); run again once it has been written completely.")
+    return data, None
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "FIFO (named pipe)"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "special file"
+
+
+def _decoded(checked: Checked, where: str, max_pixels: int) -> Checked:
+    """The bytes decoded in full and stored as they are seen (upright, sRGB, one frame, no metadata)."""
+    data = checked.data
+    assert data is not None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(full) as im:
+            with Image.open(io.BytesIO(data)) as im:  # the header only: the size before any decoding
                 checked.format = im.format or ""
                 checked.width, checked.height = im.size
-                if im.size[0] * im.size[1] > max_pixels:
-                    checked.reason = "too_many_pixels"
-                    checked.detail = (f"{where}: {im.size[0]}x{im.size[1]} is over the limit of {max_pixels} "
-                                      "pixels; downscale it or raise max_image_pixels.")
-                    return checked
-                im.load()
-                if getattr(im, "n_frames", 1) > 1:
-                    checked.extra["frames"] = im.n_frames
+            if checked.width * checked.height > max_pixels:
+                checked.reason = "too_many_pixels"
+                checked.detail = (f"{where}: {checked.width}x{checked.height} is over the limit of {max_pixels} "
+                                  "pixels; downscale it or raise max_image_pixels.")
+                return checked
+            clean = clean_image(data)
+    except MultiFrame as exc:
+        checked.reason = exc.kind
+        checked.detail = (f"{where}: {'an animation' if exc.kind == 'animated' else 'a multi-page file'} of "
+                          f"{exc.frames} frames; the judge and the editor would see only the first while a viewer "
+                          "shows them all. Save the frame you mean as a PNG or JPEG.")
+        return checked
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         checked.reason = "too_many_pixels"
         checked.detail = f"{where}: the image is too large to decode safely; downscale it."
+        return checked
     except UnidentifiedImageError:
         checked.reason = "not_an_image"
         checked.detail = f"{where}: not a readable image (Pillow does not recognise it); remove it or convert it to PNG or JPEG."
+        return checked
     except OSError as exc:
         truncated = "truncated" in str(exc).lower()
         checked.reason = "truncated" if truncated else "corrupt"
         checked.detail = f"{where}: {'the file ends early' if truncated else 'the image data is damaged'} ({exc}); re-export or re-download it."
+        return checked
     except Exception as exc:  # noqa: BLE001 - any decoder failure quarantines the file, the batch goes on
         checked.reason = "corrupt"
         checked.detail = f"{where}: could not decode ({type(exc).__name__}: {exc}); re-export it."
+        return checked
+    checked.extra = {"original_sha256": sha256_bytes(data), "original_format": checked.format,
+                     "metadata_removed": ",".join(clean.removed)}
+    checked.format, checked.width, checked.height = clean.format, clean.width, clean.height
+    checked.stored = clean.data
     return checked
 
 
@@ -222,7 +338,8 @@ class FolderSource(Source):
     def fingerprint(self, category: Category, options: SourceOptions) -> Any:
         """Name, size and modification time of every file under the folder, and of the manifest."""
         root, manifest = _folder_paths(options)
-        files = [(p.relative_to(root).as_posix(), *_stat(p)) for p in sorted(root.rglob("*")) if p.is_file()]
+        listing = list_folder(root)
+        files = [(printable(rel), *_stat(root / rel)) for rel in listing.candidates + listing.skipped]
         return {"category": category.slug, "files": files, "manifest": _stat(manifest) if manifest else None,
                 "policy": options.policy.sha256}
 
@@ -235,13 +352,13 @@ class FolderSource(Source):
             checked = item if isinstance(item, Checked) else check_file(
                 item, root, options.max_image_pixels, options.max_file_bytes)
             yield SourceItem(
-                ref=entry.ref, data=checked.data, suffix=FORMAT_SUFFIX.get(checked.format, ".img"),
+                ref=printable(entry.ref), data=checked.stored if checked.ok else checked.data,
+                suffix=FORMAT_SUFFIX.get(checked.format, ".img"),
                 width=checked.width, height=checked.height, format=checked.format,
                 reason=None if checked.ok else checked.reason, detail=checked.detail,
                 columns={"manifest_rating": entry.rating, "manifest_category": entry.category,
                          "manifest_rationale": entry.rationale,
-                         "photo_id": f"photo:{entry.photo}" if entry.photo else None})
-
+                         "photo_id": f"photo:{entry.photo}" if entry.photo else None, **checked.extra})
 
     def intake_notes(self, categories: Sequence[Category], options: SourceOptions) -> dict[str, dict[str, Any]]:
         """What the folder holds besides the files ``scan`` offers, for each category and for the whole
@@ -251,8 +368,8 @@ class FolderSource(Source):
         listing = list_folder(root)
         unlisted: list[str] = []
         if manifest is not None:
-            named = {(root / ref).resolve() for ref in manifest_refs(manifest)}
-            unlisted = [rel for rel in listing.candidates if (root / rel).resolve() not in named]
+            named = {_resolve(ref, root)[0] for ref in manifest_refs(manifest)} - {None}
+            unlisted = [rel for rel in listing.candidates if _resolve(rel, root)[0] not in named]
         notes = {"*": _notes(listing.skipped, unlisted)}
         for category in categories:
             notes[category.slug] = _notes(_of_category(listing.skipped, category.slug, options.policy),
@@ -266,12 +383,19 @@ def _of_category(refs: list[str], slug: str, policy: Policy) -> list[str]:
 
 
 def _notes(skipped: list[str], unlisted: list[str]) -> dict[str, Any]:
-    return {"skipped_files": len(skipped), "skipped_examples": skipped[:EXAMPLES],
-            "unlisted_images": len(unlisted), "unlisted_examples": unlisted[:EXAMPLES]}
+    return {"skipped_files": len(skipped), "skipped_examples": [printable(r) for r in skipped[:EXAMPLES]],
+            "unlisted_images": len(unlisted), "unlisted_examples": [printable(r) for r in unlisted[:EXAMPLES]]}
 
 
 def _stat(path: Path) -> tuple[int, int]:
-    st = path.stat()
+    """Size and modification time; of the link itself when it leads nowhere (a loop, a missing target)."""
+    try:
+        st = path.stat()
+    except (OSError, RuntimeError):
+        try:
+            st = path.lstat()
+        except OSError:
+            return -1, -1
     return st.st_size, st.st_mtime_ns
 
 

@@ -18,6 +18,7 @@ import polars as pl
 MANIFEST_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 FIELDS = ("path", "rating", "category", "rationale", "photo")
 _SHORT = 60
+MAX_CELL_CHARS = 64 * 1024  # a path, a label or a rationale; anything longer is a quoting mistake
 _JSONL_EXAMPLE = '{"path": "a.png", "rating": "unsafe"}'
 
 
@@ -62,6 +63,9 @@ def _no_path_column(path: Path, columns: list[str]) -> ManifestError:
 
 def _csv_rows(path: Path) -> Iterator[ManifestRow]:
     # Undecodable bytes become U+FFFD so that one badly encoded line is rejected, not the file.
+    # The csv module's field limit (128 KiB) would refuse the whole file over one long cell; it is raised
+    # to the manifest's size so that such a row is read, and refused on its own by _csv_row.
+    csv.field_size_limit(max(csv.field_size_limit(), path.stat().st_size + 1))
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
         reader = csv.reader(fh)
         header: list[str] | None = None
@@ -87,6 +91,7 @@ def _csv_row(at: str, header: list[str], record: list[str]) -> ManifestRow:
                                    'quote values that contain commas ("a, b") or fix the line.')
     if "\ufffd" in text:
         return ManifestRow(at, {}, f"is not valid UTF-8 text: {short(text)}; save the manifest as UTF-8.")
+
     return ManifestRow(at, dict(zip(header, record)))
 
 
@@ -123,6 +128,12 @@ def _jsonl_row(at: str, raw: bytes) -> ManifestRow | None:
     except json.JSONDecodeError as exc:
         return ManifestRow(at, {}, f"is not valid JSON ({exc.msg} at column {exc.colno}): {short(text.strip())}; "
                                    f"write one JSON object per line, e.g. {_JSONL_EXAMPLE}, or delete the line.")
+    except RecursionError:
+        return ManifestRow(at, {}, f"nests too deeply to read: {short(text.strip())}; a manifest row is one flat "
+                                   f"object, e.g. {_JSONL_EXAMPLE}.")
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts (int_max_str_digits)
+        return ManifestRow(at, {}, f"holds a value that cannot be read ({exc}): {short(text.strip())}; write "
+                                   "numbers as text or delete the line.")
     if not isinstance(value, dict):
         return ManifestRow(at, {}, f"is a JSON {_kind_of(value)}, not an object: {short(text.strip())}; "
                                    f"write one JSON object per line, e.g. {_JSONL_EXAMPLE}.")
@@ -148,6 +159,14 @@ def _checked(row: ManifestRow) -> ManifestRow:
         fix = "the image's path relative to the source folder" if name == "path" else "or leave it empty"
         return ManifestRow(row.at, row.values, f"has {name!r} = {short(value)} (a {_kind_of(value)}), which must be "
                                                f"text; write it as a string (\"{name}\": \"...\"), {fix}.")
+    for name, value in values.items():
+        if isinstance(value, str) and len(value) > MAX_CELL_CHARS:
+            return ManifestRow(row.at, {k: v for k, v in values.items() if k != name},
+                               f"has a {name!r} of {len(value)} characters (at most {MAX_CELL_CHARS}): {short(value)}; "
+                               "check the quoting of that line, or shorten the value.")
+    if isinstance(values["path"], str) and "\x00" in values["path"]:
+        return ManifestRow(row.at, {}, f"has a 'path' holding a NUL character: {short(values['path'])}; "
+                                       "write the image's path relative to the source folder.")
     clean = {name: (str(v).strip() or None) if v is not None else None for name, v in values.items()}
     if clean["path"] is None:
         return ManifestRow(row.at, row.values, f"has no 'path' ({short(row.values)}); give the image's path "
