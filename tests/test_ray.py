@@ -75,3 +75,55 @@ def test_a_ray_worker_killed_mid_stage_is_replaced_and_the_rows_are_the_same(in_
     [pool] = [p for p in pools.active_pools() if hasattr(p, "worker_pids")]
     assert killed[0] not in pool.worker_pids()  # replaced
     assert _snapshot(ray_run / "safetypairs.duckdb") == in_process_small_batches
+
+
+# -- a local Ray listens on the loopback address only ------------------------------------------------
+
+
+def _fake_init(monkeypatch, node_ip="127.0.0.1"):
+    """ray.init recorded, not run: its arguments and whether Ray's single-machine mode was on during it."""
+    import ray._private.ray_constants as constants
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append({**kw, "cluster": constants.ENABLE_RAY_CLUSTER}))
+    monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: node_ip)
+    return calls, constants
+
+
+def test_a_local_ray_is_asked_for_the_loopback_address_and_a_cluster_is_left_alone(monkeypatch):
+    from sp_assets.execution.ray_pool import RayPool
+
+    calls, constants = _fake_init(monkeypatch)
+    before = constants.ENABLE_RAY_CLUSTER
+    RayPool(address="local", cpus=1, object_store_mb=100)
+    RayPool(address="ray://head:10001")
+    local, cluster = calls
+    assert local["_node_ip_address"] == "127.0.0.1" and local["include_dashboard"] is False
+    assert local["cluster"] is False and local["num_cpus"] == 1 and local["object_store_memory"] == 100 << 20
+    assert cluster["address"] == "ray://head:10001" and "_node_ip_address" not in cluster
+    assert cluster["cluster"] == before and constants.ENABLE_RAY_CLUSTER == before  # set back after the start
+
+
+def test_a_local_ray_off_the_loopback_address_is_reported(monkeypatch, caplog):
+    from sp_assets.execution.ray_pool import RayPool
+
+    _fake_init(monkeypatch, node_ip="192.0.2.7")
+    with caplog.at_level("WARNING", logger="sp_assets.execution.ray_pool"):
+        RayPool(address="local", cpus=1)
+    assert "listens on 192.0.2.7, not 127.0.0.1" in caplog.text
+
+
+def test_a_local_ray_and_its_workers_listen_on_the_loopback_address_only():
+    from sp_assets.execution.ray_pool import RayPool
+
+    assert not ray.is_initialized()
+    pool = RayPool(address="local", workers=1, cpus=1, object_store_mb=100)
+    try:
+        assert ray.util.get_node_ip_address() == "127.0.0.1"
+        assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
+        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+        worker_ip = ray.get(ray.remote(lambda: ray.util.get_node_ip_address()).remote())
+        assert worker_ip == "127.0.0.1"
+    finally:
+        pool.close()

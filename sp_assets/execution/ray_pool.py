@@ -9,12 +9,13 @@ retried up to ``retries`` times; an actor that dies (out of memory, killed) is r
 retried. Plain functions (cheap bookkeeping) run in the driver.
 
 ``address``: ``local`` starts a Ray on this machine on demand (dashboard off, CPUs and object store
-bounded) and stops it when the pool closes; ``auto`` or ``ray://host:port`` joins a running cluster
-(for example KubeRay on Kubernetes).
+bounded, every server on 127.0.0.1) and stops it when the pool closes; ``auto`` or ``ray://host:port``
+joins a running cluster (for example KubeRay on Kubernetes), whose addresses are its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,6 +26,32 @@ from sp_assets.execution.tasks import Work
 
 log = logging.getLogger(__name__)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "SP_WORKER_THREADS")
+LOOPBACK = "127.0.0.1"
+
+
+def local_init_args(cpus: int, object_store_mb: int) -> dict[str, Any]:
+    """``ray.init``'s arguments for a Ray on this machine alone: no dashboard, no server off the loopback
+    address (a local Ray runs whatever task reaches its ports, so no other machine should reach them)."""
+    return dict(num_cpus=cpus, include_dashboard=False, object_store_memory=object_store_mb << 20,
+                _node_ip_address=LOOPBACK, log_to_driver=False, configure_logging=False, namespace="safetypairs")
+
+
+@contextlib.contextmanager
+def _single_machine() -> Iterator[None]:
+    """Ray's single-machine mode, its default on macOS and Windows, while ``ray.init`` starts a local Ray.
+
+    On Linux ``ray.init`` replaces a node address of 127.0.0.1 with the machine's routable one, and Ray's
+    servers (GCS, raylet, workers) listen on every interface unless the node address is 127.0.0.1. In
+    single-machine mode it keeps 127.0.0.1. The flag is read only while a node starts (the workers get
+    the address from the raylet), so it is set back at once and a later cluster address is unaffected."""
+    import ray._private.ray_constants as constants
+
+    before = getattr(constants, "ENABLE_RAY_CLUSTER", True)
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = before
 
 
 class _Worker:
@@ -46,6 +73,15 @@ class _Worker:
 
     def run(self, job: Work, batch: Sequence[Any]) -> list[Any]:
         return run_job(job, batch)
+
+
+def _warn_unless_loopback(node_ip: str) -> None:
+    # Another Ray release may drop the single-machine flag; say so rather than listen on the network unnoticed.
+    if node_ip != LOOPBACK:
+        log.warning("the local Ray listens on %s, not %s: this Ray release ignored the loopback setting, so other "
+                    "machines on the network can reach it. Start Ray yourself (ray start --head "
+                    "--node-ip-address=%s) and set the Ray address to it, or pin ray to a tested release.",
+                    node_ip, LOOPBACK, LOOPBACK)
 
 
 @dataclass
@@ -75,10 +111,11 @@ class RayPool:
             return
         if self.address == "local":
             cpus = self.cpus or os.cpu_count() or 1
-            ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=self.object_store_mb << 20,
-                     log_to_driver=False, configure_logging=False, namespace="safetypairs")
+            with _single_machine():
+                ray.init(**local_init_args(cpus, self.object_store_mb))
             self._started_here = True
             log.info("started a local Ray with %s CPUs (%s workers per kind of work)", cpus, self.workers)
+            _warn_unless_loopback(ray.util.get_node_ip_address())
         else:
             ray.init(address=self.address, log_to_driver=False, configure_logging=False, namespace="safetypairs")
             log.info("joined the Ray cluster at %s", self.address)

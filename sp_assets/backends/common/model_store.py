@@ -9,11 +9,12 @@ joins the parts, extracts only the files the model needs and checks each against
 upstream repository at the pinned revision. A file that differs is refused, never loaded.
 
     python -m sp_assets.backends.common.model_store install   # what `make setup` runs
-    python -m sp_assets.backends.common.model_store check     # is it there, and intact?
+    python -m sp_assets.backends.common.model_store check     # is it there, and intact? (rehashes every byte)
     python -m sp_assets.backends.common.model_store path      # where it lives
 
 The folder is ``SP_MODELS_DIR`` (default ``<SP_CACHE_DIR or ~/.cache/safetypairs>/models``) /
 ``<name>-<revision[:8]>``; a profile's ``model_path`` points the judge at any other local copy.
+Before anything loads the folder, ``check_files`` checks every pinned file in it against its pin again.
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from sp_assets.backends.common.hf import MissingWeightsError
+from sp_assets.storage.files import atomic_write_bytes
 
 MANIFEST_NAME = "safetypairs-model.json"
+VERIFIED_NAME = ".safetypairs-verified.json"  # digests of the folder's files, by size and mtime (see check_files)
 _CHUNK = 1 << 20
 
 
@@ -134,14 +138,37 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+# The digests this process has computed: path -> (size, mtime_ns, sha256). A file whose size or mtime
+# changed since is hashed again; one unchanged is not, so the 440 MB weights are read once per process,
+# not on every load. Out of scope: a change that keeps both size and mtime (someone who can write the
+# file and sets its mtime back, or writes the folder's VERIFIED_NAME record); against that, `model_store
+# check` rehashes every byte.
+_DIGESTS: dict[str, tuple[int, int, str]] = {}
+# A file modified this recently can be written again within the same tick of its filesystem's clock
+# (milliseconds on Linux, 2 s on FAT) and keep its mtime: its digest is used once, not remembered.
+_SETTLE_NS = 2_000_000_000
+
+
+def cached_sha256(path: Path) -> str:
+    """``sha256_file``, remembered per process by (path, size, mtime_ns)."""
+    st = os.stat(path)
+    known = _DIGESTS.get(str(path))
+    if known and known[:2] == (st.st_size, st.st_mtime_ns):
+        return known[2]
+    digest = sha256_file(path)
+    if time.time_ns() - st.st_mtime_ns >= _SETTLE_NS:
+        _DIGESTS[str(path)] = (st.st_size, st.st_mtime_ns, digest)
+    return digest
+
+
 class PinnedFileError(MissingWeightsError):
     """A file pinned by SHA-256 is not the one on this machine: it is refused, never loaded."""
 
 
-def check_pinned(path: Path, expected: str, fix: str, *, digest: Callable[[Path], str] = sha256_file) -> str:
+def check_pinned(path: Path, expected: str, fix: str, *, digest: Callable[[Path], str] = cached_sha256) -> str:
     """The file's SHA-256 when it is ``expected``; otherwise ``PinnedFileError`` naming both and ``fix``.
 
-    ``digest`` lets a caller that already hashed the file (a per-process cache) skip hashing it again.
+    ``digest`` defaults to this process's cache (a file unchanged in size and mtime is not read again).
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found; {fix}")
@@ -149,6 +176,43 @@ def check_pinned(path: Path, expected: str, fix: str, *, digest: Callable[[Path]
     if actual != expected:
         raise PinnedFileError(f"{path}: sha256 is {actual}, pinned {expected}; refusing to load it. {fix}")
     return actual
+
+
+def _load_verified(folder: Path) -> dict[str, tuple[int, int, str]]:
+    """The folder's record of digests that other processes computed, added to this process's cache."""
+    try:
+        raw = json.loads((folder / VERIFIED_NAME).read_text(encoding="utf-8"))["files"]
+        entries = {str(name): (int(size), int(mtime_ns), str(sha)) for name, (size, mtime_ns, sha) in raw.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # none yet, or not one this module wrote: every file is hashed
+    for name, entry in entries.items():
+        _DIGESTS.setdefault(str(folder / name), entry)
+    return entries
+
+
+def _save_verified(model: PackagedModel, folder: Path, before: dict[str, tuple[int, int, str]]) -> None:
+    paths = {pin.path: str(folder / pin.path) for pin in model.files}
+    entries = {name: _DIGESTS[path] for name, path in paths.items() if path in _DIGESTS}
+    if entries == before:
+        return
+    with contextlib.suppress(OSError):  # a read-only store: each process hashes its files once instead
+        atomic_write_bytes(folder / VERIFIED_NAME, json.dumps({"files": entries}, indent=1).encode("utf-8"))
+
+
+def check_files(model: PackagedModel, folder: Path | None = None) -> Path:
+    """``folder`` when every file ``model`` pins is there with its pinned SHA-256; else ``PinnedFileError``
+    (or ``FileNotFoundError``) naming the first that is not, both hashes and the install command.
+
+    Call it before anything loads the folder: ``problems`` compares sizes only, and a same-size edit of
+    config.json would load and change every embedding. A file whose size and mtime match a digest this
+    process or the folder's record already holds is not read again (see ``_DIGESTS``)."""
+    folder = Path(folder or model.folder())
+    fix = f"It was changed after install; run `{install_command(model)} --force` to assemble it again."
+    before = _load_verified(folder)
+    for pin in model.files:
+        check_pinned(folder / pin.path, pin.sha256, fix)
+    _save_verified(model, folder, before)
+    return folder
 
 
 def problems(model: PackagedModel, folder: Path, *, full: bool = False) -> list[str]:

@@ -10,7 +10,6 @@ import os
 import re
 import warnings
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -52,17 +51,10 @@ def _content_words(text: str) -> list[str]:
     return content or words
 
 
-@lru_cache(maxsize=32)
-def file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    """SHA-256 of a file's bytes (cached per path, size and modification time)."""
-    from sp_assets.backends.common.model_store import sha256_file
-
-    return sha256_file(Path(path))
-
-
 def _file_sha256(path: str) -> str:
-    st = os.stat(path)
-    return file_sha256(path, st.st_size, st.st_mtime_ns)
+    from sp_assets.backends.common.model_store import cached_sha256  # the per-process cache check_pinned uses
+
+    return cached_sha256(Path(path))
 
 
 def files_sha256(paths: tuple[str, ...]) -> str:
@@ -112,15 +104,14 @@ def sentence_model_folder(model_path: str | None = None, name: str = MINILM) -> 
     return path
 
 
-def check_pinned_weights(name: str, folder: Path, model_path: str | None) -> None:
-    """A packaged model loaded from its store must be the pinned bytes (a local model_path is the user's)."""
+def check_pinned_files(name: str, folder: Path, model_path: str | None) -> None:
+    """A packaged model loaded from its store must be the pinned bytes, every file of it, not only the
+    weights: its config and tokenizer change the embeddings as much (a local model_path is the user's)."""
     if model_path or name != MPNET:
         return
-    from sp_assets.backends.common.model_store import ALL_MPNET_BASE_V2, check_pinned, install_command
+    from sp_assets.backends.common.model_store import ALL_MPNET_BASE_V2, check_files
 
-    pin = ALL_MPNET_BASE_V2.weights
-    check_pinned(folder / pin.path, pin.sha256, f"The file was changed after install; run "
-                 f"`{install_command(ALL_MPNET_BASE_V2)} --force`.", digest=lambda p: _file_sha256(str(p)))
+    check_files(ALL_MPNET_BASE_V2, folder)
 
 
 def training_examples(policy: Policy, *, use_rules: bool = True, use_replacements: bool = False
@@ -303,7 +294,7 @@ class PolicyTextHead:
         self.min_known_share = float(min_known_share)
         self.sentence_model = sentence_model
         self.model_dir = sentence_model_folder(model_path, sentence_model)
-        check_pinned_weights(sentence_model, self.model_dir, model_path)
+        check_pinned_files(sentence_model, self.model_dir, model_path)
         from sentence_transformers import SentenceTransformer
 
         self._encoder = quiet_load(
