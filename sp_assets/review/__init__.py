@@ -1,6 +1,7 @@
 """Human review: a self-contained review page per category, and the import of reviewers' decisions.
 
 ``page`` writes the page, ``decisions`` reads decisions files and picks the decisions that count,
+``spreadsheet`` keeps CSV cells from running as formulas in a spreadsheet (and undoes it on import),
 ``cli`` is ``python -m sp_assets.review``; the rules themselves are in sp_assets.core.review_rules.
 """
 

@@ -67,7 +67,8 @@ def _import(args: argparse.Namespace, db: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; the exit status is 0 on success, 1 when rows were rejected, 2 on an error."""
+    """Run one command; the exit status is 0 on success, 1 when rows were refused (the valid rows of the
+    file are stored all the same, and every refused one is listed), 2 on an error."""
     args = _parser().parse_args(argv)
     root = _data_root()
     db = root / "safetypairs.duckdb"

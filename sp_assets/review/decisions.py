@@ -2,33 +2,53 @@
 
 Decisions files (CSV or JSONL) have the columns ``candidate_id, category, reviewer, decided_at,
 verdict, note``; other columns are ignored. ``decided_at`` is ISO 8601; a time without an offset is
-taken as UTC. ``verdict`` is ``accept`` or ``reject``. A row whose verdict and note are both empty
-(an untouched template row) is skipped. Imports are idempotent: a decision is keyed by
-(candidate_id, reviewer, decided_at), and a key already stored with the same verdict, note and
-category is counted as unchanged and not written again. Which decision counts is a rule of
-sp_assets.core.review_rules.
+taken as UTC; it may not lie in the future (beyond CLOCK_SKEW) nor before EARLIEST_DECISION.
+``verdict`` is ``accept`` or ``reject``. Notes and reviewer names have a length limit. A row whose
+verdict and note are both empty (an untouched template row) is skipped. Each row that breaks a rule
+is refused and reported (file, row, value, fix); the other rows of the file are stored. CSV cells
+the review page neutralised against spreadsheet formulas (see ``spreadsheet``) are restored.
+Imports are idempotent: a decision is keyed by (candidate_id, reviewer, decided_at), and a key
+already stored with the same verdict, note and category is counted as unchanged and not written again.
+Which decision counts is a rule of sp_assets.core.review_rules.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import hashlib
 import io
+import itertools
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, NamedTuple
 
 from sp_assets.core.review_rules import pick_effective
+from sp_assets.review.spreadsheet import restore
 from sp_assets.storage import Store, review_queries
 
 DECISION_COLUMNS = ["candidate_id", "category", "reviewer", "decided_at", "verdict", "note"]
 VERDICTS = ("accept", "reject")
 KEY_COLUMNS = ("candidate_id", "reviewer", "decided_at")  # what identifies a decision
+MAX_NOTE_CHARS = 64 * 1024
+MAX_REVIEWER_CHARS = 200
+# The latest decision counts, so one dated in the future would override every real decision until then;
+# a day covers clocks that are off and time zones written wrongly.
+CLOCK_SKEW = dt.timedelta(days=1)
+# Earlier times are typing slips, or a spreadsheet's empty date cell (1899-12-30 or 1900-01-00).
+EARLIEST_DECISION = dt.datetime(2000, 1, 1)
+_SHOWN_CHARS = 80  # of a long value, in a report line
 
-# (row number, record or None, why the record could not be read)
-Record = tuple[int, dict[str, Any] | None, str | None]
+
+class Record(NamedTuple):
+    """One row of a decisions file, read but not validated."""
+
+    row: int  # CSV: spreadsheet row (the header is row 1); JSONL: line number
+    fields: dict[str, Any] | None  # None: the row could not be read
+    problem: str | None = None  # why it could not be read
+    raw: str | None = None  # its text, for the report
 
 
 @dataclass(frozen=True)
@@ -58,7 +78,15 @@ class RowError:
     fix: str
 
     def __str__(self) -> str:
-        return f"{self.file} row {self.row}: {self.column} {self.value!r}: {self.problem}. Fix: {self.fix}"
+        return f"{self.file} row {self.row}: {self.column} {_shown(self.value)}: {self.problem}. Fix: {self.fix}"
+
+
+def _shown(value: Any) -> str:
+    """``repr`` of the value (which escapes line breaks and control characters), cut when long."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= _SHOWN_CHARS:
+        return repr(value)
+    return f"{text[:_SHOWN_CHARS]!r}... ({len(text):,} characters)"
 
 
 @dataclass
@@ -68,7 +96,7 @@ class ImportReport:
     ``imported`` counts rows written (new keys, and ``updated`` ones: a stored key whose verdict,
     note or category the file changes); ``unchanged`` rows were already stored exactly so (or
     repeat an earlier row of the file); ``skipped`` rows have neither verdict nor note;
-    ``rejected`` rows failed validation, each with at least one entry in ``errors``.
+    ``rejected`` rows failed validation (refused, not stored), each with at least one entry in ``errors``.
     """
 
     file: str
@@ -89,6 +117,10 @@ class ImportReport:
     def summary(self) -> str:
         lines = [f"{self.file}: {self.rows} rows: {self.imported} imported ({self.updated} of them updated), "
                  f"{self.unchanged} unchanged, {self.skipped} skipped (no verdict), {self.rejected} rejected"]
+        if self.errors:
+            lines.append(f"Refused {self.rejected} row{'' if self.rejected == 1 else 's'} (not stored); fix "
+                         f"{'it' if self.rejected == 1 else 'them'} and import the file again (rows stored now "
+                         "will count as unchanged):")
         lines += [f"  {e}" for e in self.errors]
         if self.categories:
             lines.append("Decisions changed for " + ", ".join(self.categories)
@@ -112,9 +144,12 @@ def parse_time(value: str) -> dt.datetime:
     if text.endswith(("z", "Z")):
         text = text[:-1] + "+00:00"
     when = dt.datetime.fromisoformat(text)
-    if when.tzinfo is not None:
-        when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return when
+    if when.tzinfo is None:
+        return when
+    try:
+        return when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    except OverflowError:  # 0001-01-01T00:00+01:00 or 9999-12-31T23:00-05:00 in UTC is outside years 1-9999
+        raise ValueError("out of range once converted to UTC") from None
 
 
 def read_records(path: Path, data: bytes) -> list[Record]:
@@ -126,23 +161,59 @@ def read_records(path: Path, data: bytes) -> list[Record]:
 
 
 def _read_jsonl(path: Path, text: str) -> list[Record]:
-    out: list[Record] = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            out.append((n, None, f"not valid JSON ({exc.msg} at column {exc.colno})"))
-            continue
-        if not isinstance(obj, dict):
-            out.append((n, None, "not a JSON object"))
-            continue
-        out.append((n, {str(k).strip().lower(): v for k, v in obj.items()}, None))
-    if out and all(rec is None for _, rec, _ in out):
+    # Only "\n" ends a line: str.splitlines() also splits at U+2028, U+0085 and other characters that
+    # JSON allows inside a string, and would cut a valid line in two.
+    lines = text.split("\n")
+    if any(line.strip() for line in lines) and not any(line.lstrip().startswith("{") for line in lines):
         raise DecisionsFileError(f"{path}: no line is a JSON object; expected JSON Lines with the keys "
                                  f"{', '.join(DECISION_COLUMNS)}")
-    return out
+    return [_json_record(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+
+
+def _json_record(n: int, line: str) -> Record:
+    line = line.rstrip("\r")
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Record(n, None, f"not valid JSON ({exc.msg} at column {exc.colno})", line)
+    except RecursionError:  # e.g. 100,000 nested [ : the parser recurses once per level
+        return Record(n, None, "JSON nested too deeply to read", line)
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        return Record(n, None, f"not readable JSON ({str(exc).split(':')[0]})", line)
+    if not isinstance(obj, dict):
+        return Record(n, None, "not a JSON object", line)
+    fields_ = {str(k).strip().lower(): v for k, v in obj.items()}
+    problem = _not_text(fields_)
+    return Record(n, None, problem, line) if problem else Record(n, fields_, None, line)
+
+
+def _not_text(fields_: Mapping[str, Any]) -> str | None:
+    """Why a decision column of a JSON object cannot be stored as text, or None."""
+    for name in DECISION_COLUMNS:
+        value = fields_.get(name)
+        if isinstance(value, (list, dict)):
+            return f"{name} is a JSON {'array' if isinstance(value, list) else 'object'}, not text"
+        if isinstance(value, str) and not _is_utf8(value):
+            return f"{name} holds an unpaired UTF-16 surrogate escape (such as \\ud800), which is not text"
+    return None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _csv_field_limit(size: int) -> Iterator[None]:
+    """Let the csv module read cells up to ``size`` characters (it refuses cells over 128 KiB by default)."""
+    old = csv.field_size_limit(max(size, csv.field_size_limit()))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
 
 
 def _read_csv(path: Path, text: str) -> list[Record]:
@@ -150,9 +221,30 @@ def _read_csv(path: Path, text: str) -> list[Record]:
     # Spreadsheets in some locales save with ';' (or tabs); the header row tells which.
     delimiter = max(",;\t", key=first_line.count) if first_line.count(",") == 0 else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next(reader, None)
-    if header is None:
+    # The file is in memory already, so no cell is longer than it: the csv module's own limit would stop
+    # the whole file at the first long note, where our limits refuse only that row.
+    with _csv_field_limit(len(text)):
+        rows = list(_csv_rows(reader))
+    if not rows:
         return []
+    names = _header(path, rows[0][1] or [])
+    return [rec for n, values, problem in rows[1:] if (rec := _csv_record(n, names, values, problem))]
+
+
+def _csv_rows(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """(spreadsheet row, cells or None, the csv module's complaint); one unreadable row does not end the file."""
+    for n in itertools.count(1):
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield n, None, f"not readable CSV ({exc})"
+        else:
+            yield n, values, None
+
+
+def _header(path: Path, header: list[str]) -> list[str]:
     names = [h.strip().lower() for h in header]
     missing = [c for c in ("candidate_id", "verdict") if c not in names]
     if missing:
@@ -160,15 +252,20 @@ def _read_csv(path: Path, text: str) -> list[Record]:
             f"{path}: the header row has no {' or '.join(missing)} column (found: {', '.join(header) or 'nothing'}). "
             f"Fix: export the decisions from the review page, or start from the template CSV; the columns are "
             f"{', '.join(DECISION_COLUMNS)}")
-    out: list[Record] = []
-    for n, values in enumerate(reader, start=2):
-        if not any(v.strip() for v in values):
-            continue  # a blank line is not a row
-        if len(values) > len(names) and any(v.strip() for v in values[len(names):]):
-            out.append((n, None, f"has {len(values)} cells but the header has {len(names)} (an unquoted comma?)"))
-            continue
-        out.append((n, {name: (values[i] if i < len(values) else "") for i, name in enumerate(names)}, None))
-    return out
+    return names
+
+
+def _csv_record(n: int, names: list[str], values: list[str] | None, problem: str | None) -> Record | None:
+    """The row as a record; None for a blank line, which is not a row."""
+    if values is None:
+        return Record(n, None, problem)
+    if not any(v.strip() for v in values):
+        return None
+    raw = ",".join(values)
+    if len(values) > len(names) and any(v.strip() for v in values[len(names):]):
+        return Record(n, None, f"has {len(values)} cells but the header has {len(names)} (an unquoted comma?)", raw)
+    cells = [restore(v) for v in values]
+    return Record(n, {name: (cells[i] if i < len(cells) else "") for i, name in enumerate(names)}, None, raw)
 
 
 def _load(path: Path) -> tuple[bytes, list[Record]]:
@@ -247,32 +344,65 @@ def _reviewer(record: Mapping[str, Any], default: str | None, errors: _RowErrors
     if not who:
         errors.add("reviewer", record.get("reviewer"), "missing", "write who decided in the reviewer column "
                    "(or pass --reviewer NAME to fill empty cells)")
+    elif len(who) > MAX_REVIEWER_CHARS:
+        errors.add("reviewer", who, f"is {len(who):,} characters, over the limit of {MAX_REVIEWER_CHARS}",
+                   "write the reviewer's name or a short handle")
     return who
 
 
-def _decided_at(record: Mapping[str, Any], errors: _RowErrors) -> dt.datetime | None:
+def _note(record: Mapping[str, Any], errors: _RowErrors) -> str | None:
+    note = _text(record, "note")
+    if len(note) > MAX_NOTE_CHARS:
+        # Refused rather than cut: a cut note would be stored as if it were what the reviewer wrote.
+        hint = " (if it holds other rows, a quote \" in the note is not closed)" if "\n" in note else ""
+        errors.add("note", note, f"is {len(note):,} characters, over the limit of {MAX_NOTE_CHARS:,}",
+                   f"shorten the note, for instance to a summary and the name of a file with the rest{hint}")
+    return note or None
+
+
+_TIME_FIX = "write the time of the decision like 2025-01-31T14:05:00Z (UTC) or 2025-01-31T15:05:00+01:00"
+
+
+def _decided_at(record: Mapping[str, Any], now: dt.datetime, errors: _RowErrors) -> dt.datetime | None:
+    """The decision's time (naive UTC), if it is a time between EARLIEST_DECISION and now + CLOCK_SKEW."""
     raw = record.get("decided_at")
+    when = _parsed_time(raw, errors)
+    if when is not None and when > now + CLOCK_SKEW:
+        errors.add("decided_at", raw, f"is in the future (it is now {now:%Y-%m-%dT%H:%M}Z); the latest decision "
+                   "counts, so it would override every real one", "write when the decision was made; check the "
+                   "year and the UTC offset")
+        return None
+    if when is not None and when < EARLIEST_DECISION:
+        errors.add("decided_at", raw, f"is before {EARLIEST_DECISION:%Y}", "write when the decision was made "
+                   "(a spreadsheet may show an empty date cell as 1899-12-30 or 1900-01-00)")
+        return None
+    return when
+
+
+def _parsed_time(raw: Any, errors: _RowErrors) -> dt.datetime | None:
     try:
         if not isinstance(raw, str):
             raise ValueError("not text")
         return parse_time(raw)
-    except ValueError:
-        errors.add("decided_at", raw, "not an ISO 8601 time", "write the time of the decision like "
-                   "2025-01-31T14:05:00Z (UTC) or 2025-01-31T15:05:00+01:00")
+    except ValueError as exc:
+        # fromisoformat's "Invalid isoformat string: ..." only repeats the value; "year 0 is out of range" helps.
+        detail = "" if str(exc).startswith("Invalid isoformat") else f" ({exc})"
+        errors.add("decided_at", raw, "not a valid ISO 8601 time" + detail, _TIME_FIX)
         return None
 
 
 def _validate(record: Mapping[str, Any], known: Mapping[str, set[str]], default_reviewer: str | None,
-              errors: _RowErrors) -> dict[str, Any] | None:
+              now: dt.datetime, errors: _RowErrors) -> dict[str, Any] | None:
     """The decision as a review_decisions row, or None when ``errors`` holds why not."""
     cid, category = _candidate(record, known, errors)
     verdict = _verdict(record, errors)
     who = _reviewer(record, default_reviewer, errors)
-    when = _decided_at(record, errors)
+    when = _decided_at(record, now, errors)
+    note = _note(record, errors)
     if errors.errors or when is None:
         return None
     return {"candidate_id": cid, "category": category, "reviewer": who, "decided_at": when,
-            "verdict": verdict, "note": _text(record, "note") or None}
+            "verdict": verdict, "note": note}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,18 +431,19 @@ class _Batch:
         self.new_rows: list[dict[str, Any]] = []
         self.updates: list[dict[str, Any]] = []
 
-    def add(self, n: int, record: dict[str, Any] | None, why: str | None) -> None:
-        errors = _RowErrors(self.report.file, n)
+    def add(self, rec: Record) -> None:
+        errors = _RowErrors(self.report.file, rec.row)
+        record = rec.fields
         if record is None:
-            errors.add("row", None, why or "unreadable",
+            errors.add("row", rec.raw, rec.problem or "unreadable",
                        "write one decision per line with the columns " + ", ".join(DECISION_COLUMNS))
             self._reject(errors)
         elif _is_untouched(record):
             self.report.skipped += 1
-        elif (row := _validate(record, self.known, self.default_reviewer, errors)) is None:
+        elif (row := _validate(record, self.known, self.default_reviewer, self.imported_at, errors)) is None:
             self._reject(errors)
         else:
-            self._place(n, row, record.get("decided_at"))
+            self._place(rec.row, row, record.get("decided_at"))
 
     def _reject(self, errors: _RowErrors) -> None:
         self.report.rejected += 1
@@ -363,8 +494,8 @@ def import_decisions(store: Store, path: Path, reviewer: str | None = None) -> I
     data, records = _load(path)
     report = ImportReport(file=str(path), sha256=hashlib.sha256(data).hexdigest(), rows=len(records))
     batch = _Batch(store, path, report, reviewer)
-    for n, record, why in records:
-        batch.add(n, record, why)
+    for record in records:
+        batch.add(record)
     batch.write(store)
     report.updated = len(batch.updates)
     report.categories.sort()

@@ -6,7 +6,8 @@ rate safe) are blurred until clicked, unless ``show_unsafe``. Above the candidat
 category's sources whose human label (manifest) the judge contradicts, with both labels and the
 judge's rationale, for a reviewer to look at; they take no decision here. The markup is in static/
 (review.html.j2, one card per candidate from review_card.j2, one entry per disagreement from
-review_disagreement.j2); review.js keeps the choices and builds the decisions CSV.
+review_disagreement.j2); review.js keeps the choices and builds the decisions CSV, whose cells csv_cell.js
+writes safe to open in a spreadsheet (see spreadsheet.py).
 A Content-Security-Policy in the page forbids any fetch.
 """
 
@@ -23,6 +24,7 @@ from sp_assets.core.encoding import image_data_uri
 from sp_assets.core.formatting import fmt
 from sp_assets.core.html import render_page
 from sp_assets.review.decisions import DECISION_COLUMNS, Decision, effective_decisions
+from sp_assets.review.spreadsheet import neutralise
 from sp_assets.storage import ImageStore, Store, review_queries
 from sp_assets.storage.files import atomic_write_bytes
 
@@ -205,10 +207,14 @@ def _verification(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _template_csv(category: str, groups: list[Group]) -> str:
-    """The decisions template: one empty decision per candidate shown, for reviewers who prefer a spreadsheet."""
+    """The decisions template: one empty decision per candidate shown, for reviewers who prefer a spreadsheet.
+
+    No cell holds text a reviewer typed, but every cell goes through ``neutralise`` all the same, as the
+    page's CSV does, so a category name can never become a formula either."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow(DECISION_COLUMNS + ["kind", "auto_verdict"])  # the last two are for reading only
     for cid, rows in groups:
-        writer.writerow([cid, category, "", "", "", "", rows[0]["kind"], _auto_verdict(rows)])
+        cells = [cid, category, "", "", "", "", rows[0]["kind"], _auto_verdict(rows)]
+        writer.writerow([neutralise(c) for c in cells])
     return buf.getvalue()

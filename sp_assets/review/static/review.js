@@ -55,17 +55,13 @@
     document.querySelectorAll("img.unsafe").forEach(function (img) { img.classList.toggle("blurred", !all.checked); });
   });
 
-  function cell(v) {
-    v = v == null ? "" : String(v);
-    return /[",\r\n]|^\s|\s$/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v;
-  }
   // The decisions as CSV text: one row per candidate with a verdict, in page order.
   window.reviewCsv = function () {
     var who = reviewer.value.trim(), lines = ["candidate_id,category,reviewer,decided_at,verdict,note"];
     cards().forEach(function (card) {
       var cid = card.getAttribute("data-candidate-id"), d = state[cid];
       if (!d || !d.verdict) return;
-      lines.push([cid, card.getAttribute("data-category"), who, d.at, d.verdict, d.note].map(cell).join(","));
+      lines.push([cid, card.getAttribute("data-category"), who, d.at, d.verdict, d.note].map(reviewCsvCell).join(","));
     });
     return lines.join("\r\n") + "\r\n";
   };
