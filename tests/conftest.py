@@ -16,6 +16,11 @@ from sp_assets.defs.resources import (
 from sp_assets.storage import Store
 
 RANGE_START = "dagster/asset_partition_range_start"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "full: starts real processes or takes minutes; only in `make test-all`")
+
 RANGE_END = "dagster/asset_partition_range_end"
 
 
