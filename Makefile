@@ -13,7 +13,7 @@ EXTRAS ?= dev,ray,s3,guards
 # The instance config (dagster.yaml) lives at the repository root.
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: setup setup-gpu demo test dev bench clean-data
+.PHONY: setup setup-gpu demo test test-all dev bench clean-data
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,15 @@ setup-gpu:
 demo: setup
 	$(BIN)/python -m sp_assets.demo
 
+# Two tiers (tests/conftest.py registers the marker): `make test` after every change, without the tests
+# marked `full` (real Dagster CLI processes, kill -9, Ray, an S3 server, a browser, the held-out judge
+# figures); `make test-all` runs everything, as CI does (PYTEST_ARGS=--durations=25 there).
+PYTEST_ARGS ?=
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not full" $(PYTEST_ARGS)
+
+test-all: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Speed and memory figures, one `name: value` line each (minutes: the whole demo several times).
 bench: setup

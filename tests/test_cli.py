@@ -27,6 +27,7 @@ def _materialize(select: str, home: Path, data: Path, *partition: str) -> subpro
     return subprocess.run(cmd, cwd=home, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.full
 def test_cli_materializes_verified_pairs_after_its_upstream(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -47,6 +48,7 @@ def test_cli_materializes_verified_pairs_after_its_upstream(tmp_path):
     assert (home / ".dagster" / "storage").is_dir()
 
 
+@pytest.mark.full
 def test_cli_refuses_an_unknown_category(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -74,6 +76,7 @@ def _card_command(tmp_path: Path, *args: str, command: tuple[str, ...] = (DAGSTE
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.full
 def test_card_command_finds_the_code_location_without_m(tmp_path):
     done = _card_command(tmp_path, "--select", "source_pool", "--partition", "o2_violence")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -81,6 +84,7 @@ def test_card_command_finds_the_code_location_without_m(tmp_path):
     assert store_at(tmp_path / "data").rows("source_images", {"category": "o2_violence"})
 
 
+@pytest.mark.full
 def test_card_command_without_a_category_lists_them_and_the_command(tmp_path):
     done = _card_command(tmp_path, "--select", "verified_pairs")
     out = done.stdout + done.stderr
@@ -92,6 +96,7 @@ def test_card_command_without_a_category_lists_them_and_the_command(tmp_path):
     assert f"dagster asset materialize --select verified_pairs --partition-range {first}...{last}\n" in out
 
 
+@pytest.mark.full
 def test_dg_launch_finds_the_project_and_answers_a_missing_category(tmp_path):
     """`dg launch` (dagster-dg-cli, the dev extra) reads [tool.dg] in pyproject.toml: the same runs, the same hint."""
     dg = (str(Path(sys.executable).parent / "dg"), "launch")

@@ -83,6 +83,7 @@ def uninterrupted(tmp_path_factory):
     return data
 
 
+@pytest.mark.full
 def test_a_run_killed_mid_stage_resumes_with_identical_rows(uninterrupted, tmp_path):
     data = tmp_path / "data"
     env = _env(tmp_path / "home", data, SP_BATCH_ITEMS="2")
@@ -112,6 +113,7 @@ def test_a_run_killed_mid_stage_resumes_with_identical_rows(uninterrupted, tmp_p
     assert set(by_run) - killed_run and set(by_run) & killed_run, by_run
 
 
+@pytest.mark.full
 def test_two_runs_of_different_categories_at_once_both_succeed_and_overlap(tmp_path):
     data = tmp_path / "data"
     env = _env(tmp_path / "home", data)

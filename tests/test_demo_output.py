@@ -177,6 +177,7 @@ def demo_run(tmp_path_factory):
     return _demo(tmp_path_factory.mktemp("demo"), "--categories", "o2_violence...o2_violence")
 
 
+@pytest.mark.full
 def test_demo_shows_progress_and_the_summary_not_dagster_events(demo_run):
     status, out, err = demo_run
     assert status == 0, err[-3000:] + out[-3000:]
@@ -190,6 +191,7 @@ def test_demo_shows_progress_and_the_summary_not_dagster_events(demo_run):
     assert out.index("[7/7 guard_metrics] done") < out.index("Total wall time:")
 
 
+@pytest.mark.full
 def test_demo_log_file_holds_dagster_events_and_progress(demo_run):
     _, out, _ = demo_run
     log = Path(LOG_PATH.search(out).group(1))
@@ -203,6 +205,7 @@ def test_demo_log_file_holds_dagster_events_and_progress(demo_run):
     assert any(p.category == "o2_violence" and p.finished for p in progress)
 
 
+@pytest.mark.full
 def test_failed_demo_exits_non_zero_with_the_log_and_the_error(tmp_path):
     status, out, err = _demo(tmp_path, "--categories", "o2_violence...o2_violence", SP_JUDGE="no_such_judge")
     assert status != 0

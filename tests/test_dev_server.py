@@ -12,6 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from sp_assets.core.policy import REPO_ROOT, load_active_policy
 
 QUERY = "{ assetNodes { assetKey { path } partitionKeys groupName } }"
@@ -30,6 +32,7 @@ def _graphql(port: int) -> dict:
         return json.load(resp)
 
 
+@pytest.mark.full
 def test_dagster_dev_shows_seven_partitioned_assets(tmp_path):
     port = _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "SP_DATA_ROOT": str(tmp_path / "data")}

@@ -60,6 +60,7 @@ def s3(monkeypatch):
             proc.wait(timeout=10)
 
 
+@pytest.mark.full
 def test_images_round_trip_through_the_whole_graph_on_object_storage(s3, tmp_path):
     data = tmp_path / "data"
     run_graph(data, "o2_violence", "o2_violence", instance=DagsterInstance.ephemeral(),

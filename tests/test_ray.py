@@ -43,6 +43,7 @@ def ray_run(tmp_path):
     pools.close_pools()  # stops the local Ray this test started
 
 
+@pytest.mark.full
 def test_two_ray_workers_give_the_rows_of_an_in_process_run(in_process, ray_run):
     run_graph(ray_run, FIRST, LAST, instance=DagsterInstance.ephemeral(), execution="ray", ray_workers=2)
     [pool] = [p for p in pools.active_pools() if hasattr(p, "worker_pids")]
@@ -50,6 +51,7 @@ def test_two_ray_workers_give_the_rows_of_an_in_process_run(in_process, ray_run)
     assert _snapshot(ray_run / "safetypairs.duckdb") == in_process
 
 
+@pytest.mark.full
 def test_a_ray_worker_killed_mid_stage_is_replaced_and_the_rows_are_the_same(in_process_small_batches, ray_run):
     killed: list[int] = []
 
@@ -114,6 +116,7 @@ def test_a_local_ray_off_the_loopback_address_is_reported(monkeypatch, caplog):
     assert "listens on 192.0.2.7, not 127.0.0.1" in caplog.text
 
 
+@pytest.mark.full
 def test_a_local_ray_and_its_workers_listen_on_the_loopback_address_only():
     from sp_assets.execution.ray_pool import RayPool
 

@@ -27,7 +27,8 @@ def test_readme_schema_matches_the_tables():
 
 def test_ci_runs_the_readme_test_command():
     assert "make test" in README.read_text()
-    assert "make test" in (README.parent / ".ci" / "run").read_text()
+    assert "make test-all" in README.read_text()
+    assert "make test-all" in (README.parent / ".ci" / "run").read_text()
 
 
 if __name__ == "__main__":

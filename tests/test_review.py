@@ -289,6 +289,7 @@ def test_cli_round_trip(data, candidate_ids, tmp_path, monkeypatch, capsys):
     assert code == 2 and "no database" in err and not (tmp_path / "nowhere").exists()
 
 
+@pytest.mark.full
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="headless chromium (/usr/bin/chromium) is not installed")
 def test_browser_toggles_blur_and_downloads_importable_csv(pages, data, candidate_ids, tmp_path):
     """Click in a real browser: the blur toggles, and the CSV the page builds imports cleanly."""

@@ -136,6 +136,7 @@ def test_reader_drops_stray_marks(reader: SceneTextReader):
     assert reader.read(load_photo("camera")) == []
 
 
+@pytest.mark.full
 def test_accuracy_on_unseen_phrasings_text_only(judge: SceneTextJudge):
     texts, gold = [], []
     for slug, (unsafe, safe) in DEMO_PHRASES.items():
@@ -163,6 +164,7 @@ def test_accuracy_on_unseen_phrasings_text_only(judge: SceneTextJudge):
     assert s["attribution"] >= FLOOR_ATTRIBUTION
 
 
+@pytest.mark.full
 def test_accuracy_through_ocr_on_demo_images(judge: SceneTextJudge):
     # 4 unsafe + 2 safe images per category (54 images, about 12 s of OCR on 2 cores), judged in one
     # batch per category, as the pipeline calls it.
@@ -368,6 +370,7 @@ def _unseen_set() -> tuple[list[str], list[str], list[str]]:
     return texts, gold, kinds
 
 
+@pytest.mark.full
 @pytest.mark.skipif(not UNSEEN_FILE.is_file(), reason=f"held-out set {UNSEEN_FILE.name} not written yet "
                     "(another engineer writes it; it is never used for tuning)")
 def test_accuracy_on_the_held_out_set(judge: SceneTextJudge):
