@@ -321,6 +321,7 @@ def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.full
 @needs_chromium
 def test_gallery_renders_in_headless_chromium(run, tmp_path):
     shot = tmp_path / "gallery.png"
@@ -338,6 +339,7 @@ def test_gallery_renders_in_headless_chromium(run, tmp_path):
         shutil.copy(shot, keep)
 
 
+@pytest.mark.full
 @needs_chromium
 def test_gallery_dom_filters_in_headless_chromium(run, tmp_path):
     result = _chromium(["--dump-dom", run.report.gallery.as_uri()], tmp_path)

@@ -60,7 +60,8 @@ def benchmark_split(context: AssetExecutionContext, settings: PipelineSettings, 
     # The release: Parquet with image columns, WebDataset tars, datasheet and gallery, over every
     # category in the database (not only this run's), rebuilt whole so it never mixes versions.
     report = export_benchmark(stage.store, stage.images, settings.root / "export", policy=stage.policy,
-                              profiles_info={}, thresholds=settings.thresholds(), show_unsafe=settings.preview_unsafe)
+                              profiles_info={}, thresholds=settings.thresholds(), show_unsafe=settings.preview_unsafe,
+                              reviewer_names=settings.export_reviewer_names, review_notes=settings.export_review_notes)
     return stage.result({**_split_metadata(pairs, lookalikes, settings.split_fractions()),
                          "parquet": MetadataValue.path(str(settings.root / "benchmark")),
                          "split_config": MetadataValue.json(split_config),

@@ -109,7 +109,9 @@ def _headline_and_release(stage: Stage) -> dict[str, Any]:
     best = ge.headline(queries.pooled_guard_metrics(stage.store))
     report = export_benchmark(stage.store, stage.images, stage.settings.root / "export", policy=stage.policy,
                               profiles_info={}, thresholds=stage.settings.thresholds(),
-                              show_unsafe=stage.settings.preview_unsafe)
+                              show_unsafe=stage.settings.preview_unsafe,
+                              reviewer_names=stage.settings.export_reviewer_names,
+                              review_notes=stage.settings.export_review_notes)
     headline = ("no independent guard rated any pair" if best is None else
                 f"{best['guard']}: pair accuracy {best['pair_accuracy']:.2f} on original pairs, look-alike FPR "
                 + ("n/a" if best["lookalike_fpr"] is None else f"{best['lookalike_fpr']:.2f}"))

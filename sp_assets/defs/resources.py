@@ -123,6 +123,10 @@ class PipelineSettings(ConfigurableResource):
         default=False, description="Show unsafe images unblurred in UI previews. Off by default."
     )
     preview_pairs: int = Field(default=3, ge=0, description="Pairs shown in materialization previews.")
+    export_reviewer_names: bool = Field(
+        default=False, description="Publish reviewers' names in the exported benchmark. Off: a stable pseudonym each.")
+    export_review_notes: bool = Field(
+        default=False, description="Publish reviewers' free-text notes in the exported benchmark. Off by default.")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "PipelineSettings":

@@ -43,14 +43,16 @@ COLUMN_NOTES: dict[str, str] = {
     "replacement": "the text the instruction put in place of the violating text (null for prose instructions)",
     "photo_id": "the underlying photograph (demo photo, manifest 'photo' column, else the image sha256)",
     "lookalike_id": "sha256 of (category, image): the look-alike's identity",
-    "image": "the look-alike image, stored bytes as they are (datasets.Image)",
+    "image": "the look-alike image, the stored file's bytes, re-encoded only if it held metadata (datasets.Image)",
     "label": "ClassLabel, always 'safe' (0) for a look-alike",
     "label_source": "'human' (the source's own label) or 'judge' (the judge rated it safe; no human label)",
     "judge_rating": "the judge's rating of the look-alike: 'unsafe' there is over-flagging by the judge",
     "image_sha256": "sha256 of the look-alike image file",
     "image_path": "path of the look-alike file under the pipeline's data root",
-    "unsafe_image": "the unsafe half: the source image, stored bytes as they are (datasets.Image)",
-    "safe_image": "the safe half: the counterfactual edit, stored bytes as they are (datasets.Image)",
+    "unsafe_image": ("the unsafe half: the source image, the stored file's bytes, re-encoded only if it held "
+                     "metadata (datasets.Image)"),
+    "safe_image": ("the safe half: the counterfactual edit, the stored file's bytes, re-encoded only if it held "
+                   "metadata (datasets.Image)"),
     "control_image": ("null edit of the same source through the same editor: edited, still unsafe "
                       "(datasets.Image; null if none passed)"),
     "unsafe_label": "ClassLabel, always 'unsafe' (1)",
@@ -82,6 +84,8 @@ COLUMN_NOTES: dict[str, str] = {
     "edit_run_id": "Dagster run that computed the edit",
     "verify_run_id": "Dagster run that verified the edit",
     "split_run_id": "Dagster run that made the split",
+    "reviewer": "who reviewed the pair: a pseudonym (reviewer-<10 hex digits>) unless names were published",
+    "review_note": "the reviewer's note (published only with the export option review_notes)",
 }
 
 _ARROW_TYPES = {pl.Float64: pa.float64(), pl.Float32: pa.float32(), pl.Int64: pa.int64(), pl.Int32: pa.int32(),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
-from sp_assets.core.formatting import fmt, md_cell
+from sp_assets.core.formatting import fmt
 from sp_assets.core.guard_evaluation import DIAGNOSTICS, EDITED_ONLY, SELECTED_NOTE, headline
 from sp_assets.core.reports import SELECTED_MARK
 from sp_assets.core.splitting import SPLITS, phrase_shares
@@ -18,7 +19,10 @@ from sp_assets.release.columns import (
 )
 from sp_assets.release.inputs import ExportInputs
 from sp_assets.release.licences import licence_rows, photo_rows, profiles_info_rows
+from sp_assets.release.markdown import md_code, md_text, one_line
+from sp_assets.release.publishable import CleanedAtExport, removed_counts
 from sp_assets.release.report import load_command
+from sp_assets.release.reviewers import PREFIX, ReviewerChoice
 from sp_assets.storage import SCHEMA
 
 PAPER = "Helbling et al., SafetyPairs, arXiv 2510.21120"
@@ -65,8 +69,10 @@ class DatasheetFacts:
     policy: Any
     profiles_info: Mapping[str, Any]
     thresholds: Mapping[str, Any]
-    formats: Mapping[str, str]  # format -> where it is and what it holds
+    formats: Mapping[str, str]  # format -> where it is and what it holds (markdown)
     licence: str  # the card's ``license`` field ("other": mixed, see the licence section)
+    cleaned_at_export: Mapping[str, CleanedAtExport] = field(default_factory=dict)  # stored sha256 -> what was done
+    reviewers: ReviewerChoice = ReviewerChoice()
 
     @property
     def with_controls(self) -> bool:
@@ -77,7 +83,7 @@ def write_datasheet(root: Path, facts: DatasheetFacts) -> Path:
     """Write ``README.md`` under ``root``."""
     sections = [_front_matter, _introduction, _contents, _lookalikes, _replacement_spread, _columns, _policy,
                 _profiles, _thresholds, _yields,
-                _review, _guards, _licences, _limits, _formats_and_citation]
+                _review, _guards, _licences, _personal_data, _limits, _formats_and_citation]
     lines = [line for section in sections for line in section(facts)]
     path = root / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -94,8 +100,8 @@ def _size_category(n: int) -> str:
 def _front_matter(f: DatasheetFacts) -> list[str]:
     splits_present = [s for s in SPLITS if any(c.get(s) for c in f.counts.values())] or ["train"]
     front: dict[str, Any] = {
-        "pretty_name": f"SafetyPairs: {f.name}",
-        "license": f.licence,
+        "pretty_name": one_line(f"SafetyPairs: {f.name}"),
+        "license": one_line(f.licence),
         "language": ["en"],
         "task_categories": ["image-classification"],
         "tags": ["safety", "content-moderation", "counterfactual", "image-pairs", "guard-models", "synthetic"],
@@ -111,11 +117,12 @@ def _front_matter(f: DatasheetFacts) -> list[str]:
     if f.licence == "other":
         front["license_name"] = "mixed"
         front["license_link"] = "README.md#licences"
-    return ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
+    # safe_dump quotes every value that needs it; one-line values keep a '---' out of column 0.
+    return ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1 << 16).rstrip(), "---", ""]
 
 
 def _introduction(f: DatasheetFacts) -> list[str]:
-    return [f"# SafetyPairs: {f.name}", "",
+    return [f"# SafetyPairs: {md_text(f.name)}", "",
             "> **Content warning.** This dataset holds images that violate a safety policy (the unsafe half of "
             "every pair). Blur or gate them where people may see them by accident.", "",
             f"Counterfactual image pairs for safety, made by the SafetyPairs pipeline ({PAPER}). Each row is an "
@@ -128,7 +135,8 @@ def _introduction(f: DatasheetFacts) -> list[str]:
             load_command("data"),
             "```", "",
             "or `load_dataset(\"path/to/this/folder\")` (the configs above), or from the Hub after upload. "
-            "Image columns decode to PIL images; their bytes are the pipeline's stored files, unchanged."
+            "Image columns decode to PIL images; their bytes are the pipeline's stored files, unchanged, except "
+            "files that still held metadata (see *Personal data and metadata*)."
             + (" The look-alikes (safe images, `kind` 'lookalike') load apart: "
                "`load_dataset(\"path/to/this/folder\", \"lookalikes\")`." if f.inputs.lookalikes else ""), ""]
 
@@ -144,7 +152,8 @@ def _contents(f: DatasheetFacts) -> list[str]:
     for cat, c in counts.items():
         cid, title = category_info(f.policy, cat)
         n_ctl = n_controls([r for r in f.rows if r["category"] == cat])
-        lines.append(f"| {cat} | {cid} | {md_cell(title)} | " + " | ".join(str(c.get(s, 0)) for s in SPLITS)
+        lines.append(f"| {md_text(cat)} | {md_text(cid)} | {md_text(title)} | "
+                     + " | ".join(str(c.get(s, 0)) for s in SPLITS)
                      + f" | {sum(c.values())} |" + (f" {n_ctl} |" if f.with_controls else ""))
     lines.append("| **all** | | | " + " | ".join(str(sum(c.get(s, 0) for c in counts.values())) for s in SPLITS)
                  + f" | {n} |" + (f" {controls} |" if f.with_controls else ""))
@@ -165,7 +174,7 @@ def _lookalikes(f: DatasheetFacts) -> list[str]:
         rows = [r for r in f.inputs.lookalikes if r["category"] == cat]
         human = sum(1 for r in rows if r.get("label_source") == "human")
         flagged = sum(1 for r in rows if r.get("judge_rating") == "unsafe")
-        lines.append(f"| {cat} | " + " | ".join(str(c.get(s, 0)) for s in SPLITS)
+        lines.append(f"| {md_text(cat)} | " + " | ".join(str(c.get(s, 0)) for s in SPLITS)
                      + f" | {len(rows)} | {human} | {len(rows) - human} | {flagged} |")
     return lines
 
@@ -179,12 +188,12 @@ def _replacement_spread(f: DatasheetFacts) -> list[str]:
              f"one replacement marked most safe halves; pairs are chosen so none covers more than "
              f"{MAX_REPLACEMENT_SHARE:.0%} of a category where the candidates allow it.", "",
              "| category | pairs | distinct replacements | most common | its share |", "|---|---:|---:|---|---:|"]
-    lines += [f"| {c} | {v['pairs']} | {v['replacements']} | {md_cell(v['top_replacement'])} | {v['top_share']:.0%} |"
-              for c, v in shares.items()]
+    lines += [f"| {md_text(c)} | {v['pairs']} | {v['replacements']} | {md_text(v['top_replacement'])} | "
+              f"{v['top_share']:.0%} |" for c, v in shares.items()]
     over = [c for c, v in shares.items() if v["top_share"] > MAX_REPLACEMENT_SHARE]
     if over:
-        lines += ["", f"Above {MAX_REPLACEMENT_SHARE:.0%} in {', '.join(over)}: too few pairs or too few distinct "
-                  "accepted replacements there to spread them further."]
+        lines += ["", f"Above {MAX_REPLACEMENT_SHARE:.0%} in {', '.join(map(md_text, over))}: too few pairs or "
+                  "too few distinct accepted replacements there to spread them further."]
     return lines
 
 
@@ -216,7 +225,8 @@ def _column_rows(columns: Columns) -> list[str]:
     for col, t in columns:
         ftype = feature(col, t)
         tname = ftype["_type"] if ftype["_type"] != "Value" else ftype["dtype"]
-        lines.append(f"| `{col}` | {tname} | {md_cell(COLUMN_NOTES.get(col) or schema_notes.get(col, ''))} |")
+        note = COLUMN_NOTES.get(col) or schema_notes.get(col, "")
+        lines.append(f"| {md_code(col, True)} | {tname} | {md_text(note)} |")
     return lines
 
 
@@ -228,12 +238,12 @@ def _policy(f: DatasheetFacts) -> list[str]:
              "benchmark_split`, a Dagster asset graph over one DuckDB database. Every row above carries the "
              "lineage of its pair (profiles, config hashes, seeds, run ids).", "",
              "**Policy**", "",
-             f"- name: `{p_name}`" + (f", version `{p_version}`" if p_version else ""),
-             f"- file: `{Path(str(p_path)).name}`" if p_path else "- file: n/a",
-             f"- sha256: `{p_sha}`"]
+             f"- name: {md_code(p_name)}" + (f", version {md_code(p_version)}" if p_version else ""),
+             f"- file: {md_code(Path(str(p_path)).name)}" if p_path else "- file: n/a",
+             f"- sha256: {md_code(p_sha)}"]
     other = [h for h in f.inputs.policy_hashes if h != p_sha]
     if other:
-        lines.append(f"- warning: some pairs were made under other policy hashes: {', '.join(f'`{h}`' for h in other)}")
+        lines.append(f"- warning: some pairs were made under other policy hashes: {', '.join(map(md_code, other))}")
     return lines
 
 
@@ -241,29 +251,32 @@ def _profiles(f: DatasheetFacts) -> list[str]:
     lines = ["", "**Profiles behind the exported pairs** (from the data)", "",
              "| role | profile | config sha256 | pairs |", "|---|---|---|---:|"]
     for p in f.inputs.profiles_used:
-        lines.append(f"| {p['role']} | `{p['profile']}` | `{p['config_sha256']}` | {p['pairs']} |")
+        lines.append(f"| {md_text(p['role'])} | {md_code(p['profile'], True)} | {md_code(p['config_sha256'], True)} | "
+                     f"{p['pairs']} |")
     for v in f.inputs.verify_configs:
-        lines.append(f"| verifier judge | `{v['verifier_profile']}` | `{v['verifier_config_sha256']}` | {v['pairs']} |")
-        lines.append(f"| embedder (verification config `{str(v['verify_config_sha256'])[:12]}`) | "
-                     f"`{v['embedder_profile']}` | see verification config | {v['pairs']} |")
+        lines.append(f"| verifier judge | {md_code(v['verifier_profile'], True)} | "
+                     f"{md_code(v['verifier_config_sha256'], True)} | {v['pairs']} |")
+        lines.append(f"| embedder (verification config {md_code(str(v['verify_config_sha256'])[:12], True)}) | "
+                     f"{md_code(v['embedder_profile'], True)} | see verification config | {v['pairs']} |")
     info_rows = profiles_info_rows(f.profiles_info)
     if info_rows:
         lines += ["", "**Profiles in force for the run that exported it**", "",
                   "| role | profile | implementation | config sha256 |", "|---|---|---|---|"]
-        lines += [f"| {r} | `{p}` | {i} | `{h}` |" for r, p, i, h in info_rows]
+        lines += [f"| {md_text(r)} | {md_code(p, True)} | {md_text(i)} | {md_code(h, True)} |"
+                  for r, p, i, h in info_rows]
     return lines
 
 
 def _thresholds(f: DatasheetFacts) -> list[str]:
     lines = ["", "**Thresholds** (an edit is accepted when the judge rates the source unsafe, the verifier rates "
              "the edit safe, and preservation holds)", "", "| threshold | value |", "|---|---|"]
-    lines += [f"| `{k}` | {md_cell(v)} |" for k, v in f.thresholds.items()]
+    lines += [f"| {md_code(k, True)} | {md_text(v)} |" for k, v in f.thresholds.items()]
     recorded = sorted({v["thresholds_json"] for v in f.inputs.verify_configs if v.get("thresholds_json")})
     if recorded and any(json.loads(r) != dict(f.thresholds) for r in recorded):
         lines += ["", "Thresholds recorded with the exported pairs differ from the ones above: "
-                  + "; ".join(f"`{r}`" for r in recorded)]
+                  + "; ".join(map(md_code, recorded))]
     if f.inputs.split_configs:
-        lines += ["", f"Split config sha256: {', '.join(f'`{s}`' for s in f.inputs.split_configs)}"]
+        lines += ["", f"Split config sha256: {', '.join(map(md_code, f.inputs.split_configs))}"]
     return lines
 
 
@@ -275,7 +288,8 @@ def _yields(f: DatasheetFacts) -> list[str]:
     for y in f.inputs.yields:
         rate = y["accepted"] / y["attempts"] if y["attempts"] else 0.0
         exported = sum(f.counts.get(y["category"], {}).values()) if y["kind"] == "flip" else ""
-        lines.append(f"| {y['category']} | {y['kind']} | {fmt(y.get('stored'))} | {fmt(y.get('judged_unsafe'))} | "
+        lines.append(f"| {md_text(y['category'])} | {md_text(y['kind'])} | {fmt(y.get('stored'))} | "
+                     f"{fmt(y.get('judged_unsafe'))} | "
                      f"{y['attempts']} | {y['accepted']} | {rate:.0%} | {y['sources_ok']} | {exported} |")
     return lines
 
@@ -285,8 +299,10 @@ def _review(f: DatasheetFacts) -> list[str]:
     if not f.inputs.reviews:
         return lines + ["None: no review decisions were imported; every label is automatic."]
     lines += ["| category | verdict | decisions | reviewers |", "|---|---|---:|---:|"]
-    lines += [f"| {r['category']} | {r['verdict']} | {r['n']} | {r['reviewers']} |" for r in f.inputs.reviews]
-    return lines + ["", "Reviewed decisions override the automatic ones and are part of the provenance."]
+    lines += [f"| {md_text(r['category'])} | {md_text(r['verdict'])} | {r['n']} | {r['reviewers']} |"
+              for r in f.inputs.reviews]
+    return lines + ["", "Reviewed decisions override the automatic ones and are part of the provenance "
+                    "(who decided: see *Personal data and metadata*)."]
 
 
 def _guards(f: DatasheetFacts) -> list[str]:
@@ -305,9 +321,10 @@ def _guards(f: DatasheetFacts) -> list[str]:
         first = rows.get("original") or next(iter(rows.values()))
         mark = f" {SELECTED_MARK}" if first["selected_pairs"] else ""
         note = SELECTED_NOTE if first["selected_pairs"] else _GUARD_NOTES.get(guard, "")
-        lines.append(f"| `{guard}`{mark} | {first['n_pairs']} | {fmt(rows.get('original', {}).get('pair_accuracy'), 2)} | "
+        lines.append(f"| {md_code(guard, True)}{mark} | {first['n_pairs']} | "
+                     f"{fmt(rows.get('original', {}).get('pair_accuracy'), 2)} | "
                      f"{fmt(rows.get('controlled', {}).get('pair_accuracy'), 2)} | {first['n_lookalikes']} | "
-                     f"{fmt(first['lookalike_fpr'], 2)} | {md_cell(note)} |")
+                     f"{fmt(first['lookalike_fpr'], 2)} | {md_text(note)} |")
     lines += ["", "Pair accuracy: both halves of a pair right ('invalid' counts as wrong). Look-alike FPR: the share "
               "of safe look-alikes not rated safe ('invalid' counts as a false positive). Pooled over categories and "
               "splits, from the `guard_metrics` table (view `guard_metrics_overall`)."]
@@ -325,12 +342,12 @@ _GUARD_NOTES = {EDITED_ONLY: "diagnostic: sees only whether the image was edited
 def _guard_headline(best: Mapping[str, Any] | None, results: Sequence[Mapping[str, Any]]) -> str:
     """The best independent guard in words, and which guards are not ranked because they chose the pairs."""
     selected = sorted({r["guard"] for r in results if r["selected_pairs"]})
-    unranked = (f" Not ranked: {', '.join(f'`{g}` {SELECTED_MARK}' for g in selected)}, {SELECTED_NOTE}."
+    unranked = (f" Not ranked: {', '.join(f'{md_code(g)} {SELECTED_MARK}' for g in selected)}, {SELECTED_NOTE}."
                 if selected else "")
     if best is None:
         return "No guard independent of the pairs' selection has been evaluated." + unranked
     fpr = "n/a" if best["lookalike_fpr"] is None else f"{best['lookalike_fpr']:.2f} ({best['n_lookalikes']} look-alikes)"
-    return (f"**Best independent guard: `{best['guard']}`**, pair accuracy {best['pair_accuracy']:.2f} on "
+    return (f"**Best independent guard: {md_code(best['guard'])}**, pair accuracy {best['pair_accuracy']:.2f} on "
             f"{best['n_pairs']} original pairs, look-alike false-positive rate {fpr}." + unranked)
 
 
@@ -344,14 +361,85 @@ def _licences(f: DatasheetFacts) -> list[str]:
                   "scikit-image 0.26; the package itself is BSD-3-Clause) with signs rendered by this project "
                   "in DejaVu fonts.", "",
                   "| photo | scikit-image function | licence statement | sources |", "|---|---|---|---:|"]
-        lines += [f"| {p} | `{fn}` | {md_cell(lic)} | {k} |" for p, fn, lic, k in photo_rows(f.inputs.demo_photos_used)]
+        lines += [f"| {md_text(p)} | {md_code(fn, True)} | {md_text(lic)} | {k} |"
+                  for p, fn, lic, k in photo_rows(f.inputs.demo_photos_used)]
         lines.append("")
     if origins - {"demo"}:
         lines += ["Your own images (source `folder`): their licence is not recorded by the pipeline; state it here "
                   "before you publish.", ""]
     lines += ["**Models and tools**", "", "| used to | component | licence |", "|---|---|---|"]
-    lines += [f"| {u} | {md_cell(c)} | {md_cell(lic)} |" for u, c, lic in licence_rows(f.inputs, f.profiles_info)]
+    lines += [f"| {md_text(u)} | {md_text(c)} | {md_text(lic)} |"
+              for u, c, lic in licence_rows(f.inputs, f.profiles_info)]
     return lines + ["", "The pipeline code is Apache-2.0 (SafetyPairs)."]
+
+
+# Kinds of metadata that intake (``source_images.metadata_removed``) and the export record, in words.
+METADATA_KINDS = {
+    "exif": "EXIF block", "gps": "GPS position", "camera": "camera make, model or serial number",
+    "author": "author, owner or copyright name", "software": "software name",
+    "orientation": "EXIF orientation (applied to the pixels)", "icc_to_srgb": "ICC colour profile (converted to sRGB)",
+    "icc_unreadable": "unreadable ICC colour profile (dropped)", "comment": "comment", "xmp": "XMP", "iptc": "IPTC",
+    "text": "PNG text chunks", "extra_frames": "extra pictures (depth map, preview)",
+    "other": "other ancillary data (re-encoded as PNG)",
+}
+_STRIPPED = ("EXIF orientation applied to the pixels, an ICC colour profile converted to sRGB, one frame kept, and "
+             "EXIF (GPS position, camera make and serial number), comments, XMP, IPTC and PNG text chunks removed")
+
+
+def _personal_data(f: DatasheetFacts) -> list[str]:
+    """What the images and the provenance columns do not say about people, and the choices that were made."""
+    lines = ["", "## Personal data and metadata", "",
+             "The published images carry pixels only. At intake (`source_pool`) every source image is stored as it "
+             f"is displayed: {_STRIPPED}. The export checks every image it writes again, and re-encodes one that "
+             "still holds metadata.", ""]
+    lines += _intake_removed(f.inputs.metadata_removed) + [""] + _export_cleaned(f.cleaned_at_export)
+    lines += ["", _reviewer_line(f.reviewers)]
+    if set(f.inputs.origins) - {"demo"}:
+        lines += ["", "**File names.** `source_file` is each source's path under the folder it was read from: rename "
+                  "files whose names identify people before the pipeline reads them."]
+    return lines
+
+
+def _kind_rows(counts: Mapping[str, int]) -> list[str]:
+    return ["| removed | images |", "|---|---:|"] + [
+        f"| {md_text(METADATA_KINDS.get(k, k))} ({md_code(k, True)}) | {n} |" for k, n in counts.items()]
+
+
+def _intake_removed(recorded: Sequence[str | None] | None) -> list[str]:
+    """Counts per kind over the exported source images, from ``source_images.metadata_removed``."""
+    if recorded is None:
+        return ["**Removed at intake:** not recorded (this database predates `source_images.metadata_removed`); "
+                "the export's own check below covers every image."]
+    kinds = Counter(k.strip() for r in recorded if r for k in r.split(",") if k.strip())
+    nothing = sum(1 for r in recorded if r == "")
+    unknown = sum(1 for r in recorded if r is None)
+    lines = [f"**Removed at intake**, over the {len(recorded)} source images behind this export: "
+             f"{len(recorded) - nothing - unknown} had something removed, {nothing} had nothing to remove"
+             + (f", {unknown} were stored before intake recorded it" if unknown else "") + "."]
+    return lines + ([""] + _kind_rows(dict(sorted(kinds.items()))) if kinds else [])
+
+
+def _export_cleaned(cleaned: Mapping[str, CleanedAtExport]) -> list[str]:
+    if not cleaned:
+        return ["**Cleaned at export:** none. Every image written is the stored file, byte for byte."]
+    return [f"**Cleaned at export:** {len(cleaned)} stored images still held metadata (stored by an older version "
+            "of the pipeline, or so written by an editor) and were published re-encoded as PNG without it. Their "
+            "bytes, and so their sha256, differ from the stored files that the `*_sha256` columns name; "
+            "`export_manifest.json` (`cleaned_at_export`) maps each stored sha256 to the published one.", "",
+            *_kind_rows(removed_counts(list(cleaned.values())))]
+
+
+def _reviewer_line(choice: ReviewerChoice) -> str:
+    names = ("names as they were recorded (the publisher chose to publish them: export option `reviewer_names`)"
+             if choice.names else
+             f"a pseudonym per reviewer (`{PREFIX}` and 10 hex digits: HMAC-SHA256 of the name under a secret key "
+             "kept in the pipeline's data root and never exported, so a reviewer keeps one pseudonym across "
+             "exports of that data root and a name cannot be confirmed by hashing it); export option "
+             "`reviewer_names` publishes the names")
+    notes = ("Free-text review notes (`review_note`) are published: export option `review_notes`."
+             if choice.notes else
+             "Free-text review notes are not published (export option `review_notes` includes them).")
+    return f"**Reviewers.** The `reviewer` column holds {names}. {notes}"
 
 
 def _limits(f: DatasheetFacts) -> list[str]:

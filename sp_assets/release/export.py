@@ -10,11 +10,15 @@ writes one folder:
     <out_dir>/webdataset/lookalikes/<split>-000000.tar  one sample per look-alike: <key>.image.png, <key>.json
     <out_dir>/gallery/index.html                   static, offline; unsafe halves blurred until clicked
     <out_dir>/fiftyone/                            only with the ``fiftyone`` extra installed
-    <out_dir>/export_manifest.json                 counts, and the sha256 of every file written
+    <out_dir>/export_manifest.json                 counts, the images cleaned here, the sha256 of every file written
 
 The folder is built under a temporary name next to ``out_dir`` and renamed into place, under a lock,
 so readers never see half an export and two exports never interleave. The same database gives the
 same bytes (rows sorted, fixed shard names, no timestamps; the FiftyOne export excepted).
+
+Nothing private goes out by default: every image passes through ``publishable`` (metadata removed, ICC
+converted to sRGB; clean files unchanged), reviewers appear as pseudonyms keyed by a secret kept in the
+folder holding ``out_dir`` (the data root), and free-text review notes are left out.
 
 Load the Parquet with one line::
 
@@ -45,8 +49,11 @@ from sp_assets.release.datasheet import DatasheetFacts, write_datasheet
 from sp_assets.release.fiftyone import NOT_INSTALLED, write_fiftyone
 from sp_assets.release.fiftyone import describe as describe_fiftyone
 from sp_assets.release.inputs import ExportInputs, read_inputs
+from sp_assets.release.markdown import md_text
+from sp_assets.release.publishable import CleanedAtExport, removed_counts
 from sp_assets.release.report import ExportReport, report_from_manifest
-from sp_assets.release.shards import ShardWriter, StoredImages, write_shards
+from sp_assets.release.reviewers import ReviewerChoice, publish_reviewers
+from sp_assets.release.shards import OnPair, ShardWriter, StoredImages, write_shards
 from sp_assets.core.hashing import sha256_json
 from sp_assets.storage import ImageStore, Store
 
@@ -76,6 +83,12 @@ class _Options:
     show_unsafe: bool
     fiftyone: bool
     license: str
+    reviewer_names: bool = False
+    review_notes: bool = False
+
+    @property
+    def reviewers(self) -> ReviewerChoice:
+        return ReviewerChoice(self.reviewer_names, self.review_notes)
 
 
 @dataclass
@@ -88,6 +101,7 @@ class _Job:
     profiles_info: Mapping[str, Any]
     thresholds: Mapping[str, Any]
     options: _Options
+    key_dir: Path  # where the reviewer pseudonym key is kept (never inside the export)
     rows: list[dict[str, Any]] = field(default_factory=list)
     columns: Columns = ()
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -99,11 +113,13 @@ class _Job:
 
     def prepare(self) -> "_Job":
         """Rows with their category id and title, in export order, counted and grouped by split."""
-        pairs = with_categories(self.inputs.pairs, self.policy)
+        choice = self.options.reviewers
+        pairs = publish_reviewers(with_categories(self.inputs.pairs, self.policy), choice, self.key_dir)
         self.warnings += [f"pair {p['pair_id']} ({p['category']}) has no row in pair_lineage; its provenance "
                           "columns are empty" for p in pairs if p.get("_has_lineage") is False]
         self.rows = order_pairs(pairs)
-        self.columns = export_columns(self.inputs.types, self.inputs.has_controls)
+        types = {k: v for k, v in self.inputs.types.items() if k not in choice.withheld_columns}
+        self.columns = export_columns(types, self.inputs.has_controls)
         self.counts = count_pairs(self.rows)
         self.rows_by_split = group_by_split(self.rows)
         if not self.rows_by_split:
@@ -124,12 +140,14 @@ class _Written:
     gallery: Path | None
     fiftyone: Path | None
     skipped: dict[str, str]
+    cleaned: dict[str, CleanedAtExport] = field(default_factory=dict)  # stored sha256 -> how, sorted by sha256
 
 
 def export_benchmark(store: Store, images: ImageStore, out_dir: str | os.PathLike[str], *, policy: Any,
                      profiles_info: Mapping[str, Any], thresholds: Mapping[str, Any], name: str | None = None,
                      shard_size: int = 500, webdataset: bool = True, gallery: bool = True, show_unsafe: bool = False,
-                     fiftyone: bool = True, license: str = "other") -> ExportReport:
+                     fiftyone: bool = True, license: str = "other", reviewer_names: bool = False,
+                     review_notes: bool = False, key_dir: str | os.PathLike[str] | None = None) -> ExportReport:
     """Export every benchmark pair in the database (all categories) to ``out_dir``; see the module doc.
 
     ``profiles_info``: role -> ``BackendResource.describe()`` dict (profile, implementation,
@@ -137,16 +155,21 @@ def export_benchmark(store: Store, images: ImageStore, out_dir: str | os.PathLik
     acceptance thresholds in force (``PipelineSettings.thresholds()``). ``name``: defaults to
     ``export_name`` of the sources' origins and the policy file. ``out_dir`` is replaced as a whole:
     keep nothing else in it.
+
+    Reviewers are published as pseudonyms unless ``reviewer_names``, and review notes only with
+    ``review_notes`` (the datasheet says which). ``key_dir``: where the pseudonym key is kept, by default the
+    folder that holds ``out_dir`` (the data root, for the pipeline's ``<data_root>/export``).
     """
     started = time.perf_counter()
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
     out_dir = Path(out_dir).expanduser().resolve()
-    options = _Options(shard_size, webdataset, gallery, show_unsafe, fiftyone, license)
+    key_folder = _key_folder(out_dir, key_dir)
+    options = _Options(shard_size, webdataset, gallery, show_unsafe, fiftyone, license, reviewer_names, review_notes)
     with _lock(out_dir.parent / f".{out_dir.name}.lock"):
         inputs = read_inputs(store)  # every query happens here; the connection is closed afterwards
         job = _Job(name or export_name(inputs.origins, getattr(policy, "path", None)), inputs, policy,
-                   profiles_info, thresholds, options).prepare()
+                   profiles_info, thresholds, options, key_folder).prepare()
         unchanged = _unchanged_export(out_dir, job)
         if unchanged is not None:
             return unchanged
@@ -154,7 +177,7 @@ def export_benchmark(store: Store, images: ImageStore, out_dir: str | os.PathLik
         tmp.mkdir(parents=True)
         try:
             written = _write_release(tmp, job, images)
-            _write_manifest(tmp, job, written.skipped)
+            _write_manifest(tmp, job, written)
             _swap_into_place(tmp, out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -162,7 +185,15 @@ def export_benchmark(store: Store, images: ImageStore, out_dir: str | os.PathLik
     return _report(out_dir, tmp, job, written, time.perf_counter() - started)
 
 
-EXPORT_VERSION = "2"  # bump when the export's code writes different files for the same inputs
+EXPORT_VERSION = "3"  # bump when the export's code writes different files for the same inputs
+
+
+def _key_folder(out_dir: Path, key_dir: str | os.PathLike[str] | None) -> Path:
+    folder = out_dir.parent if key_dir is None else Path(key_dir).expanduser().resolve()
+    if folder.is_relative_to(out_dir):
+        raise ValueError(f"key_dir {folder} is inside the export {out_dir}: the reviewer pseudonym key would be "
+                         "published with it. Keep it outside, as in the data root (the default).")
+    return folder
 
 
 def _fingerprint(job: _Job) -> str:
@@ -195,9 +226,30 @@ def _unchanged_export(out_dir: Path, job: _Job) -> ExportReport | None:
 
 def _write_release(tmp: Path, job: _Job, images: ImageStore) -> _Written:
     """Every format, the gallery and the datasheet, under ``tmp``."""
-    has_controls, has_lookalikes, opts = job.inputs.has_controls, bool(job.lookalikes), job.options
-    formats = {"Parquet": parquet.describe(has_controls, has_lookalikes)}
+    opts = job.options
+    formats = {"Parquet": parquet.describe(job.inputs.has_controls, bool(job.lookalikes))}
     skipped: dict[str, str] = {}
+    copies = gallery_page.GalleryImages(tmp) if opts.gallery else None
+    stored = StoredImages(images)  # one for every format: it remembers the images it had to clean
+    shards = _write_shards(tmp, job, stored, formats, skipped, copies.add if copies else lambda pair, blobs: None)
+    gallery_path = None
+    if copies:
+        gallery_path = gallery_page.write_gallery(tmp, job.name, job.rows, copies.files, job.counts, job.policy,
+                                                  opts.show_unsafe, job.lookalikes)
+        formats["Gallery"] = gallery_page.describe(opts.show_unsafe)
+    else:
+        skipped["gallery"] = "turned off (gallery=False)"
+    fiftyone_dir = _write_fiftyone(tmp, job, stored, formats, skipped)
+    cleaned = {c.stored_sha256: c for c in sorted(stored.cleaned.values(), key=lambda c: c.stored_sha256)}
+    facts = DatasheetFacts(job.name, job.rows, job.columns, job.counts, job.inputs, job.policy, job.profiles_info,
+                           job.thresholds, formats, opts.license, cleaned, opts.reviewers)
+    return _Written(shards, write_datasheet(tmp, facts), gallery_path, fiftyone_dir, skipped, cleaned)
+
+
+def _write_shards(tmp: Path, job: _Job, stored: StoredImages, formats: dict[str, str], skipped: dict[str, str],
+                  on_row: OnPair) -> dict[str, dict[str, list[Path]]]:
+    """The pairs' and look-alikes' shards of every format: format -> split -> paths."""
+    has_controls, has_lookalikes, opts = job.inputs.has_controls, bool(job.lookalikes), job.options
     shard_formats: dict[str, type[ShardWriter]] = {"parquet": parquet.ParquetShard}
     lookalike_formats: dict[str, type[ShardWriter]] = {"parquet": parquet.LookalikeParquetShard}
     if opts.webdataset:
@@ -206,50 +258,48 @@ def _write_release(tmp: Path, job: _Job, images: ImageStore) -> _Written:
         formats["WebDataset"] = wds.describe(has_controls, has_lookalikes)
     else:
         skipped["webdataset"] = "turned off (webdataset=False)"
-    copies = gallery_page.GalleryImages(tmp) if opts.gallery else None
-    on_row = copies.add if copies else lambda pair, blobs: None
-    shards = write_shards(tmp, job.rows_by_split, job.columns, shard_formats, StoredImages(images),
-                          opts.shard_size, on_row)
+    shards = write_shards(tmp, job.rows_by_split, job.columns, shard_formats, stored, opts.shard_size, on_row)
     if has_lookalikes:  # their own files: the pair files load as they always did
         looks = write_shards(tmp, group_by_split(job.lookalikes), job.lookalike_columns, lookalike_formats,
-                             StoredImages(images), opts.shard_size, on_row)
+                             stored, opts.shard_size, on_row)
         shards.update({f"{fmt}_lookalikes": by_split for fmt, by_split in looks.items()})
-    gallery_path = None
-    if copies:
-        gallery_path = gallery_page.write_gallery(tmp, job.name, job.rows, copies.files, job.counts, job.policy,
-                                                  opts.show_unsafe, job.lookalikes)
-        formats["Gallery"] = gallery_page.describe(opts.show_unsafe)
-    else:
-        skipped["gallery"] = "turned off (gallery=False)"
-    fiftyone_dir = _write_fiftyone(tmp, job, images, formats, skipped)
-    facts = DatasheetFacts(job.name, job.rows, job.columns, job.counts, job.inputs, job.policy, job.profiles_info,
-                           job.thresholds, formats, opts.license)
-    return _Written(shards, write_datasheet(tmp, facts), gallery_path, fiftyone_dir, skipped)
+    return shards
 
 
-def _write_fiftyone(tmp: Path, job: _Job, images: ImageStore, formats: dict[str, str],
+def _write_fiftyone(tmp: Path, job: _Job, stored: StoredImages, formats: dict[str, str],
                     skipped: dict[str, str]) -> Path | None:
     """The optional FiftyOne export; a failure is recorded in ``skipped`` and the datasheet, not raised."""
     if not job.options.fiftyone:
         skipped["fiftyone"] = "turned off (fiftyone=False)"
         return None
-    dest, why = write_fiftyone(tmp, job.rows, images, job.lookalikes)
+    staging = tmp / ".fiftyone-media"  # clean copies for FiftyOne to copy in; not part of the export
+    try:
+        dest, why = write_fiftyone(tmp, job.rows, stored.images, job.lookalikes,
+                                   media=lambda rel: stored.local_file(rel, staging))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if dest is None:
         skipped["fiftyone"] = why
         if why != NOT_INSTALLED:  # it failed: say so where the formats are listed
-            formats["FiftyOne"] = f"not written: {why}"
+            formats["FiftyOne"] = f"not written: {md_text(why)}"
         return None
     formats["FiftyOne"] = describe_fiftyone(job.inputs.has_controls, bool(job.lookalikes))
     return dest
 
 
-def _write_manifest(tmp: Path, job: _Job, skipped: Mapping[str, str]) -> None:
-    """``export_manifest.json``: counts, and the sha256 of every file but FiftyOne's (it is not deterministic)."""
+def _write_manifest(tmp: Path, job: _Job, written: _Written) -> None:
+    """``export_manifest.json``: counts, the images cleaned at export, and the sha256 of every file but
+    FiftyOne's (it is not deterministic)."""
     files = sorted(p for p in tmp.rglob("*") if p.is_file() and "fiftyone" not in p.relative_to(tmp).parts)
+    cleaned = list(written.cleaned.values())
     manifest = {
         "name": job.name, "n_pairs": len(job.rows), "counts": job.counts, "n_controls": n_controls(job.rows),
         "n_lookalikes": len(job.lookalikes), "lookalike_counts": job.lookalike_counts,
-        "policy_sha256": getattr(job.policy, "sha256", None), "skipped": dict(skipped), "warnings": job.warnings,
+        "policy_sha256": getattr(job.policy, "sha256", None), "skipped": dict(written.skipped),
+        "warnings": job.warnings, "reviewer_names": job.options.reviewer_names,
+        "review_notes": job.options.review_notes,
+        "cleaned_at_export": {"n_images": len(cleaned), "removed": removed_counts(cleaned),
+                              "images": {sha: c.as_dict() for sha, c in written.cleaned.items()}},
         "files": {p.relative_to(tmp).as_posix(): _sha256_file(p) for p in files},
         "inputs_sha256": _fingerprint(job),
     }
@@ -303,4 +353,4 @@ def _report(out_dir: Path, tmp: Path, job: _Job, written: _Written, seconds: flo
         manifest=out_dir / "export_manifest.json", skipped=written.skipped, warnings=job.warnings, seconds=seconds,
         n_lookalikes=len(job.lookalikes), lookalike_counts=job.lookalike_counts,
         lookalike_parquet_files=shards("parquet_lookalikes"),
-        lookalike_webdataset_files=shards("webdataset_lookalikes"))
+        lookalike_webdataset_files=shards("webdataset_lookalikes"), n_cleaned_at_export=len(written.cleaned))

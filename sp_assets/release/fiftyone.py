@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from sp_assets.release.columns import HALVES
 from sp_assets.storage import ImageStore
@@ -26,6 +26,7 @@ _SAMPLE_FIELDS = ("pair_id", "category", "split", "instruction", "source_score",
 _LOOKALIKE_FIELDS = ("lookalike_id", "category", "split", "kind", "label_source", "judge_profile", "judge_rating",
                      "photo_id")
 LOOKALIKE_SLICE = "lookalike"  # a look-alike is a group of one sample, in its own slice
+Media = Callable[[str], Path]  # stored path -> the local file holding the bytes to publish
 
 
 def describe(has_controls: bool, has_lookalikes: bool = False) -> str:
@@ -56,34 +57,39 @@ class _SampleSpec:
     fields: dict[str, Any]
 
 
-def _sample_specs(rows: Sequence[dict[str, Any]], images: ImageStore) -> list[list[_SampleSpec]]:
+def _sample_specs(rows: Sequence[dict[str, Any]], media: Media) -> list[list[_SampleSpec]]:
     """Per pair, the samples of its group: one per half that has an image."""
     groups = []
     for r in rows:
         fields = {key: r[key] for key in _SAMPLE_FIELDS if r.get(key) is not None}
         halves = [(h, r.get("unsafe_path" if h == "unsafe" else f"{h}_path")) for h in HALVES]
-        groups.append([_SampleSpec(str(images.path(rel)), h, [r["split"], r["category"]],
+        groups.append([_SampleSpec(str(media(rel)), h, [r["split"], r["category"]],
                                    "safe" if h == "safe" else "unsafe", fields) for h, rel in halves if rel])
     return groups
 
 
-def _lookalike_specs(rows: Sequence[dict[str, Any]], images: ImageStore) -> list[list[_SampleSpec]]:
+def _lookalike_specs(rows: Sequence[dict[str, Any]], media: Media) -> list[list[_SampleSpec]]:
     """Per look-alike, a group of one sample in the look-alike slice, labelled safe (the hard negatives)."""
-    return [[_SampleSpec(str(images.path(r["image_path"])), LOOKALIKE_SLICE, [r["split"], r["category"], LOOKALIKE_SLICE],
+    return [[_SampleSpec(str(media(r["image_path"])), LOOKALIKE_SLICE, [r["split"], r["category"], LOOKALIKE_SLICE],
                          "safe", {key: r[key] for key in _LOOKALIKE_FIELDS if r.get(key) is not None})]
             for r in rows if r.get("image_path")]
 
 
 def write_fiftyone(root: Path, rows: Sequence[dict[str, Any]], images: ImageStore,
-                   lookalikes: Sequence[dict[str, Any]] = ()) -> tuple[Path | None, str]:
-    """Export the rows under ``root/fiftyone``: (that folder, "") or (None, why: NOT_INSTALLED or the failure)."""
+                   lookalikes: Sequence[dict[str, Any]] = (), media: Media | None = None) -> tuple[Path | None, str]:
+    """Export the rows under ``root/fiftyone``: (that folder, "") or (None, why: NOT_INSTALLED or the failure).
+
+    FiftyOne copies each sample's file: ``media`` names the file with the bytes to publish for a stored path
+    (``StoredImages.local_file``: a clean copy where the stored file holds metadata); default the stored file.
+    """
     fo, why = import_fiftyone()
     if fo is None:
         return None, why
     if not images.is_local:  # FiftyOne samples point at files on this machine
         return None, f"images are on {images.root}: FiftyOne needs them in a local folder (set SP_IMAGES_URL to one)"
     dest = root / DIRECTORY
-    groups = _sample_specs(rows, images) + _lookalike_specs(lookalikes, images)
+    media = media or images.path
+    groups = _sample_specs(rows, media) + _lookalike_specs(lookalikes, media)
     try:
         _export(fo, dest, groups)
     except Exception as exc:

@@ -21,6 +21,9 @@ from sp_assets.storage import release_queries as queries
 REDUNDANT_LINEAGE = {"source_path": "unsafe_path", "edited_path": "safe_path"}
 # Benchmark columns renamed to the lineage view's names (same values).
 BENCH_RENAMES = {"image_sha256": "source_sha256", "run_id": "split_run_id"}
+# Columns never published, whatever a query selects: the hash of the file as the user gave it (with its
+# EXIF and GPS) would let anyone holding that file confirm the person's photo is in the benchmark.
+NEVER_PUBLISHED = frozenset({"original_sha256"})
 
 
 @dataclass
@@ -41,6 +44,9 @@ class ExportInputs:
     verify_configs: list[dict[str, Any]] = field(default_factory=list)
     guards: list[str] = field(default_factory=list)
     guard_results: list[dict[str, Any]] = field(default_factory=list)  # guard_metrics_overall, all pairs
+    # What intake removed from each exported source image (``source_images.metadata_removed``: comma-separated
+    # kinds, '' for nothing, None where not recorded); None when the database has no such column.
+    metadata_removed: list[str | None] | None = None
 
     @property
     def origins(self) -> list[str]:
@@ -92,7 +98,14 @@ def read_inputs(store: Store) -> ExportInputs:
         verify_configs=verify_configs,
         guards=queries.guards_evaluated(store) if "guard_metrics" in tables else [],
         guard_results=queries.guard_results(store) if "guard_metrics" in tables else [],
+        metadata_removed=_metadata_removed(store, tables, bool(lookalikes)),
     )
+
+
+def _metadata_removed(store: Store, tables: dict[str, set[str]], with_lookalikes: bool) -> list[str | None] | None:
+    if "metadata_removed" not in tables.get("source_images", set()):
+        return None  # a database from before intake cleaned its images
+    return [r["metadata_removed"] for r in queries.exported_source_metadata(store, with_lookalikes)]
 
 
 def _benchmark(store: Store) -> tuple[list[dict[str, Any]], dict[str, pa.DataType]]:
@@ -101,7 +114,7 @@ def _benchmark(store: Store) -> tuple[list[dict[str, Any]], dict[str, pa.DataTyp
     types: dict[str, pa.DataType] = {}
     for name, dtype in bench.schema.items():
         t = arrow_type(dtype)
-        if t is not None:
+        if t is not None and name not in NEVER_PUBLISHED:
             types[BENCH_RENAMES.get(name, name)] = t
     pairs = [{BENCH_RENAMES.get(k, k): v for k, v in r.items() if BENCH_RENAMES.get(k, k) in types}
              for r in bench.to_dicts()]
@@ -113,7 +126,8 @@ def _lookalikes(store: Store, tables: dict[str, set[str]]) -> tuple[list[dict[st
     if "benchmark_lookalikes" not in tables:
         return [], {}
     frame = queries.benchmark_lookalikes(store, has_sources="source_images" in tables)
-    types = {name: t for name, dtype in frame.schema.items() if (t := arrow_type(dtype)) is not None}
+    types = {name: t for name, dtype in frame.schema.items()
+             if (t := arrow_type(dtype)) is not None and name not in NEVER_PUBLISHED}
     rows = [{k: v for k, v in r.items() if k in types} for r in frame.to_dicts()]
     return rows, types
 
@@ -125,7 +139,7 @@ def _add_lineage(pairs: list[dict[str, Any]], types: dict[str, pa.DataType],
     ordered: dict[str, pa.DataType] = {}
     for name, dtype in lineage.schema.items():
         t = arrow_type(dtype)
-        if t is None or name in REDUNDANT_LINEAGE:
+        if t is None or name in REDUNDANT_LINEAGE or name in NEVER_PUBLISHED:
             continue
         if name in types:
             ordered[name] = types[name]  # the benchmark's value wins; the lineage decides the order

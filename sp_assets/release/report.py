@@ -42,6 +42,7 @@ class ExportReport:
     lookalike_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # category -> split -> look-alikes
     lookalike_parquet_files: dict[str, list[Path]] = field(default_factory=dict)
     lookalike_webdataset_files: dict[str, list[Path]] = field(default_factory=dict)
+    n_cleaned_at_export: int = 0  # stored images that still held metadata, published re-encoded without it
 
     @property
     def split_counts(self) -> dict[str, int]:
@@ -65,6 +66,7 @@ class ExportReport:
             "lookalike_webdataset_files": {s: [rel(p) for p in ps]
                                            for s, ps in self.lookalike_webdataset_files.items()},
             "datasheet": rel(self.datasheet), "gallery": rel(self.gallery), "fiftyone_dir": rel(self.fiftyone_dir),
+            "n_cleaned_at_export": self.n_cleaned_at_export,
             "skipped": self.skipped, "warnings": self.warnings, "load_command": self.load_command,
             "seconds": round(self.seconds, 3),
         }
@@ -80,6 +82,9 @@ class ExportReport:
                       "| category | " + " | ".join(SPLITS) + " |", "|---|" + "---:|" * len(SPLITS)]
             lines += [f"| {c} | " + " | ".join(str(v.get(s, 0)) for s in SPLITS) + " |"
                       for c, v in self.lookalike_counts.items()]
+        if self.n_cleaned_at_export:
+            lines += ["", f"{self.n_cleaned_at_export} stored images still held metadata (EXIF, GPS, comments, ICC, "
+                      "...): published re-encoded without it (`cleaned_at_export` in export_manifest.json)."]
         lines += ["", f"Load: `{self.load_command}`"]
         lines += [f"- {fmt} skipped: {why}" for fmt, why in self.skipped.items()]
         lines += [f"- warning: {w}" for w in self.warnings]
@@ -111,4 +116,5 @@ def report_from_manifest(out_dir: Path, manifest: dict[str, Any], warnings: list
         fiftyone_dir=fiftyone_dir if fiftyone_dir.is_dir() else None, manifest=out_dir / "export_manifest.json",
         skipped=manifest.get("skipped", {}), warnings=list(warnings), seconds=0.0, unchanged=True,
         n_lookalikes=manifest.get("n_lookalikes", 0), lookalike_counts=manifest.get("lookalike_counts", {}),
-        lookalike_parquet_files=by_split("lookalikes"), lookalike_webdataset_files=by_split("webdataset/lookalikes"))
+        lookalike_parquet_files=by_split("lookalikes"), lookalike_webdataset_files=by_split("webdataset/lookalikes"),
+        n_cleaned_at_export=manifest.get("cleaned_at_export", {}).get("n_images", 0))

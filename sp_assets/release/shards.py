@@ -11,8 +11,9 @@ import contextlib
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
+import sp_assets.release.publishable as publishable
 from sp_assets.core.hashing import sha256_bytes
-from sp_assets.release.columns import Blob, Blobs, Columns, image_halves, row_key
+from sp_assets.release.columns import LOOKALIKE_IMAGE, Blob, Blobs, Columns, image_halves, row_key
 from sp_assets.release.report import ExportError
 from sp_assets.storage import ImageStore
 
@@ -41,10 +42,12 @@ def _suffix(rel: str) -> str:
 
 
 class StoredImages:
-    """Reads a pair's stored image files and checks their bytes against the recorded sha256."""
+    """Reads a pair's stored image files, checks their bytes against the recorded sha256, and hands out the
+    bytes to publish (``publishable``): a file that still holds metadata is cleaned, and remembered."""
 
     def __init__(self, images: ImageStore):
         self.images = images
+        self.cleaned: dict[str, publishable.CleanedAtExport] = {}  # stored path -> how it was cleaned at export
 
     def read(self, pair: Mapping[str, Any], half: str) -> Blob | None:
         """(bytes, export file name) of one half (or a look-alike's ``image``); None for a pair without a control."""
@@ -56,15 +59,45 @@ class StoredImages:
                 return None
             raise ExportError(f"{where} has no {half} image recorded; re-materialize benchmark_split for that "
                               "category.")
+        data = self._verified(rel, sha, f"{where}: the {half} image {rel}")
+        try:
+            result = publishable.cleaned(data)
+        except publishable.Unpublishable as exc:
+            raise ExportError(f"{where}: the {half} image {rel} cannot be published: {exc}. "
+                              + _remedy(half, pair["category"])) from exc
+        if result is None:
+            return data, f"{sha}{_suffix(rel)}"
+        self.cleaned[rel] = done = publishable.record(sha, result)
+        return result.data, done.name
+
+    def _verified(self, rel: str, sha: str, what: str) -> bytes:
         try:
             data = self.images.read_bytes(rel)
         except FileNotFoundError as exc:
-            raise ExportError(f"{where}: the {half} image {rel} is missing under {self.images.root}; "
+            raise ExportError(f"{what} is missing under {self.images.root}; "
                               "re-materialize the category to regenerate it.") from exc
         if sha256_bytes(data) != sha:
-            raise ExportError(f"{where}: the {half} image {rel} does not match its recorded sha256 {sha}; "
+            raise ExportError(f"{what} does not match its recorded sha256 {sha}; "
                               "the image store is damaged. Re-run the category.")
-        return data, f"{sha}{_suffix(rel)}"
+        return data
+
+    def local_file(self, rel: str, staging: Path) -> Path:
+        """A file on this machine with the bytes published for the stored ``rel``: the stored file itself when
+        it went out as it is, else a clean copy under ``staging`` (for formats that copy files, as FiftyOne)."""
+        done = self.cleaned.get(rel)
+        if done is None:
+            return self.images.path(rel)
+        dest = staging / done.name
+        if not dest.exists():
+            staging.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(publishable.publishable_bytes(self.images.read_bytes(rel)))
+        return dest
+
+
+def _remedy(half: str, category: str) -> str:
+    if half in ("unsafe", LOOKALIKE_IMAGE):  # a source: intake now stores one clean picture or quarantines it
+        return f"Re-materialize source_pool and the stages after it for {category}."
+    return f"Re-materialize edited_images and the stages after it for {category} (or fix the editor's output)."
 
 
 def shard_rows(rows: Sequence[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:

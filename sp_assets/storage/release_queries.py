@@ -93,6 +93,19 @@ def exported_sources(store: Store, with_lookalikes: bool = False) -> list[dict[s
         f"JOIN benchmark_split b ON {join_on('source', 'b', 's')}{lookalikes} ORDER BY ALL").to_dicts()
 
 
+def exported_source_metadata(store: Store, with_lookalikes: bool = False) -> list[dict[str, Any]]:
+    """What intake removed from each source image behind a benchmark pair (and a look-alike when
+    ``with_lookalikes``), one row per image: ``metadata_removed`` as recorded, NULL where intake did not record
+    it (needs the column ``source_images.metadata_removed``)."""
+    lookalikes = (f" UNION SELECT s.image_sha256, s.metadata_removed FROM source_images s JOIN benchmark_lookalikes l "
+                  f"ON {join_on('source', 'l', 's')}") if with_lookalikes else ""
+    # An image stored in several categories has one row per category; any recorded value stands for it.
+    return store.query(
+        "SELECT image_sha256, max(metadata_removed) AS metadata_removed FROM ("
+        "SELECT s.image_sha256, s.metadata_removed FROM source_images s "
+        f"JOIN benchmark_split b ON {join_on('source', 'b', 's')}{lookalikes}) GROUP BY ALL ORDER BY ALL").to_dicts()
+
+
 def guard_results(store: Store) -> list[dict[str, Any]]:
     """Each guard on all pairs and look-alikes, pooled over categories (view ``guard_metrics_overall``), by
     guard and pair type; no run ids, so the same figures give the same datasheet."""
