@@ -412,7 +412,7 @@ def test_training_embeddings_come_back_from_the_cache_unchanged(tmp_path, monkey
     """A second build reads the training vectors from SP_CACHE_DIR and classifies exactly as the first.
 
     Run on the lighter all-MiniLM-L6-v2 (the cache does not depend on the model; a cold all-mpnet-base-v2
-    build encodes for about two minutes)."""
+    build encodes for minutes)."""
     from sp_assets.backends.common.model_store import models_dir
     from sp_assets.backends.judges.text_head import MINILM, PolicyTextHead, embedding_cache_dir
 
@@ -420,12 +420,50 @@ def test_training_embeddings_come_back_from_the_cache_unchanged(tmp_path, monkey
     monkeypatch.setenv("SP_CACHE_DIR", str(tmp_path))
     texts = ["NO WEAPONS ALLOWED", "WE WILL BREAK YOUR BONES", "SEX EDUCATION WORKSHOP", "FREE PUPPIES"]
     cold = PolicyTextHead(POLICY, sentence_model=MINILM)
-    files = list(embedding_cache_dir().glob("*.npy"))
+    files = list(embedding_cache_dir().glob("*.sqlite"))
     assert len(files) == 1 and embedding_cache_dir().is_relative_to(tmp_path)
     start = time.perf_counter()
     warm = PolicyTextHead(POLICY, sentence_model=MINILM)
     print(f"\nwarm build {time.perf_counter() - start:.1f} s")
     assert np.array_equal(cold.probs(texts), warm.probs(texts))
-    files[0].write_bytes(b"not an array")  # a damaged cache file is recomputed, not trusted
+    files[0].write_bytes(b"not a database")  # a damaged cache is recomputed, not trusted
     again = PolicyTextHead(POLICY, sentence_model=MINILM)
     assert np.array_equal(cold.probs(texts), again.probs(texts))
+
+
+def test_a_strings_vector_is_the_same_bits_whatever_it_is_encoded_with(judge: SceneTextJudge):
+    """The per-text cache may be filled all at once or a few strings at a time (a policy that grows by one
+    example): each string's vector must not depend on the others."""
+    head = judge.head
+    strings = ["NO WEAPONS ALLOWED", "a sign that says: no weapons allowed", "bones", "FREE PUPPIES",
+               "WE WILL BREAK YOUR BONES", "knife", "ammo", "SPRING FLOWER MARKET ON SUNDAY"]
+    together = head.canonical_vectors(strings)
+    halves = np.vstack([head.canonical_vectors(strings[:3]), head.canonical_vectors(strings[3:])])
+    alone = np.vstack([head.canonical_vectors([s]) for s in strings])
+    assert np.array_equal(together, halves) and np.array_equal(together, alone)
+
+
+def test_one_more_example_encodes_only_its_own_strings(tmp_path, monkeypatch):
+    """Adding a labelled example to the policy costs its own strings, not every example again."""
+    import yaml
+
+    from sp_assets.backends.common.model_store import models_dir
+    from sp_assets.backends.judges.text_head import MINILM, PolicyTextHead
+    from sp_assets.core.policy import DEFAULT_POLICY_PATH, parse_policy
+
+    monkeypatch.setenv("SP_MODELS_DIR", str(models_dir()))
+    PolicyTextHead(POLICY, sentence_model=MINILM)  # fills the cache (or finds it filled)
+    raw = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
+    raw["categories"][0]["judge_examples"]["allowed"].append("SPRING FLOWER MARKET ON SUNDAY")
+    grown = parse_policy(yaml.safe_dump(raw, sort_keys=False), tmp_path / "grown.yaml")
+    encoded: list[str] = []
+    real = PolicyTextHead.canonical_vectors
+
+    def counting(self, strings):
+        encoded.extend(strings)
+        return real(self, strings)
+
+    monkeypatch.setattr(PolicyTextHead, "canonical_vectors", counting)
+    PolicyTextHead(grown, sentence_model=MINILM)
+    assert set(encoded) <= {"spring flower market on sunday", "a sign that says: spring flower market on sunday",
+                            "spring", "flower", "market", "sunday"}, encoded

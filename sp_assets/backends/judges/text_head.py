@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,8 +20,10 @@ import numpy as np
 from sp_assets.backends.common.hf import quiet_load
 from sp_assets.backends.common.threads import single_threaded
 from sp_assets.core.policy import Policy
-from sp_assets.storage.files import atomic_write
+from sp_assets.core.progress import Progress, Throttle
+from sp_assets.storage.vector_cache import VectorCache, text_key
 
+log = logging.getLogger(__name__)
 SAFE_LABEL = "safe"
 INVALID_LABEL = "invalid"
 
@@ -33,6 +37,9 @@ _STOPWORDS = frozenset(
 
 # The third block of features: the text as the words of a sign.
 SIGN_FRAME = "a sign that says: {}"
+# How training strings are encoded and cached (``PolicyTextHead.canonical_vectors``); part of each key.
+VECTOR_SCHEME = "per-text-v1"
+VECTOR_BATCH = 32
 
 
 def embedding_cache_dir() -> Path:
@@ -331,13 +338,17 @@ class PolicyTextHead:
         (cross-validation on the training rows: allowed rows rated safe 0.909 -> 0.917 with fewer unsafe
         rows rated safe). Sentences, framed sentences and words go through one batched call.
         """
+        return self._assembled(texts, self.encode)
+
+    def _assembled(self, texts: Sequence[str], encode) -> np.ndarray:
+        """The three blocks of ``embeddings``, every string encoded by ``encode`` (a list in, rows out)."""
         if not texts:
             return np.zeros((0, 3 * self.dim), dtype=np.float32)
         sentences = [normalise(t) for t in texts]
         words = [_content_words(s) for s in sentences]
         vocab = sorted({w for ws in words for w in ws})
         n = len(sentences)
-        vecs = self.encode(sentences + [SIGN_FRAME.format(s) for s in sentences] + vocab)
+        vecs = encode(sentences + [SIGN_FRAME.format(s) for s in sentences] + vocab)
         sent, framed, word_vec = vecs[:n], vecs[n: 2 * n], dict(zip(vocab, vecs[2 * n:]))
         means = np.stack(
             [np.mean([word_vec[w] for w in ws], axis=0) if ws else sent[i] for i, ws in enumerate(words)]
@@ -346,29 +357,60 @@ class PolicyTextHead:
         return np.hstack([sent, means, framed]).astype(np.float32)
 
     def training_embeddings(self) -> np.ndarray:
-        """The training texts' embeddings, from this machine's cache when an earlier build stored them.
+        """The training texts' embeddings, each string's vector from this machine's cache when an earlier
+        build encoded it.
 
-        Encoding thousands of examples on one thread takes most of a build (about 9 minutes on 2 cores
-        with all-mpnet-base-v2 and 8,000 rows); every worker builds the judge, so the vectors are kept
-        under ``SP_CACHE_DIR`` (default ``~/.cache/safetypairs``), named by the encoder's weights and the
-        texts. A cached file holds the very vectors the encoder gave (plain .npy, no pickle); a damaged
-        one is recomputed.
+        Encoding thousands of examples on one thread takes most of a cold build (minutes on 2 cores with
+        all-mpnet-base-v2), and every worker builds the judge, so each string's vector is kept under
+        ``SP_CACHE_DIR`` (default ``~/.cache/safetypairs``), keyed by the encoder's weights and the string
+        (``storage.vector_cache``): a policy with one more example encodes that example's strings only.
+        Strings are encoded in ``canonical_vectors``' fixed batches, so the vectors are the same bits
+        however the cache was filled.
         """
-        key = hashlib.sha256(json.dumps(["embeddings-v2", SIGN_FRAME, self.encoder_sha256, self.dim, self.train_texts],
-                                        ensure_ascii=False).encode("utf-8")).hexdigest()
-        path = embedding_cache_dir() / f"{key}.npy"
-        try:
-            cached = np.load(path, allow_pickle=False)
-            if cached.shape == (len(self.train_texts), 3 * self.dim):
-                return cached
-        except (OSError, ValueError):
-            pass
-        vectors = self.embeddings(self.train_texts)
-        try:
-            atomic_write(path, lambda tmp: np.save(tmp, vectors, allow_pickle=False))
-        except OSError:
-            pass  # a read-only home: compute again next time
-        return vectors
+        cache = VectorCache(embedding_cache_dir() / f"vectors-{self.encoder_sha256[:16]}-{self.dim}.sqlite", self.dim)
+
+        def cached(strings: list[str]) -> np.ndarray:
+            unique = sorted(set(strings))
+            keys = {t: text_key(VECTOR_SCHEME, t) for t in unique}
+            found = cache.get(list(keys.values()))
+            missing = [t for t in unique if keys[t] not in found]
+            if missing:
+                fresh = self.canonical_vectors(missing)
+                cache.put((keys[t], v) for t, v in zip(missing, fresh))
+                found.update({keys[t]: v for t, v in zip(missing, fresh)})
+            return np.stack([found[keys[t]] for t in strings]) if strings else np.zeros((0, self.dim), np.float32)
+
+        return self._assembled(self.train_texts, cached)
+
+    def canonical_vectors(self, strings: Sequence[str]) -> np.ndarray:
+        """Vectors of ``strings`` computed so that each string's bits depend on the string alone.
+
+        A transformer's output for a text shifts in the last bits with the batch it runs in (padding,
+        the matrix shapes). Here every batch holds ``VECTOR_BATCH`` strings of one token length (no
+        padding), a short batch filled up with copies of its first string: each string always meets the
+        same shapes, whichever strings it is encoded with, so a cache filled bit by bit equals one filled
+        at once (tests/test_scene_text.py checks it). Grouping by length also spares the padding.
+        """
+        began, throttle = time.monotonic(), Throttle()
+        log.info(Progress("judge", "all", "examples", 0, len(strings), 0.0).line())
+        tokenize = getattr(self._encoder, "preprocess", None) or self._encoder.tokenize  # renamed in ST 6
+        lengths = tokenize(list(strings))["attention_mask"].sum(dim=1).tolist()
+        by_length: dict[int, list[int]] = {}
+        for i, n in enumerate(lengths):
+            by_length.setdefault(int(n), []).append(i)
+        out = np.zeros((len(strings), self.dim), dtype=np.float32)
+        done, total = 0, len(strings)
+        for n in sorted(by_length):
+            rows = by_length[n]
+            for start in range(0, len(rows), VECTOR_BATCH):
+                part = rows[start:start + VECTOR_BATCH]
+                batch = [strings[i] for i in part]
+                batch += [batch[0]] * (VECTOR_BATCH - len(batch))
+                out[part] = self.encode(batch)[: len(part)]
+                done += len(part)
+                if throttle.due("examples", done, total):
+                    log.info(Progress("judge", "all", "examples", done, total, time.monotonic() - began).line())
+        return out
 
     def features(self, texts: Sequence[str]) -> np.ndarray:
         """``embeddings`` beside ``bow_weight`` times the word TF-IDF (unit length per text)."""
@@ -413,6 +455,7 @@ class PolicyTextHead:
             **asdict(self.settings),
             "features": "sentence+mean_content_words+sign_frame" + ("+word_tfidf" if self.settings.bow_weight else ""),
             "sign_frame": SIGN_FRAME,
+            "training_vectors": f"{VECTOR_SCHEME}/batch-{VECTOR_BATCH}",
             "sentence_model": self.sentence_model,
             "use_rules": self.use_rules,
             "use_replacements": self.use_replacements,
