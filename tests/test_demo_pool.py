@@ -39,6 +39,7 @@ def test_covers_every_default_category_with_enough_phrases():
             seen.add(_norm(phrase))
 
 
+@pytest.mark.full  # a text-similarity sweep over every training row: minutes
 def test_phrases_are_not_copies_of_policy_texts():
     # The demo phrases are the judge's unseen test set: no exact, contained or near copy of anything
     # the judge trains on (examples, replacement texts, rules).

@@ -396,6 +396,7 @@ def test_accuracy_on_the_held_out_set(judge: SceneTextJudge):
     assert s["lookalike_safe"] >= HELD_OUT_FLOORS["lookalike_safe"]
 
 
+@pytest.mark.full  # a text-similarity sweep over every training row: minutes
 @pytest.mark.skipif(not UNSEEN_FILE.is_file(), reason=f"held-out set {UNSEEN_FILE.name} not written yet")
 def test_held_out_texts_are_not_copies_of_training_texts():
     """A held-out text the judge trained on (or on a near copy of it) would flatter the held-out figures."""
