@@ -68,17 +68,13 @@ def _cleaned(item: SourceItem) -> SourceItem:
     try:
         clean = clean_image(item.data)
     except MultiFrame as exc:
-        return _with(item, reason=exc.kind, detail=f"{item.ref}: {exc.frames} frames; store one frame as PNG or JPEG.")
+        return replace(item, reason=exc.kind, detail=f"{item.ref}: {exc.frames} frames; store one frame as PNG or JPEG.")
     except Exception as exc:  # noqa: BLE001 - a file the decoder refuses is quarantined, the batch goes on
-        return _with(item, reason="corrupt", detail=f"{item.ref}: could not decode ({type(exc).__name__}: {exc}).")
+        return replace(item, reason="corrupt", detail=f"{item.ref}: could not decode ({type(exc).__name__}: {exc}).")
     columns = {**item.columns, "original_sha256": sha256_bytes(item.data), "original_format": item.format or clean.format,
                "metadata_removed": ",".join(clean.removed)}
-    return _with(item, data=clean.data, suffix=".png" if clean.changed else item.suffix, width=clean.width,
+    return replace(item, data=clean.data, suffix=".png" if clean.changed else item.suffix, width=clean.width,
                  height=clean.height, format=clean.format, columns=columns)
-
-
-def _with(item: SourceItem, **changes: Any) -> SourceItem:
-    return replace(item, **changes)
 
 
 def _rejection(item: SourceItem, images: ImageStore, base: dict[str, Any], reason: str, detail: str,

@@ -9,6 +9,7 @@ and recorded, so the manifest and the datasheet can say how many were cleaned he
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from PIL import Image
@@ -59,14 +60,10 @@ class CleanedAtExport:
 
 
 def record(stored_sha256: str, result: Cleaned) -> CleanedAtExport:
-    suffix = ".jpg" if result.format.upper() == "JPEG" else f".{result.format.lower() or 'png'}"
-    return CleanedAtExport(stored_sha256, sha256_bytes(result.data), suffix, result.removed)
+    # A re-encoding is always a PNG (clean_image keeps other formats only when nothing was removed).
+    return CleanedAtExport(stored_sha256, sha256_bytes(result.data), f".{result.format.lower()}", result.removed)
 
 
 def removed_counts(records: "list[CleanedAtExport] | tuple[CleanedAtExport, ...]") -> dict[str, int]:
     """Kind of metadata -> images it was removed from, sorted by kind."""
-    counts: dict[str, int] = {}
-    for r in records:
-        for kind in r.removed:
-            counts[kind] = counts.get(kind, 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(kind for r in records for kind in r.removed).items()))
