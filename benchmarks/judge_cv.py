@@ -1,4 +1,4 @@
-"""Choose the scene-text judge's head by cross-validation on the policy's own judge_examples.
+"""Choose the scene-text judge's head by cross-validation on the policy's own examples (<policy>.examples.jsonl).
 
     .venv/bin/python benchmarks/judge_cv.py [policies/default.yaml] [--folds 5]
         [--sentence-model all-mpnet-base-v2 | all-MiniLM-L6-v2] [--model-path LOCAL_FOLDER]
@@ -96,9 +96,9 @@ def main() -> None:
     args = ap.parse_args()
     policy = load_policy(Path(args.policy))
     t0 = time.perf_counter()
-    head = PolicyTextHead(policy, HeadSettings(kind="logreg"), model_path=args.model_path,
+    head = PolicyTextHead(policy, None, HeadSettings(kind="logreg"), model_path=args.model_path,
                           sentence_model=args.sentence_model)  # loads the encoder; its own fit is not used
-    texts, labels = training_examples(policy)
+    texts, labels = training_examples(policy, head.examples)
     texts = [normalise(t) for t in texts]
     y = np.array([head.classes.index(label) for label in labels])
     dense = head.training_embeddings()  # the judge's own cached vectors of these rows

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,6 +57,38 @@ def run_graph(data_root: Path, first: str, last: str, selection: Sequence[str] |
     )
     assert result.success
     return result
+
+
+@dataclass(frozen=True)
+class SharedGraph:
+    """The whole graph materialized once for the session on ``SHARED_RANGE`` of the small demo pool."""
+
+    data: Path  # read it; to change anything, ``copy_to`` a folder of your own first
+    result: Any  # the run's ExecuteInProcessResult
+    cold_calls: dict[str, int]  # backends.base.MODEL_CALLS after the run (every answer computed)
+
+    def copy_to(self, folder: Path) -> Path:
+        """A copy of the data root (DuckDB file, images) that a test may change; returns its data folder."""
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copytree(self.data, folder / "data"))
+
+
+SHARED_RANGE = ("o1_hate", "o2_violence")
+
+
+@pytest.fixture(scope="session")
+def shared_graph(tmp_path_factory: pytest.TempPathFactory) -> SharedGraph:
+    """All seven stages on two categories, run once per session: the graph, memo, export and review tests
+    read it (or a copy) instead of each materializing the same two categories."""
+    from sp_assets.backends import registry
+    from sp_assets.backends.base import MODEL_CALLS
+
+    data = tmp_path_factory.mktemp("shared-graph") / "data"
+    registry.clear_cache()
+    registry.LOAD_COUNTS.clear()
+    MODEL_CALLS.clear()
+    result = run_graph(data, *SHARED_RANGE, instance=DagsterInstance.ephemeral())
+    return SharedGraph(data=data, result=result, cold_calls=dict(MODEL_CALLS))
 
 
 def store_at(data_root: Path) -> Store:

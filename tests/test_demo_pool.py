@@ -18,6 +18,7 @@ from sp_assets.backends.sources.demo import (
     load_photo,
     render_recipe,
 )
+from sp_assets.backends.judges.text_head import judge_examples
 from sp_assets.core.policy import DEFAULT_POLICY_PATH, load_policy
 
 POLICY = load_policy(DEFAULT_POLICY_PATH)
@@ -43,10 +44,8 @@ def test_covers_every_default_category_with_enough_phrases():
 def test_phrases_are_not_copies_of_policy_texts():
     # The demo phrases are the judge's unseen test set: no exact, contained or near copy of anything
     # the judge trains on (examples, replacement texts, rules).
-    policy_texts = {
-        _norm(t)
-        for c in POLICY.categories
-        for t in (*c.violating_examples, *c.allowed_examples, *c.replacement_texts, *c.forbids, *c.allows)
+    policy_texts = {_norm(r.text) for r in judge_examples(POLICY, None).rows} | {
+        _norm(t) for c in POLICY.categories for t in (*c.replacement_texts, *c.forbids, *c.allows)
     }
     for slug in POLICY.slugs:
         unsafe, safe = demo_phrases(slug)
@@ -75,9 +74,10 @@ def near_copy(text: str, other: str) -> str | None:
 def test_replacement_texts_are_not_judge_training_examples(policy_file):
     # The verifier judges each edit's new text; trained on that very text, verification would be no test.
     policy = load_policy(DEFAULT_POLICY_PATH.parent / policy_file)
-    examples = {_norm(t) for c in policy.categories for t in (*c.violating_examples, *c.allowed_examples)}
+    found = judge_examples(policy, None)
+    examples = {_norm(r.text) for r in found.rows}
     copied = sorted({t for c in policy.categories for t in c.replacement_texts if _norm(t) in examples})
-    assert not copied, f"{policy.path}: replacement texts also in judge_examples: {copied}; remove them there"
+    assert not copied, f"{found.path}: replacement texts also judge examples: {copied}; remove them there"
 
 
 def test_same_arguments_give_byte_identical_pngs():

@@ -27,7 +27,7 @@ from sp_assets.release.licences import GUARD_USE, NOT_RECORDED, licence_rows
 from sp_assets.defs.partitions import ACTIVE_POLICY
 from sp_assets.defs.resources import PipelineSettings
 from sp_assets.storage import ImageStore, Store
-from tests.conftest import run_graph, store_at
+from tests.conftest import store_at
 
 CHROMIUM = Path(os.environ.get("SP_CHROMIUM", "/usr/bin/chromium"))
 needs_chromium = pytest.mark.skipif(
@@ -44,11 +44,10 @@ def _export(store: Store, data_root: Path, out: Path, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A real two-category run of all seven stages, exported once."""
+def run(shared_graph, tmp_path_factory):
+    """The session's two-category run of all seven stages (a copy: exports write beside it), exported once."""
     base = tmp_path_factory.mktemp("export")
-    data_root = base / "data"
-    run_graph(data_root, "o1_hate", "o2_violence")
+    data_root = shared_graph.copy_to(base)
     store = store_at(data_root)
     report = _export(store, data_root, base / "export")
     bench = store.query("SELECT * FROM benchmark_split ORDER BY pair_id").to_dicts()

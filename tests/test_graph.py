@@ -11,9 +11,9 @@ from dagster import DagsterInstance
 
 from sp_assets.defs.stage import VOLATILE_COLUMNS
 from sp_assets.storage import SCHEMA
-from tests.conftest import run_graph, store_at
+from tests.conftest import SHARED_RANGE, run_graph, store_at
 
-FIRST, LAST = "o1_hate", "o2_violence"
+FIRST, LAST = SHARED_RANGE
 TABLES = [t for t in SCHEMA if t != "stage_runs"]
 
 
@@ -28,13 +28,12 @@ def _snapshot(data: Path) -> dict[str, list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def graph(tmp_path_factory):
-    data = tmp_path_factory.mktemp("graph") / "data"
-    instance = DagsterInstance.ephemeral()
-    first = run_graph(data, FIRST, LAST, instance=instance)
+def graph(shared_graph, tmp_path_factory):
+    """The session's graph (the first run) and a second run of it on a copy."""
+    data = shared_graph.copy_to(tmp_path_factory.mktemp("graph"))
     snap1 = _snapshot(data)
-    second = run_graph(data, FIRST, LAST, instance=instance)
-    return data, first, second, snap1, _snapshot(data)
+    second = run_graph(data, FIRST, LAST, instance=DagsterInstance.ephemeral())
+    return data, shared_graph.result, second, snap1, _snapshot(data)
 
 
 def test_every_stage_wrote_both_categories(graph):

@@ -3,22 +3,24 @@ only what reads the policy. Calls are counted at the backends themselves (backen
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from dagster import DagsterInstance
 
 from sp_assets.backends import registry
 from sp_assets.backends.base import MODEL_CALLS
+from sp_assets.core.judge_examples import examples_path
 from sp_assets.core.policy import DEFAULT_POLICY_PATH
-from tests.conftest import run_graph, store_at
+from tests.conftest import SHARED_RANGE, run_graph, store_at
 from tests.test_crash_safety import _env, _run, _snapshot
 
-FIRST, LAST = "o1_hate", "o2_violence"
+FIRST, LAST = SHARED_RANGE
 
 
 def _fresh_process_state() -> None:
@@ -29,13 +31,9 @@ def _fresh_process_state() -> None:
 
 
 @pytest.fixture(scope="module")
-def graph(tmp_path_factory):
-    data = tmp_path_factory.mktemp("memo") / "data"
-    instance = DagsterInstance.ephemeral()
-    _fresh_process_state()
-    run_graph(data, FIRST, LAST, instance=instance)
-    cold = dict(MODEL_CALLS)
-    return data, instance, cold
+def graph(shared_graph, tmp_path_factory):
+    """A copy of the session's graph (these tests run it again and delete files) and its cold call counts."""
+    return shared_graph.copy_to(tmp_path_factory.mktemp("memo")), DagsterInstance.ephemeral(), shared_graph.cold_calls
 
 
 def test_an_unchanged_rerun_makes_no_model_call_and_loads_no_model(graph):
@@ -75,24 +73,42 @@ def test_a_missing_image_file_is_recomputed_not_trusted(graph):
     assert _snapshot(data / "safetypairs.duckdb") == before
 
 
-def test_a_policy_edit_redoes_only_what_reads_the_policy(tmp_path):
-    policy = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
-    policy["categories"][0]["judge_examples"]["allowed"].append("SPRING FLOWER MARKET ON SUNDAY")
-    edited = tmp_path / "edited_policy.yaml"
-    edited.write_text(yaml.safe_dump(policy, sort_keys=False))
+def test_one_more_judge_example_redoes_only_the_scene_text_decisions(tmp_path):
+    """The examples file is read by the scene-text judge alone: one more row redoes its decisions and what
+    follows from a changed decision, and keeps every reading, embedding, measurement and edit."""
+    policy = tmp_path / "policy" / DEFAULT_POLICY_PATH.name
+    policy.parent.mkdir()
+    shutil.copy(DEFAULT_POLICY_PATH, policy)  # the same rules, byte for byte
+    row = {"text": "SPRING FLOWER MARKET ON SUNDAY", "label": "allowed", "category": FIRST}
+    examples_path(policy).write_bytes(examples_path(DEFAULT_POLICY_PATH).read_bytes() + (json.dumps(row) + "\n").encode())
     data = tmp_path / "data"
     env = _env(tmp_path / "home", data)
     parts = ["--partition", FIRST]
     select = "source_pool,policy_labels,edit_instructions,edited_images,verified_pairs"
     _run(env, parts, tmp_path / "first.log", select=select)
     first = _computed_by_role(data)
-    _run({**env, "SP_POLICY": str(edited)}, parts, tmp_path / "second.log", select=select)
+    before = _writer_inputs(data)
+    _run({**env, "SP_POLICY": str(policy)}, parts, tmp_path / "second.log", select=select)
     second = {role: n - first.get(role, 0) for role, n in _computed_by_role(data).items()}
-    # The scene-text judge's classifier is trained on the whole policy: every verdict is decided again.
+    # Every scene-text decision is taken again (its classifier learned from one more row)...
     assert second.get("judge", 0) > 0
-    # What does not read the policy is not redone: OCR readings, embeddings, preservation measures.
+    # ... and nothing that does not read the examples: readings, embeddings, measurements, sources.
     assert second.get("reader", 0) == 0 and second.get("embedder", 0) == 0 and second.get("metrics", 0) == 0
     assert second.get("source", 0) == 0
+    # A writer is asked again only where the judge's finding on that source changed.
+    after = _writer_inputs(data)
+    changed = sum(1 for key, finding in after.items() if before.get(key) != finding)
+    assert second.get("writer", 0) == changed, (second, changed)
+    if changed == 0:
+        assert second.get("editor", 0) == 0
+
+
+def _writer_inputs(data: Path) -> dict[str, tuple]:
+    """The judge's finding on each unsafe source, as the writer receives it."""
+    rows = store_at(data).query(
+        "SELECT image_sha256, rating, judged_category, score, rationale, regions_json, raw_output FROM policy_labels "
+        "WHERE rating = 'unsafe'").rows()
+    return {r[0]: tuple(r[1:]) for r in rows}
 
 
 def _computed_by_role(data: Path) -> dict[str, int]:

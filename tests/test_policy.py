@@ -32,7 +32,6 @@ def test_default_policy_has_the_nine_categories():
     assert [c.id for c in policy.categories] == [f"O{i}" for i in range(1, 10)]
     for c in policy.categories:
         assert c.forbids and c.allows and c.edit_guidance and c.replacement_texts
-        assert c.violating_examples and c.allowed_examples
     assert policy.category("O2").slug == "o2_violence"
     assert policy.category("o2_violence").title.startswith("Violence")
     assert len(policy.sha256) == 64
@@ -72,15 +71,15 @@ def test_malformed_policies_name_the_file_entry_and_fix(tmp_path, mutate, expect
 
 def test_a_lone_surrogate_in_a_text_names_the_row_and_the_fix(tmp_path):
     """JSON-style escapes of an emoji read back from YAML as two lone surrogates: refused, with the row."""
-    text = DEFAULT_POLICY_PATH.read_text().replace("judge_examples:\n      violating:\n",
-                                                   'judge_examples:\n      violating:\n        - "cheers \\ud83c\\udf7a"\n', 1)
+    text = DEFAULT_POLICY_PATH.read_text().replace("replacement_texts:\n",
+                                                   'replacement_texts:\n      - "cheers \\ud83c\\udf7a"\n', 1)
     path = _write(tmp_path, text)
-    with pytest.raises(PolicyError, match=r"categories\[0\].*judge_examples.violating' row 0 'cheers .*"
+    with pytest.raises(PolicyError, match=r"categories\[0\].*replacement_texts' row 0 'cheers .*"
                                           r"surrogate code points \(\\ud83c\\udf7a\).*\\U0001F37A") as info:
         load_policy(path)
     assert str(path) in str(info.value)
     fixed = text.replace("\\ud83c\\udf7a", "\\U0001F37A")
-    assert "cheers \U0001F37A" in load_policy(_write(tmp_path, fixed)).categories[0].violating_examples
+    assert "cheers \U0001F37A" in load_policy(_write(tmp_path, fixed)).categories[0].replacement_texts
 
 
 def test_bad_yaml_reports_the_line(tmp_path):

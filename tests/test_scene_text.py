@@ -17,9 +17,20 @@ from PIL import Image
 from sp_assets.backends.judges import scene_text, text_head
 from sp_assets.backends.sources.demo import DEMO_PHRASES, generate_demo_pool, load_photo, render_recipe
 from sp_assets.backends.judges.scene_text import SceneTextJudge, SceneTextReader
+from sp_assets.backends.judges.text_head import judge_examples
+from sp_assets.core.judge_examples import JudgeExamples, load_examples
 from sp_assets.core.policy import DEFAULT_POLICY_PATH, load_policy
 
 POLICY = load_policy(DEFAULT_POLICY_PATH)
+EXAMPLES = judge_examples(POLICY, None)
+
+
+def with_one_more_example(folder: Path, text: str, category: str = "o1_hate") -> JudgeExamples:
+    """The default examples and one more allowed row, as a file of their own."""
+    path = folder / "grown.examples.jsonl"
+    row = {"text": text, "label": "allowed", "category": category, "origin": "test", "added": "2026-12-05"}
+    path.write_bytes(EXAMPLES.path.read_bytes() + (json.dumps(row) + "\n").encode())
+    return load_examples(path, set(POLICY.slugs))
 
 # Floors for the unseen demo phrasings (DEMO_PHRASES: 108 violating, 54 look-alikes). Measured on the
 # default policy (2-core CPU, scikit-learn 1.x, sentence-transformers, all-mpnet-base-v2, 8,038 training
@@ -244,11 +255,13 @@ def test_category_attribution_and_rationale(judge: SceneTextJudge):
 def test_config_describes_the_judge(judge: SceneTextJudge):
     cfg = judge.config()
     assert json.loads(json.dumps(cfg)) == cfg == judge.config()
-    assert cfg["policy"]["sha256"] == POLICY.sha256
+    assert cfg["policy"] == {"name": POLICY.name}  # what it read of the rules and examples: the training rows' hash
+    assert cfg["head"]["n_examples"] == 8038 and len(cfg["head"]["examples_sha256"]) == 64
     assert cfg["thresholds"] == judge.thresholds()
     assert cfg["head"]["classes"][0] == "safe" and set(cfg["head"]["classes"][1:]) == set(POLICY.slugs)
     assert cfg["reader"]["min_confidence"] == judge.reader.min_confidence
-    assert judge.info.model_id and POLICY.sha256[:12] in judge.info.revision
+    assert judge.info.model_id and POLICY.rules_sha256[:12] in judge.info.revision
+    assert f"examples-{EXAMPLES.sha256[:12]}" in judge.info.revision
 
 
 def test_judge_does_not_learn_from_the_demo_pool():
@@ -402,11 +415,10 @@ def test_held_out_texts_are_not_copies_of_training_texts():
     """A held-out text the judge trained on (or on a near copy of it) would flatter the held-out figures."""
     from tests.test_demo_pool import near_copy
 
-    trained = {t for c in POLICY.categories for t in (*c.violating_examples, *c.allowed_examples,
-                                                    *c.forbids, *c.allows)}
+    trained = {r.text for r in EXAMPLES.rows} | {t for c in POLICY.categories for t in (*c.forbids, *c.allows)}
     copies = [f"{text!r} is {why} {q!r}" for text in _unseen_set()[0] for q in trained
               if (why := near_copy(text, q))]
-    assert not copies, "remove these rows from the policy's judge_examples:\n" + "\n".join(copies[:20])
+    assert not copies, f"remove these rows from {EXAMPLES.path}:\n" + "\n".join(copies[:20])
 
 
 def test_training_embeddings_come_back_from_the_cache_unchanged(tmp_path, monkeypatch):
@@ -444,19 +456,35 @@ def test_a_strings_vector_is_the_same_bits_whatever_it_is_encoded_with(judge: Sc
     assert np.array_equal(together, halves) and np.array_equal(together, alone)
 
 
-def test_one_more_example_encodes_only_its_own_strings(tmp_path, monkeypatch):
-    """Adding a labelled example to the policy costs its own strings, not every example again."""
-    import yaml
+def test_worker_processes_give_the_same_bits_as_one_process(judge: SceneTextJudge, monkeypatch):
+    """A cold cache is encoded in several processes; the vectors must be those of one process."""
+    head = judge.head
+    strings = [f"{word} {n}" for n in range(40) for word in ("NO WEAPONS", "free puppies today", "knife")]
+    alone = head.canonical_vectors(strings)
+    monkeypatch.setattr(text_head, "PARALLEL_MIN_BATCHES", 1)
+    monkeypatch.setattr(text_head, "PARALLEL_CHUNK", 1)
+    monkeypatch.setenv(text_head.ENCODE_WORKERS_ENV_VAR, "2")
+    started: list[int] = []
+    real = text_head.PolicyTextHead._encode_batches
 
+    def counting(self, batches):
+        started.append(min(text_head.encode_workers(), len(batches) // text_head.PARALLEL_MIN_BATCHES))
+        return real(self, batches)
+
+    monkeypatch.setattr(text_head.PolicyTextHead, "_encode_batches", counting)
+    shared = head.canonical_vectors(strings)
+    assert started == [2]  # two worker processes did the encoding
+    assert np.array_equal(alone, shared)
+
+
+def test_one_more_example_encodes_only_its_own_strings(tmp_path, monkeypatch):
+    """Adding a labelled example costs its own strings, not every example again."""
     from sp_assets.backends.common.model_store import models_dir
     from sp_assets.backends.judges.text_head import MINILM, PolicyTextHead
-    from sp_assets.core.policy import DEFAULT_POLICY_PATH, parse_policy
 
     monkeypatch.setenv("SP_MODELS_DIR", str(models_dir()))
     PolicyTextHead(POLICY, sentence_model=MINILM)  # fills the cache (or finds it filled)
-    raw = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
-    raw["categories"][0]["judge_examples"]["allowed"].append("SPRING FLOWER MARKET ON SUNDAY")
-    grown = parse_policy(yaml.safe_dump(raw, sort_keys=False), tmp_path / "grown.yaml")
+    grown = with_one_more_example(tmp_path, "SPRING FLOWER MARKET ON SUNDAY")
     encoded: list[str] = []
     real = PolicyTextHead.canonical_vectors
 
@@ -465,6 +493,6 @@ def test_one_more_example_encodes_only_its_own_strings(tmp_path, monkeypatch):
         return real(self, strings)
 
     monkeypatch.setattr(PolicyTextHead, "canonical_vectors", counting)
-    PolicyTextHead(grown, sentence_model=MINILM)
+    PolicyTextHead(POLICY, grown, sentence_model=MINILM)
     assert set(encoded) <= {"spring flower market on sunday", "a sign that says: spring flower market on sunday",
                             "spring", "flower", "market", "sunday"}, encoded

@@ -146,8 +146,8 @@ class Backend(ABC):
     """Shared by all backends: a name, a resolved config and what model it runs."""
 
     info: ModelInfo
-    # What part of the policy the backend's answers depend on: "policy" (the whole file), "category"
-    # (the asked category's own rules and examples) or "none". Memo keys carry that part's hash, so a
+    # What part of the policy the backend's answers depend on: "policy" (every category's rules), "category"
+    # (the asked category's own rules) or "none" (see ``policy_key``). Memo keys carry that part's hash, so a
     # policy edit invalidates exactly the answers that read what changed.
     policy_dependency: str = "none"
 
@@ -163,15 +163,23 @@ class Backend(ABC):
 
 
 def policy_part_sha256(category: Category) -> str:
-    """Hash of one category's own rules and examples: what a per-category answer depends on."""
+    """Hash of one category's own rules: what a per-category answer depends on."""
     return sha256_json(asdict(category))
 
 
-def policy_key(cls: type, policy: Policy, category: Category) -> str:
-    """The hash of the policy part answers of backend class ``cls`` depend on (see ``policy_dependency``)."""
+def policy_key(cls: type, policy: Policy, category: Category, params: dict[str, Any] | None = None) -> str:
+    """The hash of what answers of backend class ``cls`` read from the policy, for the memo key.
+
+    A class may say exactly (a classmethod ``policy_sha256(policy, category, params)``: a VLM judge hashes
+    the prompt it sends, the scene-text judge the rules and its examples file); otherwise its
+    ``policy_dependency`` decides: every category's rules, the asked category's, or none.
+    """
+    exact = getattr(cls, "policy_sha256", None)
+    if exact is not None:
+        return exact(policy, category, dict(params or {}))
     dependency = getattr(cls, "policy_dependency", "none")
     if dependency == "policy":
-        return policy.sha256
+        return policy.rules_sha256
     if dependency == "category":
         return policy_part_sha256(category)
     return ""

@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from sp_assets.core.hashing import sha256_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_POLICY_PATH = REPO_ROOT / "policies" / "default.yaml"
@@ -36,8 +39,6 @@ class Category:
     allows: tuple[str, ...]
     edit_guidance: str
     replacement_texts: tuple[str, ...] = ()
-    violating_examples: tuple[str, ...] = ()
-    allowed_examples: tuple[str, ...] = ()
 
     def rules_text(self) -> str:
         """The category's rules as plain prose, for prompts and reports."""
@@ -57,6 +58,12 @@ class Policy:
     description: str = ""
     version: str = ""
     _by_slug: dict[str, Category] = field(default_factory=dict, compare=False, repr=False)
+
+    @cached_property
+    def rules_sha256(self) -> str:
+        """Hash of what a whole-policy answer reads: the name and every category's rules (not the file's
+        comments or layout; the judge's examples are another file, see ``core.judge_examples``)."""
+        return sha256_json({"name": self.name, "categories": [asdict(c) for c in self.categories]})
 
     @property
     def slugs(self) -> list[str]:
@@ -163,10 +170,11 @@ def _check_identity(entry: dict[str, Any], index: int, where: str, path: Path, s
 
 
 def _category(entry: dict[str, Any], cat_id: str, slug: str, where: str, path: Path) -> Category:
-    examples = entry.get("judge_examples") or {}
-    if not isinstance(examples, dict):
+    if "judge_examples" in entry:
         raise PolicyError(
-            f"{path}: {where} 'judge_examples' must be a mapping with 'violating' and 'allowed' lists."
+            f"{path}: {where} holds 'judge_examples'; the scene-text judge's examples now live in their own "
+            f"file beside the policy ({path.stem}.examples.jsonl), so that editing them leaves every other "
+            f"answer valid. Move them with: python -m sp_assets.core.judge_examples extract {path}"
         )
     guidance = entry["edit_guidance"]
     if not isinstance(guidance, str):
@@ -179,8 +187,6 @@ def _category(entry: dict[str, Any], cat_id: str, slug: str, where: str, path: P
         allows=_text_list(entry.get("allows"), where, "allows", path, True),
         edit_guidance=" ".join(guidance.split()),
         replacement_texts=_text_list(entry.get("replacement_texts"), where, "replacement_texts", path, False),
-        violating_examples=_text_list(examples.get("violating"), where, "judge_examples.violating", path, False),
-        allowed_examples=_text_list(examples.get("allowed"), where, "judge_examples.allowed", path, False),
     )
 
 

@@ -11,10 +11,13 @@ are; ``make demo`` reads them from the run's output and draws its progress displ
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Iterator
 
 EVERY_S = 4.0  # a line at most this often per piece of work, plus its first and its last
 ALL = "all"  # the category of work done once for every category of the run (a prefetch)
@@ -61,7 +64,7 @@ class Progress:
         if self.finished:
             left = "done"
         else:
-            left = "time left unknown" if self.left_s is None else f"~{self.left_s:.0f} s left"
+            left = "time left unknown" if self.left_s is None else f"~{duration(self.left_s)} left"
         return f"{self.done}/{self.total} items in {self.seconds:.1f} s, {rate}, {left}"
 
 
@@ -101,3 +104,45 @@ class Throttle:
             self.last[key] = now
             return True
         return False
+
+
+# -- work inside a model call (a judge's build, its example encoding) ------------------------------
+
+Listener = Callable[[str, int, int, float], None]  # (role, done, total, seconds)
+_listener: Listener | None = None
+_log = logging.getLogger("sp_assets.progress")
+
+
+def listen(listener: Listener | None) -> None:
+    """Send ``report``'s updates to ``listener`` (a stage sets its own when it starts; a process runs one
+    stage at a time). None: to Python logging, as ``progress model all <role>: ...`` lines."""
+    global _listener
+    _listener = listener
+
+
+def report(role: str, done: int, total: int, seconds: float) -> None:
+    """How far a long piece of work inside a model call has got, for the terminal and the run's log."""
+    listener = _listener
+    if listener is not None:
+        listener(role, done, total, seconds)
+    else:
+        _log.info(Progress("model", ALL, role, done, total, seconds).line())
+
+
+@contextlib.contextmanager
+def heartbeat(role: str, done: int, total: int, began: float, every_s: float = EVERY_S) -> Iterator[None]:
+    """While the block runs (a step that cannot count its own progress: a fit, a load), report
+    ``done/total`` again every ``every_s`` seconds, so a long step never looks like a hung one."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            report(role, done, total, time.monotonic() - began)
+
+    thread = threading.Thread(target=beat, name=f"progress-{role}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -50,7 +50,7 @@ class CategoryInputs:
     "(both halves right) and ROC-AUC, per category, on the test split and on all pairs, for original "
     "pairs (source vs edit) and controlled pairs (null edit vs edit), beside the false-positive rate on "
     "the safe look-alikes. A guard that selected the pairs is marked (selected_pairs). Includes the "
-    "'edited_only' confound probe.", CHECKS))
+    "'edited_only' confound probe.", CHECKS, judges=True))
 def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, duckdb: DuckDBResource,
                   judge: JudgeResource, embedder: EmbedderResource, guards: GuardResource):
     stage = Stage(ASSET, context, settings, duckdb)

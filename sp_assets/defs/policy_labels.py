@@ -28,7 +28,7 @@ CHECKS = [
 
 @asset(deps=["source_pool"], **asset_kwargs(
     "Each source image rated unsafe / safe / invalid under its category, with score, rationale, "
-    "evidence regions and the judge's raw output. Unparseable answers are invalid, never safe.", CHECKS))
+    "evidence regions and the judge's raw output. Unparseable answers are invalid, never safe.", CHECKS, judges=True))
 def policy_labels(context: AssetExecutionContext, settings: PipelineSettings, duckdb: DuckDBResource,
                   judge: JudgeResource):
     stage = Stage(ASSET, context, settings, duckdb)

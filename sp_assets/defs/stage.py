@@ -22,8 +22,10 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
-from sp_assets.core.hashing import canonical_json, sha256_json
+from sp_assets.core.hashing import canonical_json, sha256_bytes, sha256_json
+from sp_assets.core.judge_examples import examples_path
 from sp_assets.core.policy import Category, Policy
+from sp_assets.core import progress
 from sp_assets.core.progress import ALL, Progress, Throttle
 from sp_assets.defs.partitions import ACTIVE_POLICY, category_partitions
 from sp_assets.defs.resources import PipelineSettings
@@ -35,19 +37,31 @@ from sp_assets.storage.images import images_root
 # BackfillPolicy is marked beta; single-run backfills are what this project is built on.
 warnings.filterwarnings("ignore", category=BetaWarning)
 
-# Bump when a stage's code changes what it writes; the policy hash is part of every version so
-# editing the policy marks every stage stale in the UI.
+# Bump when a stage's code changes what it writes. The hash of the policy's rules is part of every
+# version, so editing a rule marks every stage stale in the UI; the judge's examples file is part of
+# the versions of the stages that judge (a stage downstream of them is stale only if their data changed).
 CODE_VERSION = "1"
+
+
+def _examples_version() -> str:
+    path = examples_path(ACTIVE_POLICY.path)
+    try:
+        return f"+examples.{sha256_bytes(path.read_bytes())[:12]}"
+    except OSError:
+        return ""  # no examples file: only the scene-text judge needs one, and it says so when built
 
 # Columns that differ between two runs of the same inputs and config; left out of data versions.
 VOLATILE_COLUMNS = {"run_id", "created_at", "seconds", "computed_run_id"}
 
 
-def asset_kwargs(description: str, checks: Sequence[AssetCheckSpec] = ()) -> dict[str, Any]:
+def asset_kwargs(description: str, checks: Sequence[AssetCheckSpec] = (), *, judges: bool = False
+                 ) -> dict[str, Any]:
+    """The decorator settings every stage shares; ``judges``: the stage asks the judge."""
+    version = f"{CODE_VERSION}+policy.{ACTIVE_POLICY.rules_sha256[:12]}"
     return {
         "partitions_def": category_partitions,
         "backfill_policy": BackfillPolicy.single_run(),
-        "code_version": f"{CODE_VERSION}+policy.{ACTIVE_POLICY.sha256[:12]}",
+        "code_version": version + (_examples_version() if judges else ""),
         "description": description,
         "check_specs": list(checks),
         "group_name": "safetypairs",
@@ -84,6 +98,7 @@ class Stage:
         self.memo = Memo(self.store, self.images, self.pool, self.run_id, self.asset, self.settings.batch_items,
                          self.policy)
         self.memo.progress = self._progress
+        progress.listen(self._progress)  # work inside model calls (a judge's build) reports as this stage
         self.now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
     def _progress(self, role: str, done: int, total: int, seconds: float) -> None:

@@ -35,7 +35,7 @@ CHECKS = [
 
 @asset(deps=["edited_images"], **asset_kwargs(
     "Each candidate re-judged and measured for preservation; accepted or rejected with reasons. "
-    "Yield = accepted / attempted.", CHECKS))
+    "Yield = accepted / attempted.", CHECKS, judges=True))
 def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, duckdb: DuckDBResource,
                    judge: JudgeResource, writer: WriterResource, editor: EditorResource, embedder: EmbedderResource):
     stage = Stage(ASSET, context, settings, duckdb)

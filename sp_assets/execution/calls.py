@@ -54,7 +54,7 @@ def judge_call(backend: LazyBackend, category: Category, image_key: str) -> Call
     """
     cls = backend.cls
     per_category = backend.scope != "policy"
-    policy = policy_key(cls, backend.policy, category)
+    policy = policy_key(cls, backend.policy, category, backend.build_profile.params)
     record = issubclass(cls, RecordJudge)
 
     def inputs(item: dict[str, Any]) -> dict[str, Any]:

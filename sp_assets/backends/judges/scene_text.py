@@ -24,8 +24,10 @@ from sp_assets.backends.judges.text_head import (
     PolicyTextHead,
     decision,
     files_sha256,
+    judge_examples,
     normalise,
 )
+from sp_assets.core.hashing import sha256_json
 from sp_assets.core.policy import Category, Policy
 
 JUDGE_VERSION = "2"  # 2: each sign group judged on its own; unsafe evidence = the offending blocks only
@@ -278,6 +280,7 @@ class SceneTextJudge(TwoStep, Judge):
         batch_size: int = 64,
         model_path: str | None = None,
         sentence_model: str = DEFAULT_SENTENCE_MODEL,
+        examples: str | None = None,
         reader: SceneTextReader | None = None,
     ):
         if not 0.0 < unsafe_threshold <= 1.0 or not 0.0 < safe_threshold <= 1.0:
@@ -290,15 +293,17 @@ class SceneTextJudge(TwoStep, Judge):
         self.policy = policy
         self.unsafe_threshold = float(unsafe_threshold)
         self.safe_threshold = float(safe_threshold)
+        self.examples = judge_examples(policy, examples)
         self.reader = reader or SceneTextReader(min_confidence=min_ocr_confidence, min_letters=min_letters)
-        self.head = PolicyTextHead(policy, settings, use_rules=use_rules, use_replacements=use_replacements,
+        self.head = PolicyTextHead(policy, self.examples, settings, use_rules=use_rules, use_replacements=use_replacements,
                                    batch_size=batch_size, model_path=model_path, min_known_share=min_known_share,
                                    sentence_model=sentence_model)
         self.classes: list[str] = self.head.classes
         self.info = ModelInfo(
             model_id=f"scene_text:{self.reader.info.model_id}+{sentence_model}+{settings.kind}",
             revision=(
-                f"ocr-{self.reader.info.revision}/st-{self.head.encoder_sha256[:16]}/policy-{policy.sha256[:12]}"
+                f"ocr-{self.reader.info.revision}/st-{self.head.encoder_sha256[:16]}/policy-{policy.rules_sha256[:12]}"
+                f"/examples-{self.examples.sha256[:12]}"
             ),
             device="cpu",
             dtype="float32",
@@ -331,6 +336,14 @@ class SceneTextJudge(TwoStep, Judge):
         """Label each text 'safe', a category slug, or 'invalid' (empty, illegible or not confident either way)."""
         return [(label, probs) for label, probs, _ in self._classify(texts)]
 
+    @classmethod
+    def policy_sha256(cls, policy: Policy, category: Category, params: dict[str, Any]) -> str:
+        """What a decision reads besides the image and the profile: every category's rules (the head is
+        trained on all of them) and the examples file's rows. Nothing else in the memo depends on the
+        examples, so adding one redoes only these decisions."""
+        examples = judge_examples(policy, params.get("examples"))
+        return sha256_json({"rules": policy.rules_sha256, "examples": examples.content_sha256})
+
     def thresholds(self) -> dict[str, float]:
         return {"unsafe_threshold": self.unsafe_threshold, "safe_threshold": self.safe_threshold}
 
@@ -339,7 +352,9 @@ class SceneTextJudge(TwoStep, Judge):
         return {
             "judge": "scene_text",
             "judge_version": JUDGE_VERSION,
-            "policy": {"name": self.policy.name, "sha256": self.policy.sha256},
+            # The rules and examples it reads are in head.examples_sha256 (its training rows) and
+            # head.classes; the memo key adds the rules' hash (policy_dependency 'policy').
+            "policy": {"name": self.policy.name},
             "reader": self.reader.config(),
             "encoder": {"model": self.head.sentence_model, "sha256": self.head.encoder_sha256, "normalize": True},
             "head": self.head.config(),

@@ -183,7 +183,7 @@ class ShieldGemma2Judge(Judge):
             "device": self.device,
             "attn_implementation": getattr(cfg, "_attn_implementation", None) or "",
             "threshold": self.threshold,
-            "policy": {"name": self.policy.name, "sha256": self.policy.sha256, "style": self.policy_style},
+            "policy": {"name": self.policy.name, "style": self.policy_style},  # the rules: memo key
             "processor_class": self.processor_class,
             "image_processor_sha256": self.processor_sha256,
             "chat_template_sha256": self.chat_template_sha256,

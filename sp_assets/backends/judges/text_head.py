@@ -1,29 +1,28 @@
 """The scene-text judge's text classifier: sentence-model features (all-mpnet-base-v2 by default, a word
 TF-IDF beside them when ``bow_weight`` > 0), an RBF SVC (or logistic-regression) head fitted on the
-policy's own ``judge_examples``. Offline, deterministic, text only."""
+policy's rules and its labelled examples (``core.judge_examples``). Offline, deterministic, text only."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from sp_assets.backends.common.hf import quiet_load
 from sp_assets.backends.common.threads import single_threaded
+from sp_assets.core.judge_examples import JudgeExamples, examples_path, load_examples
 from sp_assets.core.policy import Policy
-from sp_assets.core.progress import Progress, Throttle
+from sp_assets.core.progress import Throttle, heartbeat, report
 from sp_assets.storage.vector_cache import VectorCache, text_key
 
-log = logging.getLogger(__name__)
 SAFE_LABEL = "safe"
 INVALID_LABEL = "invalid"
 
@@ -40,6 +39,42 @@ SIGN_FRAME = "a sign that says: {}"
 # How training strings are encoded and cached (``PolicyTextHead.canonical_vectors``); part of each key.
 VECTOR_SCHEME = "per-text-v1"
 VECTOR_BATCH = 32
+# Progress roles (``core.progress.report``): the build's three steps (encoder loaded, training vectors
+# ready, head fitted) and, on a cold cache, the training strings encoded.
+BUILD, BUILD_STEPS, ENCODING = "judge_build", 3, "judge_examples_encoded"
+# Encoding in worker processes pays off from this many batches (a cold cache: hundreds); each worker
+# is sent this many batches at a time.
+PARALLEL_MIN_BATCHES, PARALLEL_CHUNK = 64, 16
+ENCODE_WORKERS_ENV_VAR = "SP_ENCODE_WORKERS"
+
+
+def encode_workers() -> int:
+    """Processes that encode a cold cache: ``SP_ENCODE_WORKERS``, else the CPUs this process may use
+    (at most 8: each holds a copy of the encoder)."""
+    raw = os.environ.get(ENCODE_WORKERS_ENV_VAR, "").strip()
+    if raw.isdigit():
+        return int(raw)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(usable, 8))
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _load_worker_encoder(model_dir: str, batch_size: int) -> None:
+    """A worker process's encoder, loaded once (the parent checked the pinned files)."""
+    from sentence_transformers import SentenceTransformer
+
+    _WORKER["encoder"] = quiet_load(lambda: SentenceTransformer(model_dir, device="cpu", local_files_only=True))
+    _WORKER["batch_size"] = batch_size
+
+
+def _encode_in_worker(batches: list[list[str]]) -> list[np.ndarray]:
+    encoder = _WORKER["encoder"]
+    with single_threaded():  # as PolicyTextHead.encode: the same bits as in the parent
+        return [np.asarray(encoder.encode(batch, batch_size=_WORKER["batch_size"], convert_to_numpy=True,
+                                          normalize_embeddings=True, show_progress_bar=False), dtype=np.float32)
+                for batch in batches]
 
 
 def embedding_cache_dir() -> Path:
@@ -121,13 +156,34 @@ def check_pinned_files(name: str, folder: Path, model_path: str | None) -> None:
     check_files(ALL_MPNET_BASE_V2, folder)
 
 
-def training_examples(policy: Policy, *, use_rules: bool = True, use_replacements: bool = False
-                      ) -> tuple[list[str], list[str]]:
+NO_EXAMPLES_JUDGES = "llavaguard or qwen_vl_judge (a VLM, your weights), shieldgemma2, or manifest (your own labels)"
+
+
+def judge_examples(policy: Policy, examples: str | None) -> JudgeExamples:
+    """The labelled texts the head learns from: the profile's ``examples`` file (a path relative to the
+    policy's folder), else ``<policy name>.examples.jsonl`` beside the policy."""
+    if examples:
+        path = Path(examples).expanduser()
+        path = path if path.is_absolute() else policy.path.parent / path
+    else:
+        path = examples_path(policy.path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The scene-text judge learns from labelled example texts and expects them in {path}, which is not "
+            f"there. Write that file (one JSON object per line: text, label 'violating' or 'allowed', category "
+            f"slug; policies/default.examples.jsonl is one, policies/default.examples.md says how it was made), "
+            f"set the scene_text profile's 'examples' parameter to yours, or use a judge that needs no examples: "
+            f"{NO_EXAMPLES_JUDGES} (SP_JUDGE=<profile>).")
+    return load_examples(path, set(policy.slugs))
+
+
+def training_examples(policy: Policy, examples: JudgeExamples, *, use_rules: bool = True,
+                      use_replacements: bool = False) -> tuple[list[str], list[str]]:
     """The (normalised text, label) rows the head learns from, in policy order, without repeats.
 
-    Per category: ``judge_examples.violating`` (+ ``forbids`` when ``use_rules``) label the category;
-    ``judge_examples.allowed`` (+ ``allows`` when ``use_rules``, + ``replacement_texts`` when
-    ``use_replacements``) label 'safe'.
+    Per category: its ``violating`` examples (+ ``forbids`` when ``use_rules``) label the category;
+    its ``allowed`` examples (+ ``allows`` when ``use_rules``, + ``replacement_texts`` when
+    ``use_replacements``) label 'safe'. Within a category, rows keep the examples file's order.
     """
     texts: list[str] = []
     labels: list[str] = []
@@ -142,9 +198,9 @@ def training_examples(policy: Policy, *, use_rules: bool = True, use_replacement
                 labels.append(label)
 
     for cat in policy.categories:
-        add(cat.violating_examples, cat.slug)
+        add(examples.texts(cat.slug, "violating"), cat.slug)
         add(cat.forbids if use_rules else (), cat.slug)
-        add(cat.allowed_examples, SAFE_LABEL)
+        add(examples.texts(cat.slug, "allowed"), SAFE_LABEL)
         add(cat.allows if use_rules else (), SAFE_LABEL)
         add(cat.replacement_texts if use_replacements else (), SAFE_LABEL)
     by_text: dict[str, set[str]] = {}
@@ -153,13 +209,13 @@ def training_examples(policy: Policy, *, use_rules: bool = True, use_replacement
     clash = sorted(t for t, ls in by_text.items() if SAFE_LABEL in ls and len(ls) > 1)
     if clash:
         raise ValueError(
-            f"{policy.path}: these texts are labelled both violating and allowed: {clash}; "
-            "remove them from one of the lists."
+            f"{examples.path} (with the rules of {policy.path}): these texts are labelled both violating and "
+            f"allowed: {clash}; remove them from one of the two."
         )
     if SAFE_LABEL not in labels or len(set(labels)) < 2:
         raise ValueError(
-            f"{policy.path}: the scene-text judge needs judge_examples.allowed (or allows rules) "
-            "and at least one category with judge_examples.violating (or forbids rules) to learn from."
+            f"{examples.path}: the scene-text judge needs 'allowed' rows (or allows rules) and at least one "
+            "category with 'violating' rows (or forbids rules) to learn from."
         )
     return texts, labels
 
@@ -291,22 +347,28 @@ class PolicyTextHead:
     fitted on the training texts; the head is fitted on the policy's examples (``HeadSettings``).
     """
 
-    def __init__(self, policy: Policy, settings: HeadSettings | None = None, *, use_rules: bool = True,
+    def __init__(self, policy: Policy, examples: JudgeExamples | None = None, settings: HeadSettings | None = None, *,
+                 use_rules: bool = True,
                  use_replacements: bool = False, batch_size: int = 64, model_path: str | None = None,
                  min_known_share: float = 0.5, sentence_model: str = DEFAULT_SENTENCE_MODEL):
         self.policy = policy
+        self.examples = examples if examples is not None else judge_examples(policy, None)
         self.settings = settings or HeadSettings()
         self.use_rules, self.use_replacements = bool(use_rules), bool(use_replacements)
         self.batch_size = int(batch_size)
         self.min_known_share = float(min_known_share)
         self.sentence_model = sentence_model
         self.model_dir = sentence_model_folder(model_path, sentence_model)
-        check_pinned_files(sentence_model, self.model_dir, model_path)
-        from sentence_transformers import SentenceTransformer
+        began = time.monotonic()
+        report(BUILD, 0, BUILD_STEPS, 0.0)
+        with heartbeat(BUILD, 0, BUILD_STEPS, began):  # checking the pinned files and loading: seconds
+            check_pinned_files(sentence_model, self.model_dir, model_path)
+            from sentence_transformers import SentenceTransformer
 
-        self._encoder = quiet_load(
-            lambda: SentenceTransformer(str(self.model_dir), device="cpu", local_files_only=True)
-        )
+            self._encoder = quiet_load(
+                lambda: SentenceTransformer(str(self.model_dir), device="cpu", local_files_only=True)
+            )
+        report(BUILD, 1, BUILD_STEPS, time.monotonic() - began)
         # sentence-transformers 6 renamed the getter; keep working on 3.x-5.x too.
         get_dim = getattr(self._encoder, "get_embedding_dimension", None)
         get_dim = get_dim or self._encoder.get_sentence_embedding_dimension
@@ -314,13 +376,17 @@ class PolicyTextHead:
         weights = sorted(str(p) for p in self.model_dir.glob("*.safetensors"))
         self.encoder_sha256 = files_sha256(tuple(weights)) if weights else "unknown"
         self.train_texts, self.train_labels = training_examples(
-            policy, use_rules=self.use_rules, use_replacements=self.use_replacements)
+            policy, self.examples, use_rules=self.use_rules, use_replacements=self.use_replacements)
         present = set(self.train_labels)
         self.classes: list[str] = [SAFE_LABEL] + [c.slug for c in policy.categories if c.slug in present]
         self._bow = fit_bow(self.train_texts)
-        x = self._with_bow(self.train_texts, self.training_embeddings())
+        with heartbeat(BUILD, 1, BUILD_STEPS, began):  # cached vectors read; new strings encoded (own lines)
+            x = self._with_bow(self.train_texts, self.training_embeddings())
+        report(BUILD, 2, BUILD_STEPS, time.monotonic() - began)
         y = np.array([self.classes.index(label) for label in self.train_labels])
-        self._head = fit_head(x, y, self.settings)
+        with heartbeat(BUILD, 2, BUILD_STEPS, began):  # the SVC fit: tens of seconds on 2 cores
+            self._head = fit_head(x, y, self.settings)
+        report(BUILD, BUILD_STEPS, BUILD_STEPS, time.monotonic() - began)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length sentence embeddings, one row per text."""
@@ -390,27 +456,46 @@ class PolicyTextHead:
         padding), a short batch filled up with copies of its first string: each string always meets the
         same shapes, whichever strings it is encoded with, so a cache filled bit by bit equals one filled
         at once (tests/test_scene_text.py checks it). Grouping by length also spares the padding.
+
+        Many strings (a cold cache) are shared out among ``encode_workers()`` processes, each loading
+        the encoder once and encoding whole batches on one thread: the same bits, in a fraction of the
+        time on a machine with several cores.
         """
         began, throttle = time.monotonic(), Throttle()
-        log.info(Progress("judge", "all", "examples", 0, len(strings), 0.0).line())
+        total = len(strings)
+        report(ENCODING, 0, total, 0.0)
         tokenize = getattr(self._encoder, "preprocess", None) or self._encoder.tokenize  # renamed in ST 6
         lengths = tokenize(list(strings))["attention_mask"].sum(dim=1).tolist()
         by_length: dict[int, list[int]] = {}
         for i, n in enumerate(lengths):
             by_length.setdefault(int(n), []).append(i)
-        out = np.zeros((len(strings), self.dim), dtype=np.float32)
-        done, total = 0, len(strings)
-        for n in sorted(by_length):
-            rows = by_length[n]
-            for start in range(0, len(rows), VECTOR_BATCH):
-                part = rows[start:start + VECTOR_BATCH]
-                batch = [strings[i] for i in part]
-                batch += [batch[0]] * (VECTOR_BATCH - len(batch))
-                out[part] = self.encode(batch)[: len(part)]
-                done += len(part)
-                if throttle.due("examples", done, total):
-                    log.info(Progress("judge", "all", "examples", done, total, time.monotonic() - began).line())
+        batches = [rows[start:start + VECTOR_BATCH] for n in sorted(by_length)
+                   for rows in [by_length[n]] for start in range(0, len(rows), VECTOR_BATCH)]
+        padded = [[strings[i] for i in part] + [strings[part[0]]] * (VECTOR_BATCH - len(part)) for part in batches]
+        out = np.zeros((total, self.dim), dtype=np.float32)
+        done = 0
+        for part, vectors in zip(batches, self._encode_batches(padded)):
+            out[part] = vectors[: len(part)]
+            done += len(part)
+            if throttle.due(ENCODING, done, total):
+                report(ENCODING, done, total, time.monotonic() - began)
         return out
+
+    def _encode_batches(self, batches: list[list[str]]) -> Iterator[np.ndarray]:
+        """Each batch's vectors, in order: here, or in worker processes when there are many."""
+        workers = min(encode_workers(), len(batches) // PARALLEL_MIN_BATCHES)
+        if workers < 2:
+            yield from (self.encode(batch) for batch in batches)
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        chunks = [batches[i:i + PARALLEL_CHUNK] for i in range(0, len(batches), PARALLEL_CHUNK)]
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding threads and models
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_load_worker_encoder,
+                                 initargs=(str(self.model_dir), self.batch_size)) as pool:
+            for vectors in pool.map(_encode_in_worker, chunks):
+                yield from vectors
 
     def features(self, texts: Sequence[str]) -> np.ndarray:
         """``embeddings`` beside ``bow_weight`` times the word TF-IDF (unit length per text)."""

@@ -309,12 +309,22 @@ class VLMJudge(Judge):
                 rationale = (rationale + " " if rationale else "") + "[" + "; ".join(parsed.notes) + "]"
         return Verdict(parsed.rating, parsed.category, score, rationale, gen.text)
 
+    @classmethod
+    def policy_sha256(cls, policy: Policy, category: Category, params: dict[str, Any]) -> str:
+        """The exact prompt the judge sends for ``category`` (the only way the policy reaches the model):
+        with the default prompt, editing one category's rules redoes that category's answers only, and
+        its title (listed among every prompt's answer options) all of them. A judge of scope 'policy'
+        sends one prompt for every category."""
+        prompt = JudgePrompt(policy, params.get("prompt_template"), params.get("category_block"),
+                             params.get("scope", "category"), "policy key")
+        return hashlib.sha256(prompt.text(category).encode("utf-8")).hexdigest()
+
     def config(self) -> dict[str, Any]:
-        """Everything that changes this judge's output."""
+        """Everything that changes this judge's output (the prompt's policy text is in the memo key)."""
         return {
             "judge": "vlm",
             "judge_version": JUDGE_VERSION,
-            "policy": {"name": self.policy.name, "sha256": self.policy.sha256},
+            "policy": {"name": self.policy.name},
             "runner": self.runner.config(),
             **self.prompts.config(),
             "scope": self.scope,

@@ -332,7 +332,7 @@ class VLMWriter(InstructionWriter):
         return {
             "writer": "vlm",
             "writer_version": WRITER_VERSION,
-            "policy": {"name": self.policy.name, "sha256": self.policy.sha256},
+            "policy": {"name": self.policy.name},  # the category's rules: memo key
             "runner": self.runner.config(),
             "variants": self.variants,
             "prompt_template": self.template_text,
