@@ -462,7 +462,6 @@ def test_worker_processes_give_the_same_bits_as_one_process(judge: SceneTextJudg
     strings = [f"{word} {n}" for n in range(40) for word in ("NO WEAPONS", "free puppies today", "knife")]
     alone = head.canonical_vectors(strings)
     monkeypatch.setattr(text_head, "PARALLEL_MIN_BATCHES", 1)
-    monkeypatch.setattr(text_head, "PARALLEL_CHUNK", 1)
     monkeypatch.setenv(text_head.ENCODE_WORKERS_ENV_VAR, "2")
     started: list[int] = []
     real = text_head.PolicyTextHead._encode_batches

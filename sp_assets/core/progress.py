@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Hashable, Iterator
 
 EVERY_S = 4.0  # a line at most this often per piece of work, plus its first and its last
+MIN_ITEMS_FOR_ESTIMATE = 10
 ALL = "all"  # the category of work done once for every category of the run (a prefetch)
 
 LINE = re.compile(r"\bprogress (?P<stage>\w+) (?P<category>\S+) (?P<role>\w+): (?P<done>\d+)/(?P<total>\d+) items "
@@ -48,11 +49,12 @@ class Progress:
 
     @property
     def left_s(self) -> float | None:
-        """Seconds left at the rate so far (None while no rate is known)."""
+        """Seconds left at the rate so far (None while no rate is known, or for work of fewer than
+        ``MIN_ITEMS_FOR_ESTIMATE`` items: a few unequal steps, such as a judge's build, give no rate)."""
         if self.finished:
             return 0.0
         rate = self.rate
-        return (self.total - self.done) / rate if rate else None
+        return (self.total - self.done) / rate if rate and self.total >= MIN_ITEMS_FOR_ESTIMATE else None
 
     def line(self) -> str:
         """The log line (``LINE`` parses it back)."""

@@ -42,9 +42,9 @@ VECTOR_BATCH = 32
 # Progress roles (``core.progress.report``): the build's three steps (encoder loaded, training vectors
 # ready, head fitted) and, on a cold cache, the training strings encoded.
 BUILD, BUILD_STEPS, ENCODING = "judge_build", 3, "judge_examples_encoded"
-# Encoding in worker processes pays off from this many batches (a cold cache: hundreds); each worker
-# is sent this many batches at a time.
-PARALLEL_MIN_BATCHES, PARALLEL_CHUNK = 64, 16
+# Encoding in worker processes (``encode_workers.py``) pays off from this many batches (a cold cache:
+# hundreds of batches; each worker loads the encoder once, a few seconds).
+PARALLEL_MIN_BATCHES = 64
 ENCODE_WORKERS_ENV_VAR = "SP_ENCODE_WORKERS"
 
 
@@ -56,25 +56,6 @@ def encode_workers() -> int:
         return int(raw)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(usable, 8))
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _load_worker_encoder(model_dir: str, batch_size: int) -> None:
-    """A worker process's encoder, loaded once (the parent checked the pinned files)."""
-    from sentence_transformers import SentenceTransformer
-
-    _WORKER["encoder"] = quiet_load(lambda: SentenceTransformer(model_dir, device="cpu", local_files_only=True))
-    _WORKER["batch_size"] = batch_size
-
-
-def _encode_in_worker(batches: list[list[str]]) -> list[np.ndarray]:
-    encoder = _WORKER["encoder"]
-    with single_threaded():  # as PolicyTextHead.encode: the same bits as in the parent
-        return [np.asarray(encoder.encode(batch, batch_size=_WORKER["batch_size"], convert_to_numpy=True,
-                                          normalize_embeddings=True, show_progress_bar=False), dtype=np.float32)
-                for batch in batches]
 
 
 def embedding_cache_dir() -> Path:
@@ -474,28 +455,25 @@ class PolicyTextHead:
         padded = [[strings[i] for i in part] + [strings[part[0]]] * (VECTOR_BATCH - len(part)) for part in batches]
         out = np.zeros((total, self.dim), dtype=np.float32)
         done = 0
-        for part, vectors in zip(batches, self._encode_batches(padded)):
+        for index, vectors in self._encode_batches(padded):
+            part = batches[index]
             out[part] = vectors[: len(part)]
             done += len(part)
             if throttle.due(ENCODING, done, total):
                 report(ENCODING, done, total, time.monotonic() - began)
         return out
 
-    def _encode_batches(self, batches: list[list[str]]) -> Iterator[np.ndarray]:
-        """Each batch's vectors, in order: here, or in worker processes when there are many."""
+    def _encode_batches(self, batches: list[list[str]]) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, vectors) of every batch: here, or in worker processes when there are many (any batch a
+        failed worker did not deliver is encoded here)."""
         workers = min(encode_workers(), len(batches) // PARALLEL_MIN_BATCHES)
         if workers < 2:
-            yield from (self.encode(batch) for batch in batches)
+            yield from ((i, self.encode(batch)) for i, batch in enumerate(batches))
             return
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from sp_assets.backends.judges.encode_workers import encode_in_workers
 
-        chunks = [batches[i:i + PARALLEL_CHUNK] for i in range(0, len(batches), PARALLEL_CHUNK)]
-        context = multiprocessing.get_context("spawn")  # no fork of a process holding threads and models
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_load_worker_encoder,
-                                 initargs=(str(self.model_dir), self.batch_size)) as pool:
-            for vectors in pool.map(_encode_in_worker, chunks):
-                yield from vectors
+        for i, vectors in encode_in_workers(batches, str(self.model_dir), self.batch_size, self.dim, workers):
+            yield i, (vectors if vectors is not None else self.encode(batches[i]))
 
     def features(self, texts: Sequence[str]) -> np.ndarray:
         """``embeddings`` beside ``bow_weight`` times the word TF-IDF (unit length per text)."""
