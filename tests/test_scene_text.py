@@ -476,6 +476,16 @@ def test_worker_processes_give_the_same_bits_as_one_process(judge: SceneTextJudg
     assert np.array_equal(alone, shared)
 
 
+def test_a_failed_encoding_worker_leaves_its_batches_to_the_caller(tmp_path, caplog):
+    """A worker that cannot load the encoder delivers nothing and says why; the caller encodes those batches."""
+    from sp_assets.backends.judges.encode_workers import encode_in_workers
+
+    batches = [["no weapons"] * 32, ["free puppies"] * 32, ["knife"] * 32]
+    got = sorted(encode_in_workers(batches, str(tmp_path / "no-model"), 64, 768, 2), key=lambda r: r[0])
+    assert [(i, v) for i, v in got] == [(0, None), (1, None), (2, None)]
+    assert "encoding worker stopped after 0 of" in caplog.text and "no-model" in caplog.text
+
+
 def test_one_more_example_encodes_only_its_own_strings(tmp_path, monkeypatch):
     """Adding a labelled example costs its own strings, not every example again."""
     from sp_assets.backends.common.model_store import models_dir
