@@ -1,10 +1,12 @@
 """A new user's first demo against a warm one, and what the offline judge's build costs, as ``name: value``
 lines (``make bench``).
 
-- ``judge_build_cold_seconds``: the default scene-text judge's text head built with an empty vector
-  cache (every training string encoded, in worker processes), in a fresh process;
+- ``judge_build_cold_seconds``: the default scene-text judge's text head built in a fresh process with an
+  empty cache, as on a new machine (the encoder loaded, the head shipped beside the examples read);
+- ``judge_fit_cold_seconds``: the same head fitted with an empty cache, as for your own examples (every
+  training string encoded, in worker processes, then the fit);
 - ``judge_build_one_more_example_seconds``: built again, in a fresh process, on the examples plus one row
-  (the cache filled by the build above: that row's strings are encoded, the head refitted);
+  (the vector cache filled by the fit above: that row's strings are encoded, the head refitted);
 - ``first_demo_seconds``: ``python -m sp_assets.demo`` (the whole graph, all categories, through the
   Dagster CLI) with a fresh data root and an empty vector cache, as on a new machine after ``make setup``;
 - ``warm_demo_seconds``: the same on another fresh data root, the vector cache now filled;
@@ -33,14 +35,14 @@ from sp_assets.backends.judges.text_head import PolicyTextHead, judge_examples
 from sp_assets.core.judge_examples import load_examples
 from sp_assets.core.policy import load_policy, DEFAULT_POLICY_PATH
 policy = load_policy(DEFAULT_POLICY_PATH)
-examples = load_examples(Path(sys.argv[1]), set(policy.slugs)) if len(sys.argv) > 1 else None
-PolicyTextHead(policy, examples)
+examples = load_examples(Path(sys.argv[1]), set(policy.slugs)) if sys.argv[1] != "-" else None
+PolicyTextHead(policy, examples, reuse_head=sys.argv[2] == "reuse")
 """
 
 
-def build_seconds(env: dict[str, str], *args: str) -> float:
+def build_seconds(env: dict[str, str], examples: str = "-", heads: str = "reuse") -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", BUILD, *args], cwd=REPO, env=env, check=True,
+    subprocess.run([sys.executable, "-c", BUILD, examples, heads], cwd=REPO, env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
@@ -63,8 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     from sp_assets.core.policy import DEFAULT_POLICY_PATH
 
     base = {**os.environ, "SP_MODELS_DIR": str(models_dir())}
+    say("judge_build_cold_seconds", f"{build_seconds({**base, 'SP_CACHE_DIR': str(root / 'new-cache')}):.1f}")
     judge_cache = root / "judge-cache"
-    say("judge_build_cold_seconds", f"{build_seconds({**base, 'SP_CACHE_DIR': str(judge_cache)}):.1f}")
+    say("judge_fit_cold_seconds", f"{build_seconds({**base, 'SP_CACHE_DIR': str(judge_cache)}, '-', 'fit'):.1f}")
     grown = root / "grown.examples.jsonl"
     row = {"text": "SPRING FLOWER MARKET ON SUNDAY", "label": "allowed", "category": "o1_hate", "origin": "bench"}
     grown.write_bytes(examples_path(DEFAULT_POLICY_PATH).read_bytes() + (json.dumps(row) + "\n").encode())

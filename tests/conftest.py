@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,3 +129,17 @@ def resamples(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, int], tu
 
     monkeypatch.setattr(Image.Image, "resize", resize)
     return seen
+
+
+def assert_same_rows(before: dict[str, list], after: dict[str, list]) -> None:
+    """Two snapshots ({table: rows}) hold the same rows; else fail naming each table and a few rows that
+    only one side has (a bare ``==`` on whole tables prints nothing a reader can act on)."""
+    problems = []
+    for table in sorted(set(before) | set(after)):
+        a = [json.dumps(r, sort_keys=True, default=str) for r in before.get(table, [])]
+        b = [json.dumps(r, sort_keys=True, default=str) for r in after.get(table, [])]
+        if a != b:
+            gone, new = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+            problems.append(f"{table}: {len(a)} rows -> {len(b)}; only before ({len(gone)}): "
+                            f"{[r[:600] for r in gone[:3]]}; only after ({len(new)}): {[r[:600] for r in new[:3]]}")
+    assert not problems, "\n".join(problems)

@@ -58,7 +58,10 @@ def torchvision(monkeypatch):
             monkeypatch.delitem(sys.modules, name)
         monkeypatch.setattr(sys, "meta_path", [_FakeTorchvision(state), *sys.meta_path])
 
+    before = {n for n in sys.modules if n.split(".")[0] == "torchvision"}
     yield set_state
+    for name in [n for n in sys.modules if n.split(".")[0] == "torchvision" and n not in before]:
+        del sys.modules[name]  # a fake imported during the test must not outlive it (LPIPS would see it)
     registry.clear_cache()
 
 

@@ -196,7 +196,8 @@ def test_shieldgemma2_judge_scores_and_records_the_custom_policy(tiny, policy, d
     again = ShieldGemma2Judge(policy, model=str(tiny["shieldgemma2"]), batch_size=3, device=device)
     assert np.allclose(scores, [v.score for v in again.judge(images, "o2_violence")], atol=1e-5)
     cfg = judge.config()
-    assert cfg["threshold"] == 0.5 and cfg["policy"]["sha256"] == policy.sha256
+    # The rules are in each answer's memo key (per category), not the config: a rule edit elsewhere keeps it.
+    assert cfg["threshold"] == 0.5 and cfg["policy"] == {"name": policy.name, "style": judge.policy_style}
     assert cfg["revision_resolved"].startswith("sha256:") and cfg == again.config()
 
 

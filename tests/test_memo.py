@@ -17,7 +17,7 @@ from sp_assets.backends import registry
 from sp_assets.backends.base import MODEL_CALLS
 from sp_assets.core.judge_examples import examples_path
 from sp_assets.core.policy import DEFAULT_POLICY_PATH
-from tests.conftest import SHARED_RANGE, run_graph, store_at
+from tests.conftest import SHARED_RANGE, assert_same_rows, run_graph, store_at
 from tests.test_crash_safety import _env, _run, _snapshot
 
 FIRST, LAST = SHARED_RANGE
@@ -44,7 +44,7 @@ def test_an_unchanged_rerun_makes_no_model_call_and_loads_no_model(graph):
     run_graph(data, FIRST, LAST, instance=instance)
     assert sum(MODEL_CALLS.values()) == 0, dict(MODEL_CALLS)
     assert dict(registry.LOAD_COUNTS) == {"source:demo": 1}  # the source profile is read; no model loads
-    assert _snapshot(data / "safetypairs.duckdb") == before
+    assert_same_rows(before, _snapshot(data / "safetypairs.duckdb"))
 
 
 def test_scene_text_is_read_once_per_image_for_every_category(graph):

@@ -433,15 +433,64 @@ def test_training_embeddings_come_back_from_the_cache_unchanged(tmp_path, monkey
     monkeypatch.setenv("SP_CACHE_DIR", str(tmp_path))
     texts = ["NO WEAPONS ALLOWED", "WE WILL BREAK YOUR BONES", "SEX EDUCATION WORKSHOP", "FREE PUPPIES"]
     cold = PolicyTextHead(POLICY, sentence_model=MINILM)
+    assert cold.head_source == "fitted"  # the shipped head is all-mpnet-base-v2's: passed over
     files = list(embedding_cache_dir().glob("*.sqlite"))
     assert len(files) == 1 and embedding_cache_dir().is_relative_to(tmp_path)
     start = time.perf_counter()
-    warm = PolicyTextHead(POLICY, sentence_model=MINILM)
+    warm = PolicyTextHead(POLICY, sentence_model=MINILM, reuse_head=False)  # vectors cached, head fitted again
     print(f"\nwarm build {time.perf_counter() - start:.1f} s")
     assert np.array_equal(cold.probs(texts), warm.probs(texts))
     files[0].write_bytes(b"not a database")  # a damaged cache is recomputed, not trusted
-    again = PolicyTextHead(POLICY, sentence_model=MINILM)
+    again = PolicyTextHead(POLICY, sentence_model=MINILM, reuse_head=False)
     assert np.array_equal(cold.probs(texts), again.probs(texts))
+    cached = PolicyTextHead(POLICY, sentence_model=MINILM)  # the head fitted above, read back
+    assert cached.head_source == "cache" and np.array_equal(cold.probs(texts), cached.probs(texts))
+
+
+def test_a_shipped_head_is_used_only_for_the_rows_it_was_fitted_on(tmp_path, monkeypatch, caplog):
+    """A head shipped beside the examples spares a new machine the encoding; it is checked against a
+    rebuild, and passed over (saying so) once the examples change. No path changes a probability."""
+    from sp_assets.backends.common.model_store import models_dir
+    from sp_assets.backends.judges.build_head import main as build_head
+    from sp_assets.backends.judges.rbf_head import RBFMachine, save_head
+    from sp_assets.backends.judges.text_head import MINILM, PolicyTextHead
+
+    monkeypatch.setenv("SP_MODELS_DIR", str(models_dir()))
+    texts = ["NO WEAPONS ALLOWED", "WE WILL BREAK YOUR BONES", "SPRING FLOWER MARKET ON SUNDAY"]
+    grown = with_one_more_example(tmp_path, "SPRING FLOWER MARKET ON SUNDAY")
+    args = [str(POLICY.path), "--examples", str(grown.path), "--sentence-model", MINILM]
+    assert build_head(args) == 0  # fitted here, written beside the examples
+    fitted = PolicyTextHead(POLICY, grown, sentence_model=MINILM, reuse_head=False)
+    shipped = fitted.shipped_head_path()
+    assert shipped == tmp_path / "grown.examples.head.safetensors" and shipped.is_file()
+    assert build_head(args + ["--check"]) == 0
+
+    with monkeypatch.context() as new_machine:  # nothing cached: the shipped file, no encoding
+        new_machine.setenv("SP_CACHE_DIR", str(tmp_path / "new-machine"))
+        encoded: list[str] = []
+        new_machine.setattr(PolicyTextHead, "canonical_vectors", lambda self, s: encoded.extend(s))
+        on_arrival = PolicyTextHead(POLICY, grown, sentence_model=MINILM)
+    assert on_arrival.head_source == f"shipped:{shipped.name}" and not encoded
+    assert np.array_equal(fitted.probs(texts), on_arrival.probs(texts))
+
+    arrays = fitted._head.arrays()
+    arrays["dual_coef"] = arrays["dual_coef"] * 1.01  # a shipped file that a rebuild does not reproduce
+    save_head(shipped, RBFMachine(**arrays), fitted.head_key, fitted.head_info())
+    assert build_head(args + ["--check"]) == 1
+
+    lines = grown.path.read_text(encoding="utf-8").splitlines()
+    grown.path.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # the example taken out again
+    with caplog.at_level("INFO"):
+        refit = PolicyTextHead(POLICY, load_examples(grown.path, set(POLICY.slugs)), sentence_model=MINILM)
+    assert refit.head_source in ("fitted", "cache") and "was built for other examples" in caplog.text
+
+
+@pytest.mark.full  # fits the default head again: minutes on 2 cores when the vector cache is empty
+def test_the_shipped_default_head_matches_a_rebuild():
+    """policies/default.examples.head.safetensors is what the rebuild script makes from the examples."""
+    from sp_assets.backends.judges.build_head import main as build_head
+
+    assert build_head([str(DEFAULT_POLICY_PATH), "--check"]) == 0
 
 
 def test_a_strings_vector_is_the_same_bits_whatever_it_is_encoded_with(judge: SceneTextJudge):
@@ -492,7 +541,7 @@ def test_one_more_example_encodes_only_its_own_strings(tmp_path, monkeypatch):
     from sp_assets.backends.judges.text_head import MINILM, PolicyTextHead
 
     monkeypatch.setenv("SP_MODELS_DIR", str(models_dir()))
-    PolicyTextHead(POLICY, sentence_model=MINILM)  # fills the cache (or finds it filled)
+    PolicyTextHead(POLICY, sentence_model=MINILM, reuse_head=False)  # fills the vector cache (or finds it filled)
     grown = with_one_more_example(tmp_path, "SPRING FLOWER MARKET ON SUNDAY")
     encoded: list[str] = []
     real = PolicyTextHead.canonical_vectors

@@ -95,7 +95,8 @@ def _verify(stage: Stage, category: Category, candidates: list[dict[str, Any]], 
 
 def _measures(stage: Stage, ok: list[dict[str, Any]], lpips: tuple[Any, str]) -> dict[str, dict[str, Any]]:
     work = Work("preserve", str(stage.images.root), stage.policy, args={"lpips": lpips[0] is not None})
-    return {c["candidate_id"]: out.result for c, out in stage.memo.run(preservation_call(lpips[1]), work, ok)}
+    call = preservation_call(lpips[1] if lpips[0] is not None else None)
+    return {c["candidate_id"]: out.result for c, out in stage.memo.run(call, work, ok)}
 
 
 def _prefetch(stage: Stage, models: dict[str, LazyBackend], ok: list[dict[str, Any]], lpips: tuple[Any, str]) -> None:

@@ -96,9 +96,11 @@ def text_embed_call() -> Call:
     return Call("text_embedder", config, lambda item: {"text": item["text"]}, _encode_vector, _decode_vector)
 
 
-def preservation_call(lpips_note: str) -> Call:
-    """The preservation measurements of a (source, edit) pair outside the edited region."""
-    config = sha256_json({"version": PRESERVATION_VERSION, "lpips": lpips_note})
+def preservation_call(lpips_note: str | None) -> Call:
+    """The preservation measurements of a (source, edit) pair outside the edited region; ``lpips_note``
+    names the LPIPS that runs, None when none does (why it is skipped, which names an exception type or
+    a path, would change the key between processes and machines for the same measurements)."""
+    config = sha256_json({"version": PRESERVATION_VERSION, "lpips": lpips_note or "none"})
     return Call("metrics", config,
                 lambda c: {"source": c["image_sha256"], "edit": c["edited_sha256"], "region": c["region_json"]},
                 lambda m: Encoded(json.dumps(m, sort_keys=True)), lambda text, _b: json.loads(text))

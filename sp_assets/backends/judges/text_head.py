@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -18,10 +18,13 @@ import numpy as np
 
 from sp_assets.backends.common.hf import quiet_load
 from sp_assets.backends.common.threads import single_threaded
+from sp_assets.backends.judges.rbf_head import HEAD_FORMAT, RBFMachine, head_metadata, load_head, save_head
 from sp_assets.core.judge_examples import JudgeExamples, examples_path, load_examples
 from sp_assets.core.policy import Policy
 from sp_assets.core.progress import Throttle, heartbeat, report
 from sp_assets.storage.vector_cache import VectorCache, text_key
+
+log = logging.getLogger(__name__)
 
 SAFE_LABEL = "safe"
 INVALID_LABEL = "invalid"
@@ -254,43 +257,9 @@ def fit_head(x: np.ndarray, y: np.ndarray, settings: HeadSettings):
         if settings.kind == "svc":
             svc = SVC(C=settings.C, kernel="precomputed", probability=True, random_state=0,
                       class_weight={i: float(w) for i, w in enumerate(per_class)})
-            return RBFMachine(svc, x, y)
+            return RBFMachine.fit(svc, x, y)
         head = LogisticRegression(C=settings.C, max_iter=5000, tol=1e-6)
         return head.fit(x, y, sample_weight=per_class[y])
-
-
-class RBFMachine:
-    """An RBF-kernel SVC (gamma 'scale', as scikit-learn defines it) on a kernel matrix computed here:
-    libsvm computing the kernel itself takes about 25 s on the default policy, this about 2 s, for the
-    same probabilities. Keeps only the support vectors' features.
-
-    Probabilities are libsvm's own (pairwise Platt scaling on internal folds, seeded). scikit-learn 1.9
-    deprecates ``SVC(probability=True)`` for removal in 1.11; its suggested replacement
-    (``CalibratedClassifierCV``, sigmoid or temperature) gave near one-hot probabilities here and
-    rated safe about four times as many violating rows in cross-validation, so libsvm's stay until a port.
-    """
-
-    def __init__(self, svc, x: np.ndarray, y: np.ndarray):
-        x = np.asarray(x, dtype=np.float64)
-        self.gamma = 1.0 / (x.shape[1] * x.var())
-        self.n_train = len(x)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*probability.*deprecated", category=FutureWarning)
-            self.svc = svc.fit(self._kernel(x, x), y)
-        self.support = self.svc.support_
-        self.support_x = x[self.support]
-        self.classes_ = self.svc.classes_
-
-    def _kernel(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        sq = (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * a @ b.T
-        return np.exp(-self.gamma * np.maximum(sq, 0.0))
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        # libsvm reads only the support vectors' columns of a precomputed kernel; the rest stay 0.
-        k = np.zeros((len(x), self.n_train))
-        with single_threaded():
-            k[:, self.support] = self._kernel(np.asarray(x, dtype=np.float64), self.support_x)
-            return self.svc.predict_proba(k)
 
 
 def head_probs(head, x: np.ndarray, n_classes: int, safe_prior: float) -> np.ndarray:
@@ -325,13 +294,17 @@ class PolicyTextHead:
     ``classes[0]`` is 'safe'; the rest are the policy's categories that have examples. Features (see
     ``features``): the sentence embedding, the mean embedding of the content words, the embedding of
     the text framed as a sign and, when ``bow_weight`` is above 0 (off by default), a word TF-IDF
-    fitted on the training texts; the head is fitted on the policy's examples (``HeadSettings``).
+    fitted on the training texts; the head is fitted on the policy's examples (``HeadSettings``), or
+    read back (``rbf_head``) from the file shipped beside them or this machine's cache when one was
+    built for exactly these rows, settings and encoder weights (``head_key``; ``reuse_head=False``
+    fits it again).
     """
 
     def __init__(self, policy: Policy, examples: JudgeExamples | None = None, settings: HeadSettings | None = None, *,
                  use_rules: bool = True,
                  use_replacements: bool = False, batch_size: int = 64, model_path: str | None = None,
-                 min_known_share: float = 0.5, sentence_model: str = DEFAULT_SENTENCE_MODEL):
+                 min_known_share: float = 0.5, sentence_model: str = DEFAULT_SENTENCE_MODEL,
+                 reuse_head: bool = True):
         self.policy = policy
         self.examples = examples if examples is not None else judge_examples(policy, None)
         self.settings = settings or HeadSettings()
@@ -361,13 +334,60 @@ class PolicyTextHead:
         present = set(self.train_labels)
         self.classes: list[str] = [SAFE_LABEL] + [c.slug for c in policy.categories if c.slug in present]
         self._bow = fit_bow(self.train_texts)
-        with heartbeat(BUILD, 1, BUILD_STEPS, began):  # cached vectors read; new strings encoded (own lines)
-            x = self._with_bow(self.train_texts, self.training_embeddings())
-        report(BUILD, 2, BUILD_STEPS, time.monotonic() - began)
-        y = np.array([self.classes.index(label) for label in self.train_labels])
-        with heartbeat(BUILD, 2, BUILD_STEPS, began):  # the SVC fit: tens of seconds on 2 cores
-            self._head = fit_head(x, y, self.settings)
+        self.head_key = hashlib.sha256(json.dumps(
+            {"format": HEAD_FORMAT, "encoder_sha256": self.encoder_sha256, **self.config()}, sort_keys=True
+        ).encode("utf-8")).hexdigest()
+        self.head_source = "fitted"
+        self._head = self._stored_head() if reuse_head else None
+        if self._head is None:
+            with heartbeat(BUILD, 1, BUILD_STEPS, began):  # cached vectors read; new strings encoded (own lines)
+                x = self._with_bow(self.train_texts, self.training_embeddings())
+            report(BUILD, 2, BUILD_STEPS, time.monotonic() - began)
+            y = np.array([self.classes.index(label) for label in self.train_labels])
+            with heartbeat(BUILD, 2, BUILD_STEPS, began):  # the SVC fit: tens of seconds on 2 cores
+                self._head = fit_head(x, y, self.settings)
+            if isinstance(self._head, RBFMachine):
+                save_head(self.cached_head_path(), self._head, self.head_key, self.head_info())
         report(BUILD, BUILD_STEPS, BUILD_STEPS, time.monotonic() - began)
+
+    def shipped_head_path(self) -> Path:
+        """Where a head fitted on these examples may ship: ``default.examples.jsonl`` ->
+        ``default.examples.head.safetensors`` (``python -m sp_assets.backends.judges.build_head``)."""
+        name = self.examples.path.name
+        return self.examples.path.with_name((name[:-len(".jsonl")] if name.endswith(".jsonl") else name)
+                                            + ".head.safetensors")
+
+    def cached_head_path(self) -> Path:
+        return embedding_cache_dir() / "heads" / f"{self.head_key[:32]}.safetensors"
+
+    def _stored_head(self) -> RBFMachine | None:
+        """The head built for ``head_key``: shipped beside the examples, else fitted earlier on this
+        machine (None: fit it). A shipped head built for other rows or settings is passed over, saying so."""
+        if self.settings.kind != "svc":
+            return None
+        shipped = self.shipped_head_path()
+        head = load_head(shipped, self.head_key)
+        if head is not None:
+            self.head_source = f"shipped:{shipped.name}"
+            return head
+        if shipped.is_file():
+            log.info("%s was built for other examples, rules, settings or encoder weights (built from %s); "
+                     "fitting the head on this machine (python -m sp_assets.backends.judges.build_head "
+                     "rebuilds the shipped file).", shipped, head_metadata(shipped).get("info", "?"))
+        head = load_head(self.cached_head_path(), self.head_key)
+        if head is not None:
+            self.head_source = "cache"
+        return head
+
+    def head_info(self) -> dict[str, Any]:
+        """How a fitted head was made (stored beside its arrays; not part of its key)."""
+        from importlib.metadata import version
+
+        return {"examples": self.examples.path.name, "examples_sha256": self.examples.sha256,
+                "policy": self.policy.path.name, "policy_rules_sha256": self.policy.rules_sha256,
+                "encoder": self.sentence_model, "encoder_sha256": self.encoder_sha256,
+                "n_rows": len(self.train_texts), "support_vectors": int(self._head.n_support.sum()),
+                **{pkg: version(pkg) for pkg in ("scikit-learn", "sentence-transformers", "torch", "numpy")}}
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length sentence embeddings, one row per text."""
@@ -526,6 +546,7 @@ class PolicyTextHead:
             "classes": list(self.classes),
             "n_examples": len(self.train_texts),
             "examples_sha256": examples,
+            **({"support_vectors": "float16"} if self.settings.kind == "svc" else {}),
         }
 
     def close(self) -> None:
