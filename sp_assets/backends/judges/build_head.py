@@ -38,8 +38,7 @@ def rebuild(policy_path: Path, examples: str | None = None,
     """A head fitted here on the policy's examples, and its training features (from the vector cache)."""
     policy = load_policy(policy_path)
     head = PolicyTextHead(policy, judge_examples(policy, examples), sentence_model=sentence_model, reuse_head=False)
-    x = head._with_bow(head.train_texts, head.training_embeddings())
-    return head, x
+    return head, head.training_features()
 
 
 def compare(shipped: RBFMachine, rebuilt: PolicyTextHead, x: np.ndarray) -> list[str]:

@@ -19,6 +19,7 @@ import numpy as np
 from sp_assets.backends.common.hf import quiet_load
 from sp_assets.backends.common.threads import single_threaded
 from sp_assets.backends.judges.rbf_head import HEAD_FORMAT, RBFMachine, head_metadata, load_head, save_head
+from sp_assets.core.hashing import sha256_json
 from sp_assets.core.judge_examples import JudgeExamples, examples_path, load_examples
 from sp_assets.core.policy import Policy
 from sp_assets.core.progress import Throttle, heartbeat, report
@@ -334,14 +335,12 @@ class PolicyTextHead:
         present = set(self.train_labels)
         self.classes: list[str] = [SAFE_LABEL] + [c.slug for c in policy.categories if c.slug in present]
         self._bow = fit_bow(self.train_texts)
-        self.head_key = hashlib.sha256(json.dumps(
-            {"format": HEAD_FORMAT, "encoder_sha256": self.encoder_sha256, **self.config()}, sort_keys=True
-        ).encode("utf-8")).hexdigest()
+        self.head_key = sha256_json({"format": HEAD_FORMAT, "encoder_sha256": self.encoder_sha256, **self.config()})
         self.head_source = "fitted"
         self._head = self._stored_head() if reuse_head else None
         if self._head is None:
             with heartbeat(BUILD, 1, BUILD_STEPS, began):  # cached vectors read; new strings encoded (own lines)
-                x = self._with_bow(self.train_texts, self.training_embeddings())
+                x = self.training_features()
             report(BUILD, 2, BUILD_STEPS, time.monotonic() - began)
             y = np.array([self.classes.index(label) for label in self.train_labels])
             with heartbeat(BUILD, 2, BUILD_STEPS, began):  # the SVC fit: tens of seconds on 2 cores
@@ -498,6 +497,10 @@ class PolicyTextHead:
     def features(self, texts: Sequence[str]) -> np.ndarray:
         """``embeddings`` beside ``bow_weight`` times the word TF-IDF (unit length per text)."""
         return self._with_bow(texts, self.embeddings(texts))
+
+    def training_features(self) -> np.ndarray:
+        """The features of the training rows, in ``train_texts`` order (vectors from the cache)."""
+        return self._with_bow(self.train_texts, self.training_embeddings())
 
     def _with_bow(self, texts: Sequence[str], dense: np.ndarray) -> np.ndarray:
         if not self.settings.bow_weight:
