@@ -43,7 +43,8 @@ def model_time_floor(data: Path, env: dict[str, str]) -> float:
     """Seconds of model and metric work on the distinct inputs of the run stored under ``data``."""
     os.environ["SP_PROFILES_DIR"] = env["SP_PROFILES_DIR"]
     from sp_assets.backends import registry
-    from sp_assets.backends.base import Instruction, SourceOptions, TextRegion, Verdict
+    from sp_assets.backends.base import SourceOptions
+    from sp_assets.core.record_types import Instruction, TextRegion, Verdict
     from sp_assets.backends.profiles import get_profile
     from sp_assets.core.policy import load_active_policy
     from sp_assets.core.probe import text_embedding_features

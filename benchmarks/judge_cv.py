@@ -24,7 +24,6 @@ safe_weight=1 bow_weight=1 safe_prior=0.5; on 5,198, safe_weight=2 safe_prior=0.
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 from pathlib import Path
 

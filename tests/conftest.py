@@ -66,7 +66,7 @@ class SharedGraph:
 
     data: Path  # read it; to change anything, ``copy_to`` a folder of your own first
     result: Any  # the run's ExecuteInProcessResult
-    cold_calls: dict[str, int]  # backends.base.MODEL_CALLS after the run (every answer computed)
+    cold_calls: dict[str, dict[str, int]]  # asset -> role -> model calls made (``model_calls_made``)
 
     def copy_to(self, folder: Path) -> Path:
         """A copy of the data root (DuckDB file, images) that a test may change; returns its data folder."""
@@ -82,14 +82,29 @@ def shared_graph(tmp_path_factory: pytest.TempPathFactory) -> SharedGraph:
     """All seven stages on two categories, run once per session: the graph, memo, export and review tests
     read it (or a copy) instead of each materializing the same two categories."""
     from sp_assets.backends import registry
-    from sp_assets.backends.base import MODEL_CALLS
 
     data = tmp_path_factory.mktemp("shared-graph") / "data"
     registry.clear_cache()
     registry.LOAD_COUNTS.clear()
-    MODEL_CALLS.clear()
     result = run_graph(data, *SHARED_RANGE, instance=DagsterInstance.ephemeral())
-    return SharedGraph(data=data, result=result, cold_calls=dict(MODEL_CALLS))
+    return SharedGraph(data=data, result=result, cold_calls=model_calls_made(result))
+
+
+def model_calls_made(result: Any) -> dict[str, dict[str, int]]:
+    """asset -> role -> model calls its step made, from the ``model_calls`` metadata of each materialization
+    (a partition-range run records the step's counts once per partition: read one)."""
+    made: dict[str, dict[str, int]] = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        calls = mat.metadata.get("model_calls")
+        if calls is not None:
+            made.setdefault(mat.asset_key.to_user_string(), {
+                role: counts["computed"] for role, counts in calls.value.items()})
+    return made
+
+
+def total_calls(made: dict[str, dict[str, int]]) -> int:
+    return sum(n for roles in made.values() for n in roles.values())
 
 
 def store_at(data_root: Path) -> Store:

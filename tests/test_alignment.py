@@ -16,7 +16,7 @@ from PIL import Image
 from skimage import data
 
 from sp_assets.backends import registry
-from sp_assets.backends.base import EditResult, Verdict
+from sp_assets.core.record_types import EditResult, Verdict
 from sp_assets.backends.editors.text_region import TextRegionEditor
 from sp_assets.core.alignment import aligned_edit, estimate_alignment
 from sp_assets.core.image_metrics import diff_region, psnr_outside, region_mask, ssim_outside

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from sp_assets.backends.base import EditResult, Instruction
+from sp_assets.core.record_types import EditResult, Instruction
 from sp_assets.backends.editors.diffusers_pipeline import (
     DiffusersEditor, accepted_call_args, pipeline_class,
 )

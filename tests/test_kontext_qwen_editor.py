@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sp_assets.backends.base import Instruction
+from sp_assets.core.record_types import Instruction
 from sp_assets.backends.editors.diffusers_pipeline import DiffusersEditor
 from sp_assets.backends.editors.diffusers_sizes import (
     KONTEXT, QWEN_EDIT, QWEN_EDIT_PLUS, kontext_preferred_size, plan_size, qwen_area_size,

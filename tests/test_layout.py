@@ -139,6 +139,30 @@ def test_no_import_cycle():
     assert _cycle(_graph()) is None, f"import cycle: {' -> '.join(_cycle(_graph()) or [])}"
 
 
+# Layers, lowest first (README "Layout"): a module imports its own layer and those below, never one above.
+LAYERS = {"core": 0, "storage": 1, "backends": 2, "execution": 3, "release": 3, "review": 3, "defs": 4}
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.get(parts[1], 5) if len(parts) > 2 or parts[-1] in LAYERS else 5
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps if _layer(m) < _layer(d) and _layer(m) < 5)
+
+
+def test_layers_import_downward_only():
+    assert _upward(_graph()) == [], "imports that run up a layer (core < storage < backends < execution, " \
+                                    "release, review < defs): move the shared piece down"
+
+
+def test_the_layer_check_finds_an_upward_import():
+    graph = {"sp_assets.core.a": {"sp_assets.backends.base"}, "sp_assets.defs.x": {"sp_assets.core.a"},
+             "sp_assets.demo": {"sp_assets.defs.x"}}
+    assert _upward(graph) == ["sp_assets.core.a -> sp_assets.backends.base"]
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None

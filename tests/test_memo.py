@@ -1,33 +1,28 @@
 """Memoized model calls: an unchanged re-run makes none, a missing file is recomputed, a policy edit redoes
-only what reads the policy. Calls are counted at the backends themselves (backends.base.MODEL_CALLS)."""
+only what reads the policy. Calls are counted by each step (its ``model_calls`` metadata)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance
 
 from sp_assets.backends import registry
-from sp_assets.backends.base import MODEL_CALLS
 from sp_assets.core.judge_examples import examples_path
 from sp_assets.core.policy import DEFAULT_POLICY_PATH
-from tests.conftest import SHARED_RANGE, assert_same_rows, run_graph, store_at
+from tests.conftest import SHARED_RANGE, assert_same_rows, model_calls_made, run_graph, store_at, total_calls
 from tests.test_crash_safety import _env, _run, _snapshot
 
 FIRST, LAST = SHARED_RANGE
 
 
 def _fresh_process_state() -> None:
-    """What a new process starts with: no model loaded, no call counted."""
+    """What a new process starts with: no model loaded."""
     registry.clear_cache()
     registry.LOAD_COUNTS.clear()
-    MODEL_CALLS.clear()
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +33,11 @@ def graph(shared_graph, tmp_path_factory):
 
 def test_an_unchanged_rerun_makes_no_model_call_and_loads_no_model(graph):
     data, instance, cold = graph
-    assert cold.get("OcrOnly.read", 0) > 0 and cold.get("TextRegionEditor.edit", 0) > 0
+    assert cold["policy_labels"].get("reader", 0) > 0 and cold["edited_images"].get("editor", 0) > 0
     before = _snapshot(data / "safetypairs.duckdb")
     _fresh_process_state()
-    run_graph(data, FIRST, LAST, instance=instance)
-    assert sum(MODEL_CALLS.values()) == 0, dict(MODEL_CALLS)
+    again = model_calls_made(run_graph(data, FIRST, LAST, instance=instance))
+    assert set(again) == set(cold) and total_calls(again) == 0, again
     assert dict(registry.LOAD_COUNTS) == {"source:demo": 1}  # the source profile is read; no model loads
     assert_same_rows(before, _snapshot(data / "safetypairs.duckdb"))
 
@@ -53,7 +48,8 @@ def test_scene_text_is_read_once_per_image_for_every_category(graph):
     distinct_images = store.query(
         "SELECT count(DISTINCT image_sha256) FROM (SELECT image_sha256 FROM source_images UNION ALL "
         "SELECT edited_sha256 FROM edited_images WHERE status = 'ok')").item()
-    assert cold["OcrOnly.read"] == distinct_images  # the reading half alone reads (no classifier loaded)
+    made = cold["policy_labels"].get("reader", 0) + cold["verified_pairs"].get("reader", 0)
+    assert made == distinct_images
     # The scene-text readings are made by the stages that judge (open_nsfw's own readings come later).
     reads = store.query("SELECT count(*) FROM model_calls WHERE role = 'reader' "
                         "AND stage IN ('policy_labels', 'verified_pairs')").item()
@@ -67,8 +63,8 @@ def test_a_missing_image_file_is_recomputed_not_trusted(graph):
     before = _snapshot(data / "safetypairs.duckdb")
     (data / path).unlink()
     _fresh_process_state()
-    run_graph(data, FIRST, LAST, instance=instance, selection=["edited_images"])
-    assert MODEL_CALLS["TextRegionEditor.edit"] == 1, dict(MODEL_CALLS)
+    made = model_calls_made(run_graph(data, FIRST, LAST, instance=instance, selection=["edited_images"]))
+    assert made == {"edited_images": {"editor": 1}}, made
     assert (data / path).is_file()  # the same bytes, so the same content-addressed name
     assert _snapshot(data / "safetypairs.duckdb") == before
 

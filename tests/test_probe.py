@@ -179,7 +179,7 @@ def test_concat_features():
 
 
 def test_text_embedding_features_offline_model():
-    from sp_assets.core.probe import text_embedding_features
+    from sp_assets.backends.embedders.sentence import text_embedding_features
 
     X = text_embedding_features(["KILL THEM ALL", "kill   them all", "Fresh bread daily", "", None])
     assert X.shape == (5, 384) and X.dtype == np.float32

@@ -11,7 +11,7 @@ import time
 import pytest
 from dagster import DagsterInstance
 
-from sp_assets.execution import memo, pools
+from sp_assets.execution import pools
 from tests.conftest import run_graph
 from tests.test_crash_safety import _snapshot
 
@@ -56,18 +56,17 @@ def test_a_ray_worker_killed_mid_stage_is_replaced_and_the_rows_are_the_same(in_
     killed: list[int] = []
 
     def kill_one_worker() -> None:
-        # Once verified_pairs has started reading edits (more readings than there are sources), kill a worker.
+        # Mid-run (the first stages' batches back, the edits and their verification still to come), kill a worker.
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             live = [p for p in pools.active_pools() if hasattr(p, "worker_pids") and p.worker_pids()]
-            if live and memo.CALLS["reader"] > before + 12:
+            if live and live[0].batches_done >= 10:
                 pid = live[0].worker_pids()[0]
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
                 return
             time.sleep(0.05)
 
-    before = memo.CALLS["reader"]
     killer = threading.Thread(target=kill_one_worker, daemon=True)
     killer.start()
     run_graph(ray_run, FIRST, LAST, instance=DagsterInstance.ephemeral(), execution="ray", ray_workers=2,

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from skimage import data
 
 from sp_assets.backends import registry
-from sp_assets.backends.base import Instruction, TextRegion
+from sp_assets.core.record_types import Instruction, TextRegion
 from sp_assets.backends.common.fonts import load_font
 from sp_assets.backends.editors.text_region import TextRegionEditor
 from sp_assets.backends.profiles import get_profile

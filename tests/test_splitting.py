@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sp_assets.backends.base import TextRegion, Verdict
+from sp_assets.core.record_types import TextRegion, Verdict
 from sp_assets.backends.writers.template import TemplateWriter
 from sp_assets.core.policy import DEFAULT_POLICY_PATH, load_policy
 from sp_assets.core.splitting import (

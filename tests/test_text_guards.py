@@ -23,7 +23,7 @@ from sp_assets.backends.sources.demo import make_recipe, render_recipe
 from sp_assets.core import guard_evaluation as ge
 from sp_assets.core.policy import DEFAULT_POLICY_PATH, load_policy
 from sp_assets.core.reports import SELECTED_MARK, guard_table
-from sp_assets.execution.calls import reader_call
+from sp_assets.execution.judge import reader_call
 from sp_assets.execution.lazy import LazyBackend
 
 POLICY = load_policy(DEFAULT_POLICY_PATH)
@@ -148,7 +148,7 @@ def _pairs_and_lookalikes():
 
 
 def _verdicts(ratings: dict[tuple[str, str], str]):
-    from sp_assets.backends.base import Verdict
+    from sp_assets.core.record_types import Verdict
 
     return {k: Verdict(r, "", None, "", "{}") for k, r in ratings.items()}
 

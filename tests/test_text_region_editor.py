@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageDraw
 from skimage import data
 
-from sp_assets.backends.base import Instruction, TextRegion
+from sp_assets.core.record_types import Instruction, TextRegion
 from sp_assets.backends.common.fonts import load_font
 from sp_assets.core.image_metrics import region_mask
 from sp_assets.backends.editors.text_region import TextRegionEditor

@@ -18,7 +18,7 @@ import transformers
 from PIL import Image
 from transformers import LogitsProcessor
 
-from sp_assets.backends.base import RATINGS, Verdict
+from sp_assets.core.record_types import RATINGS, Verdict
 from sp_assets.backends.common.hf import MissingWeightsError
 from sp_assets.backends.judges.vlm import VLMJudge, classify_token_text, score_from_logs
 from sp_assets.backends.writers.vlm import VLMWriter
@@ -175,7 +175,7 @@ def test_prompt_template_override_and_unknown_placeholder(tiny_dir):
 
 def test_a_judge_of_scope_policy_is_asked_once_per_image_for_every_category(tiny_dir):
     from sp_assets.backends.profiles import Profile
-    from sp_assets.execution.calls import judge_call
+    from sp_assets.execution.judge import judge_call
     from sp_assets.execution.lazy import LazyBackend
 
     whole = "Policy:\n$all_rules\nAnswer JSON {\"rating\": ...}"

@@ -81,8 +81,11 @@ FACTORIES: dict[str, dict[str, Factory]] = {
 JUDGE_AS_GUARD = "judge"  # a guard profile of this implementation evaluates a judge profile
 
 
-def judge_of(profile: Profile) -> Profile:
-    """The judge profile a guard of implementation 'judge' evaluates (its ``judge_profile``)."""
+def runs(profile: Profile) -> Profile:
+    """The profile whose backend runs for ``profile``: itself, or for a guard of implementation 'judge', the
+    judge profile it evaluates (its ``judge_profile``), so the judge's answers serve as the guard's."""
+    if profile.role != "guard" or profile.implementation != JUDGE_AS_GUARD:
+        return profile
     name = profile.extra.get("judge_profile")
     if not name:
         raise ProfileError(f"{profile.source_file}: guard {profile.name!r} of kind 'judge' needs 'judge_profile'.")
@@ -103,9 +106,7 @@ def _factory(profile: Profile) -> Factory:
 
 def backend_class(profile: Profile) -> type:
     """The class that runs a profile, without building it (a judge-guard: its judge's class)."""
-    if profile.role == "guard" and profile.implementation == JUDGE_AS_GUARD:
-        return backend_class(judge_of(profile))
-    return _factory(profile).cls()
+    return _factory(runs(profile)).cls()
 
 
 def config_sha256(profile: Profile) -> str:
@@ -114,8 +115,7 @@ def config_sha256(profile: Profile) -> str:
     A judge evaluated as a guard has its judge's hash: the same model gives the same answers, so its
     stored verdicts can be reused.
     """
-    if profile.role == "guard" and profile.implementation == JUDGE_AS_GUARD:
-        return config_sha256(judge_of(profile))
+    profile = runs(profile)
     return sha256_json(profile.resolved(CODE_VERSIONS.get(profile.implementation, "")))
 
 
@@ -125,7 +125,7 @@ def check_requirements(profile: Profile) -> None:
     Raises ``MissingPackageError`` (an ImportError) naming the profile, its file, the package and the
     command that installs it. A judge evaluated as a guard needs what its judge needs.
     """
-    resolved = judge_of(profile) if profile.role == "guard" and profile.implementation == JUDGE_AS_GUARD else profile
+    resolved = runs(profile)
     if resolved.requires:
         check_packages(f"{resolved.role} profile {resolved.name!r} ({resolved.source_file})", resolved.requires)
 
@@ -137,8 +137,7 @@ LOAD_COUNTS: Counter[str] = Counter()
 
 def build(profile: Profile, policy: Policy) -> Backend:
     """Load (or reuse) the backend a profile names."""
-    if profile.role == "guard" and profile.implementation == JUDGE_AS_GUARD:
-        return build(judge_of(profile), policy)  # cached under the judge's own key
+    profile = runs(profile)  # a judge-guard is cached under its judge's own key
     factory = _factory(profile)
     key = (profile.role, config_sha256(profile), policy.sha256)
     with _LOCK:
@@ -160,7 +159,7 @@ def build(profile: Profile, policy: Policy) -> Backend:
 def build_reader(profile: Profile, policy: Policy) -> Any:
     """What reads images for a two-step profile: its light reader when the class has one (cached by the
     reading's key, so profiles that read alike share it), else the whole backend."""
-    resolved = judge_of(profile) if profile.role == "guard" and profile.implementation == JUDGE_AS_GUARD else profile
+    resolved = runs(profile)
     cls = backend_class(resolved)
     maker = getattr(cls, "make_reader", None)
     if maker is None:

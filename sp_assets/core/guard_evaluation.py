@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any, Collection, Iterable, Mapping, Sequence
 
-from sp_assets.backends.base import Verdict
+from sp_assets.core.record_types import Verdict
 from sp_assets.core.evaluation import PairOutcome, lookalike_scores, score_pairs
 
 Row = dict[str, Any]

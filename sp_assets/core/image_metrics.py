@@ -10,7 +10,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-from sp_assets.backends.base import Box
+from sp_assets.core.record_types import Box
 
 #: PSNR reported for two identical images (the MSE is 0, so the true value is infinite).
 #: A finite cap keeps the value storable and comparable; any real difference scores below it.

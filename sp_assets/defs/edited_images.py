@@ -14,7 +14,7 @@ from sp_assets.core.records import edit_jobs, edit_row
 from sp_assets.defs.resources import EditorResource, JudgeResource, PipelineSettings, WriterResource
 from sp_assets.defs.stage import Stage, asset_kwargs, check, check_result, counts_add_up, no_duplicate_keys
 from sp_assets.execution.lazy import LazyBackend
-from sp_assets.execution.calls import edit_call
+from sp_assets.execution.editor import edit_call, edit_images
 from sp_assets.storage import queries
 
 ASSET = "edited_images"
@@ -62,7 +62,7 @@ def _edit_all(stage: Stage, lazy: LazyBackend, inputs: dict[str, list[dict[str, 
     workers stay busy, each candidate edited at most once."""
     jobs = {cat: edit_jobs(rows, stage.settings.edit_seeds, lazy.config_sha256) for cat, rows in inputs.items()}
     flat = [(cat, job) for cat, js in jobs.items() for job in js]
-    done = stage.memo.run(edit_call(lazy.config_sha256), lazy.work("edit", str(stage.images.root)),
+    done = stage.memo.run(edit_call(lazy.config_sha256), lazy.work(edit_images, str(stage.images.root)),
                           [job for _, job in flat])
     out: dict[str, list[tuple[dict[str, Any], Any]]] = {cat: [] for cat in inputs}
     for (cat, _), (job, outcome) in zip(flat, done):

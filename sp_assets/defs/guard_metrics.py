@@ -8,7 +8,9 @@ from typing import Any
 from dagster import AssetExecutionContext, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
-from sp_assets.backends.base import RecordJudge, Verdict
+from sp_assets.backends.base import RecordJudge
+
+from sp_assets.core.record_types import Verdict
 from sp_assets.backends.common.hf import MissingWeightsError
 from sp_assets.backends.profiles import ProfileError
 from sp_assets.core import guard_evaluation as ge
@@ -19,9 +21,9 @@ from sp_assets.core.reports import guard_table
 from sp_assets.defs.resources import EmbedderResource, GuardResource, JudgeResource, PipelineSettings
 from sp_assets.defs.stage import Stage, asset_kwargs, check, check_result
 from sp_assets.execution import experiments
-from sp_assets.execution.calls import text_embed_call
-from sp_assets.execution.embedding import embed_images, embed_texts
-from sp_assets.execution.judging import judged, prefetch_readings
+from sp_assets.execution.embedder import text_embed_call
+from sp_assets.execution.embedder import embed_images, embed_texts
+from sp_assets.execution.judge import judged, prefetch_readings
 from sp_assets.execution.lazy import LazyBackend
 from sp_assets.release import export_benchmark
 from sp_assets.storage import queries

@@ -16,7 +16,7 @@ from sp_assets.core.agreement import agreement, agreement_table, human_columns, 
 from sp_assets.core.records import label_row
 from sp_assets.defs.resources import JudgeResource, PipelineSettings
 from sp_assets.defs.stage import Stage, asset_kwargs, check, counts_add_up, no_duplicate_keys
-from sp_assets.execution.judging import judged, prefetch_readings
+from sp_assets.execution.judge import judged, prefetch_readings
 from sp_assets.storage import queries
 
 ASSET = "policy_labels"

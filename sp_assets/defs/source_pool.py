@@ -10,7 +10,7 @@ from sp_assets.backends.base import Source, SourceOptions
 from sp_assets.core.hashing import sha256_json
 from sp_assets.defs.resources import PipelineSettings, SourceResource
 from sp_assets.defs.stage import Stage, asset_kwargs, check, counts_add_up, no_duplicate_keys
-from sp_assets.execution.calls import source_call
+from sp_assets.execution.intake import source_call, take_in_category
 
 ASSET = "source_pool"
 CHECKS = [
@@ -38,7 +38,7 @@ def source_pool(context: AssetExecutionContext, settings: PipelineSettings, duck
             base = {**stage.base_row(category.slug), "source_config_sha256": config_sha,
                     "policy_sha256": stage.policy.sha256}
             # An unchanged source (same fingerprint, every stored file present) is not read again.
-            work = lazy.work("intake", str(stage.images.root), category=category.slug, options=options, base=base)
+            work = lazy.work(take_in_category, str(stage.images.root), category=category.slug, options=options, base=base)
             [(_, out)] = stage.memo.run(source_call(config_sha), work,
                                         [{"fingerprint": backend.fingerprint(category, options)}])
             intake = out.result.with_base(stage.base_row(category.slug))

@@ -16,11 +16,11 @@ from sp_assets.core.reports import category_yield, profile_yield_table, yield_ta
 from sp_assets.core.verification import alignment_summary
 from sp_assets.defs.resources import EditorResource, EmbedderResource, JudgeResource, PipelineSettings, WriterResource
 from sp_assets.defs.stage import Stage, asset_kwargs, check, check_result, counts_add_up, no_duplicate_keys
-from sp_assets.execution.calls import preservation_call
-from sp_assets.execution.embedding import pair_embeddings
-from sp_assets.execution.judging import judged, prefetch_readings
+from sp_assets.execution.metrics import measure_pairs, preservation_call
+from sp_assets.execution.embedder import pair_embeddings
+from sp_assets.execution.judge import judged, prefetch_readings
 from sp_assets.execution.lazy import LazyBackend
-from sp_assets.execution.tasks import Work
+from sp_assets.execution.work import Work
 from sp_assets.review import apply_review, effective_decisions
 from sp_assets.storage import queries
 
@@ -94,7 +94,7 @@ def _verify(stage: Stage, category: Category, candidates: list[dict[str, Any]], 
 
 
 def _measures(stage: Stage, ok: list[dict[str, Any]], lpips: tuple[Any, str]) -> dict[str, dict[str, Any]]:
-    work = Work("preserve", str(stage.images.root), stage.policy, args={"lpips": lpips[0] is not None})
+    work = Work(measure_pairs, str(stage.images.root), stage.policy, args={"lpips": lpips[0] is not None})
     call = preservation_call(lpips[1] if lpips[0] is not None else None)
     return {c["candidate_id"]: out.result for c, out in stage.memo.run(call, work, ok)}
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
-from sp_assets.backends.base import SourceItem
+from sp_assets.backends.base import SourceItem, SourceOptions
 from sp_assets.core.hashing import sha256_bytes
 from sp_assets.core.image_clean import MultiFrame, clean_image, container_is_clean
+from sp_assets.core.policy import Policy
+from sp_assets.execution.memo import Call, Encoded
+from sp_assets.execution.work import Rows
 from sp_assets.storage import ImageStore
 
 # Part of every source's config hash: a change in how files are taken in takes every category in again.
@@ -84,3 +88,29 @@ def _rejection(item: SourceItem, images: ImageStore, base: dict[str, Any], reaso
         _, quarantine = images.put_bytes(item.data, ".bin", folder="quarantine")
     return {**{k: v for k, v in base.items() if k != "policy_sha256"}, "origin_ref": item.ref, "reason": reason,
             "detail": detail, "duplicate_of": duplicate_of, "quarantine_path": quarantine}
+
+
+RUN_COLUMNS = ("run_id", "created_at")  # filled in by the run that writes the rows, never stored in the memo
+
+
+def source_call(config_sha256: str) -> Call:
+    """One category's intake from a source, by the source's fingerprint of what it would offer."""
+    def encode(intake: Intake) -> Encoded:
+        strip = [[{k: v for k, v in r.items() if k not in RUN_COLUMNS} for r in rows]
+                 for rows in (intake.accepted, intake.rejected)]
+        files = [r["image_path"] for r in intake.accepted] + [r["quarantine_path"] for r in intake.rejected
+                                                              if r.get("quarantine_path")]
+        return Encoded(json.dumps({"accepted": strip[0], "rejected": strip[1], "n_in": intake.n_in}, sort_keys=True,
+                                  default=str), files=tuple(files))
+
+    def decode(text: str, _b: bytes | None) -> Intake:
+        d = json.loads(text)
+        return Intake(d["accepted"], d["rejected"], d["n_in"])
+
+    return Call("source", config_sha256, lambda item: {"fingerprint": item["fingerprint"]}, encode, decode)
+
+
+def take_in_category(source: Any, images: ImageStore, policy: Policy, batch: Rows, category: str,
+                     options: SourceOptions, base: dict[str, Any]) -> list[Intake]:
+    """A source's items for one category taken into the image store (or quarantined)."""
+    return [take_in(source.scan(policy.category(category), options), images, base, source.origin) for _ in batch]

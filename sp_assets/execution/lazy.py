@@ -9,7 +9,7 @@ from sp_assets.backends import registry
 from sp_assets.backends.base import Backend
 from sp_assets.backends.profiles import Profile
 from sp_assets.core.policy import Policy
-from sp_assets.execution.tasks import Work
+from sp_assets.execution.work import Task, Work
 
 
 @dataclass
@@ -37,13 +37,11 @@ class LazyBackend:
     @property
     def build_profile(self) -> Profile:
         """The profile a worker builds: a judge evaluated as a guard is built from its judge's profile."""
-        if self.profile.role == "guard" and self.profile.implementation == registry.JUDGE_AS_GUARD:
-            return registry.judge_of(self.profile)
-        return self.profile
+        return registry.runs(self.profile)
 
-    def work(self, task: str, images: str, **args: Any) -> Work:
-        """A ``Work`` for the worker pool: the backend is built (once) where the work runs."""
-        return Work(task, images, self.policy, self.build_profile, args)
+    def work(self, task: Task, images: str, reader_only: bool = False, **args: Any) -> Work:
+        """A ``Work`` for the worker pool: ``task`` runs where the backend is built (once per worker)."""
+        return Work(task, images, self.policy, self.build_profile, args, reader_only)
 
     def get(self) -> Backend:
         if self._backend is None:

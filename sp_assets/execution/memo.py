@@ -28,10 +28,6 @@ Result = TypeVar("Result")
 
 COMMIT_EVERY_S = 2.0  # finished batches are committed together at most this often
 
-# Model calls made (misses) and answers reused (hits) in this process, by role.
-CALLS: Counter[str] = Counter()
-REUSED: Counter[str] = Counter()
-
 
 @dataclass(frozen=True)
 class Encoded:
@@ -81,7 +77,7 @@ class Memo:
 
     def run(self, call: Call, job: Job, items: Sequence[Any]) -> list[tuple[Any, Outcome]]:
         """(item, outcome) for every item, in order: stored answers reused, the rest computed through the
-        worker pool (``job``: a ``tasks.Work``, or a plain function run here) and stored."""
+        worker pool (``job``: a ``work.Work``, or a plain function run here) and stored."""
         keys = [sha256_json(call.inputs(item)) for item in items]
         stored = self._lookup(call, keys)
         unique = dict(zip(keys, items))  # first item of each key, in item order
@@ -96,7 +92,6 @@ class Memo:
             with self.store.released():  # models load and run with no database connection held
                 computed = self._compute(call, job, batches)
         hits = sum(1 for k in keys if k in stored)
-        REUSED[call.role] += hits
         self.reused[call.role] += hits
         return [(item, stored[k] if k in stored else computed[k]) for k, item in zip(keys, items)]
 
@@ -124,7 +119,6 @@ class Memo:
         # Batches may come back in any order (a pool of several workers); the index names the batch.
         for index, results in self.pool.map(job, [[item for _, item in b] for b in batches]):
             pairs = batches[index]
-            CALLS[call.role] += len(pairs)
             self.computed[call.role] += len(pairs)
             for (key, item), result in zip(pairs, results, strict=True):
                 out[key] = Outcome(result, self.run_id, False, self.stage)

@@ -1,6 +1,6 @@
 """The worker-pool seam: the heavy stages hand batches of items to a pool and get results back.
 
-``map(work, batches)`` runs every batch of a ``tasks.Work`` (or of a plain function, run here) and
+``map(work, batches)`` runs every batch of a ``work.Work`` (or of a plain function, run here) and
 yields ``(batch index, results)`` as each batch finishes, so the stage can commit as it goes; results
 come in item order within a batch, batches in any order. ``InProcessPool`` runs them one after another
 in this process, holding the models in the process's backend cache; ``ray_pool.RayPool`` runs them on
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
 
-from sp_assets.execution.tasks import Work, run_work
+from sp_assets.execution.work import Work, run_work
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -29,7 +29,7 @@ def batched(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
 def run_job(job: Job, batch: Sequence[Any]) -> list[Any]:
     results = run_work(job, batch) if isinstance(job, Work) else job(batch)
     if len(results) != len(batch):
-        name = job.task if isinstance(job, Work) else getattr(job, "__name__", job)
+        name = job.name if isinstance(job, Work) else getattr(job, "__name__", job)
         raise RuntimeError(f"task {name!r} returned {len(results)} results for {len(batch)} items; a task must "
                            "return one result per item")
     return results

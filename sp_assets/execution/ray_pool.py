@@ -1,6 +1,6 @@
 """The worker pool on Ray: model-holding actors on this machine or a cluster; Dagster stays the orchestrator.
 
-``RayPool.map`` sends each batch of a ``tasks.Work`` to an actor and yields results as batches finish.
+``RayPool.map`` sends each batch of a ``work.Work`` to an actor and yields results as batches finish.
 Each actor is a long-lived process that builds every backend it is asked for once (the process's
 backend cache) and keeps it for its life, so a model loads once per worker, not once per batch. Actors
 get the CPUs and GPUs the work's profile asks for (``num_cpus``, ``num_gpus``) and as many threads as
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from sp_assets.execution.pool import Job, run_job
-from sp_assets.execution.tasks import Work
+from sp_assets.execution.work import Work
 
 log = logging.getLogger(__name__)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "SP_WORKER_THREADS")
@@ -101,6 +101,7 @@ class RayPool:
     object_store_mb: int = 256  # for a local Ray: the shared-memory object store
     _slots: dict[tuple[float, float], list[_Slot]] = field(default_factory=dict)
     _started_here: bool = False
+    batches_done: int = 0  # batches whose results came back, over the pool's life (to watch it work)
 
     def __post_init__(self) -> None:
         import ray
@@ -206,13 +207,14 @@ class _Scheduler:
                 self._retry(index, slot_index, exc, replace=False)
                 continue
             self.submit(slot_index)
+            self.pool.batches_done += 1
             yield index, results
 
     def _retry(self, index: int, slot_index: int, exc: Exception, replace: bool) -> None:
         self.attempts[index] += 1
         if self.attempts[index] > self.pool.retries:
             cause = getattr(exc, "cause", None)
-            raise RuntimeError(f"task {self.job.task!r} failed on batch {index} after {self.pool.retries} "
+            raise RuntimeError(f"task {self.job.name!r} failed on batch {index} after {self.pool.retries} "
                                f"retries: {cause or exc}") from (cause if isinstance(cause, BaseException) else exc)
         if replace:
             dead = self.slots[slot_index].pid
@@ -221,7 +223,7 @@ class _Scheduler:
             log.warning("Ray worker pid %s died (%s); replaced by pid %s, batch %s retried", dead,
                         type(exc).__name__, self.slots[slot_index].pid, index)
         else:
-            log.warning("task %r failed on batch %s (%s); retry %s of %s", self.job.task, index,
+            log.warning("task %r failed on batch %s (%s); retry %s of %s", self.job.name, index,
                         type(exc).__name__, self.attempts[index], self.pool.retries)
         self.todo.insert(0, index)
         self.submit(slot_index)

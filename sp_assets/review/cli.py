@@ -18,7 +18,7 @@ from typing import Sequence
 
 import duckdb
 
-from sp_assets.review.decisions import DecisionsFileError, import_decisions
+from sp_assets.review.decisions import import_decisions
 from sp_assets.review.page import MAX_SIDE, export_review, page_paths
 from sp_assets.storage import ImageStore, Store
 from sp_assets.storage.images import images_root

@@ -185,7 +185,7 @@ def hf_model_info(source: ModelSource, revision: str, device: str, torch_dtype: 
     """The ModelInfo every transformers backend records: model, resolved revision, device, dtype, versions."""
     import torch
 
-    from sp_assets.backends.base import ModelInfo
+    from sp_assets.core.record_types import ModelInfo
 
     return ModelInfo(
         model_id=source.model,

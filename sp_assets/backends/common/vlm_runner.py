@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from sp_assets.backends.base import ModelInfo
+from sp_assets.core.record_types import ModelInfo
 from sp_assets.backends.common.hf import (
     ModelSource,
     free_cuda_cache,

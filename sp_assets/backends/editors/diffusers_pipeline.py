@@ -13,13 +13,8 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
-from sp_assets.backends.base import (
-    Editor,
-    EditResult,
-    Instruction,
-    ModelInfo,
-    check_edit_args,
-)
+from sp_assets.backends.base import Editor, check_edit_args
+from sp_assets.core.record_types import EditResult, Instruction, ModelInfo
 from sp_assets.backends.common.hf import (
     MissingWeightsError,
     ModelSource,

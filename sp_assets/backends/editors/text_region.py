@@ -14,15 +14,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from sp_assets.backends.base import (
-    Box,
-    Editor,
-    EditResult,
-    Instruction,
-    ModelInfo,
-    TextRegion,
-    check_edit_args,
-)
+from sp_assets.backends.base import Editor, check_edit_args
+from sp_assets.core.record_types import Box, EditResult, Instruction, ModelInfo, TextRegion
 from sp_assets.backends.common.fonts import DEFAULT_FONT, font_path, load_font
 
 INPAINT_METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}

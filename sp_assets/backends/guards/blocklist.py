@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from sp_assets.backends.base import ModelInfo, Verdict
+from sp_assets.core.record_types import ModelInfo, Verdict
 from sp_assets.backends.common.model_store import check_pinned
 from sp_assets.backends.common.versions import package_version
 from sp_assets.backends.guards.ocr_text import NO_TEXT, OCRTextGuard

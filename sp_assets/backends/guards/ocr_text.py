@@ -16,7 +16,9 @@ from typing import Any, Mapping, Sequence
 
 from PIL import Image
 
-from sp_assets.backends.base import Guard, TextRegion, TwoStep, Verdict
+from sp_assets.backends.base import Guard, TwoStep
+
+from sp_assets.core.record_types import TextRegion, Verdict
 from sp_assets.backends.judges.scene_text import SceneTextJudge, SceneTextReader, group_signs
 from sp_assets.core.policy import Category
 

@@ -10,7 +10,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from sp_assets.backends.base import Guard, ModelInfo, TwoStep, Verdict
+from sp_assets.backends.base import Guard, TwoStep
+
+from sp_assets.core.record_types import ModelInfo, Verdict
 from sp_assets.backends.common.threads import worker_threads
 from sp_assets.backends.common.versions import package_version
 from sp_assets.core.policy import Category

@@ -7,7 +7,9 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from sp_assets.backends.base import ModelInfo, RecordJudge, Verdict
+from sp_assets.backends.base import RecordJudge
+
+from sp_assets.core.record_types import ModelInfo, Verdict
 from sp_assets.core.human_labels import human_rating, normalised
 from sp_assets.core.policy import Category, Policy
 

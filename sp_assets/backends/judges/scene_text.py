@@ -13,7 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from sp_assets.backends.base import Judge, ModelInfo, TextRegion, TwoStep, Verdict
+from sp_assets.backends.base import Judge, TwoStep
+
+from sp_assets.core.record_types import ModelInfo, TextRegion, Verdict
 from sp_assets.backends.common.threads import worker_threads
 from sp_assets.backends.common.versions import package_version
 from sp_assets.backends.judges.text_head import (

@@ -10,7 +10,9 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from sp_assets.backends.base import Judge, Verdict
+from sp_assets.backends.base import Judge
+
+from sp_assets.core.record_types import Verdict
 from sp_assets.backends.common.hf import (
     ModelSource,
     free_cuda_cache,

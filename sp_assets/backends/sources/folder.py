@@ -20,7 +20,9 @@ from typing import Any, Iterator, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-from sp_assets.backends.base import ModelInfo, Source, SourceItem, SourceOptions
+from sp_assets.backends.base import Source, SourceItem, SourceOptions
+
+from sp_assets.core.record_types import ModelInfo
 from sp_assets.backends.sources.manifest import ManifestError, ManifestRow, read_rows
 from sp_assets.core.hashing import sha256_bytes
 from sp_assets.core.image_clean import MultiFrame, clean_image

@@ -7,7 +7,9 @@ from typing import Sequence
 
 from PIL import Image
 
-from sp_assets.backends.base import Instruction, InstructionWriter, ModelInfo, Verdict
+from sp_assets.backends.base import InstructionWriter
+
+from sp_assets.core.record_types import Instruction, ModelInfo, Verdict
 from sp_assets.core.policy import Category
 
 KEEP = (

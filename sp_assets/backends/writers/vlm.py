@@ -10,7 +10,9 @@ from typing import Any
 
 from PIL import Image
 
-from sp_assets.backends.base import Instruction, InstructionWriter, Verdict
+from sp_assets.backends.base import InstructionWriter
+
+from sp_assets.core.record_types import Instruction, Verdict
 from sp_assets.backends.common.json_answers import brace_spans, load_json_object, normalise_answer
 from sp_assets.backends.writers.template import KEEP
 from sp_assets.backends.common.vlm_runner import VLMRunner, compile_prompt_template
