@@ -84,13 +84,14 @@ def test_one_more_judge_example_redoes_only_the_scene_text_decisions(tmp_path):
     _run(env, parts, tmp_path / "first.log", select=select)
     first = _computed_by_role(data)
     before = _writer_inputs(data)
+    intakes = store_at(data).query("SELECT * FROM source_intakes").rows()
     _run({**env, "SP_POLICY": str(policy)}, parts, tmp_path / "second.log", select=select)
     second = {role: n - first.get(role, 0) for role, n in _computed_by_role(data).items()}
     # Every scene-text decision is taken again (its classifier learned from one more row)...
     assert second.get("judge", 0) > 0
     # ... and nothing that does not read the examples: readings, embeddings, measurements, sources.
     assert second.get("reader", 0) == 0 and second.get("embedder", 0) == 0 and second.get("metrics", 0) == 0
-    assert second.get("source", 0) == 0
+    assert store_at(data).query("SELECT * FROM source_intakes").rows() == intakes  # sources not taken in again
     # A writer is asked again only where the judge's finding on that source changed.
     after = _writer_inputs(data)
     changed = sum(1 for key, finding in after.items() if before.get(key) != finding)

@@ -106,3 +106,33 @@ def test_folder_without_manifest_uses_category_subfolders(tmp_path):
     assert ("o2_violence", "o2_violence/a.png") in got and ("o6_weapons_substances", "O6/b.png") in got
     assert {c for c, ref in got if ref == "loose.png"} == cats
     assert len(got) == 2 + len(cats)
+
+
+def test_an_unchanged_folder_is_not_taken_in_again_and_a_changed_one_is(tmp_path):
+    """One stored fingerprint per category: the same files keep their rows; a new file, or a stored file
+    gone from the data root, takes the category in again. The rows are the same either way."""
+    src = _folder(tmp_path)
+    data = tmp_path / "data"
+    cat = "o2_violence"
+
+    def run():
+        result = run_graph(data, cat, cat, selection=["source_pool"], source="folder", source_dir=str(src))
+        store = store_at(data)
+        rows = store.query("SELECT * EXCLUDE (run_id, created_at) FROM source_images ORDER BY image_sha256").to_dicts()
+        rejected = store.query("SELECT * EXCLUDE (run_id, created_at) FROM source_rejections "
+                               "ORDER BY origin_ref").to_dicts()
+        [intake] = store.query("SELECT run_id, n_in FROM source_intakes WHERE category = ?", [cat]).rows()
+        mat = result.asset_materializations_for_node("source_pool")[0]
+        assert mat.metadata["rows_in"].value == intake[1]
+        return mat.metadata["categories_kept"].value, intake[0], rows, rejected
+
+    kept, first_run, rows, rejected = run()
+    assert kept == 0 and len(rows) == 3 and {r["reason"] for r in rejected} >= {"duplicate", "corrupt"}
+    kept, run_id, *same = run()
+    assert kept == 1 and run_id == first_run and same == [rows, rejected]
+    (data / rows[0]["image_path"]).unlink()  # a stored image is gone
+    kept, run_id, *same = run()
+    assert kept == 0 and run_id != first_run and same == [rows, rejected] and (data / rows[0]["image_path"]).is_file()
+    (src / "good3.png").write_bytes(_png(7))
+    kept, _, rows_after, _ = run()
+    assert kept == 0 and len(rows_after) == len(rows) + 1

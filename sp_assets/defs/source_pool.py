@@ -10,7 +10,8 @@ from sp_assets.backends.base import Source, SourceOptions
 from sp_assets.core.hashing import sha256_json
 from sp_assets.defs.resources import PipelineSettings, SourceResource
 from sp_assets.defs.stage import Stage, asset_kwargs, check, counts_add_up, no_duplicate_keys
-from sp_assets.execution.intake import source_call, take_in_category
+from sp_assets.execution.intake import intake_category
+from sp_assets.storage import queries
 
 ASSET = "source_pool"
 CHECKS = [
@@ -33,24 +34,28 @@ def source_pool(context: AssetExecutionContext, settings: PipelineSettings, duck
     config_sha = sha256_json(source.config(settings))
     reasons: Counter[str] = Counter()
     notes = _intake_notes(backend, stage, options)
+    kept = 0
     for category in stage.categories():
         with stage.timed(category.slug):
             base = {**stage.base_row(category.slug), "source_config_sha256": config_sha,
                     "policy_sha256": stage.policy.sha256}
             # An unchanged source (same fingerprint, every stored file present) is not read again.
-            work = lazy.work(take_in_category, str(stage.images.root), category=category.slug, options=options, base=base)
-            [(_, out)] = stage.memo.run(source_call(config_sha), work,
-                                        [{"fingerprint": backend.fingerprint(category, options)}])
-            intake = out.result.with_base(stage.base_row(category.slug))
+            intake, unchanged = intake_category(stage.store, stage.images, backend, category, options, base, config_sha)
             stage.store.replace_slice("source_images", {"category": category.slug}, intake.accepted)
             stage.store.replace_slice("source_rejections", {"category": category.slug}, intake.rejected)
+            if unchanged:
+                kept += 1
+            else:  # after its rows: a run killed in between takes the category in again
+                queries.save_intake(stage.store, {**stage.base_row(category.slug), "source_config_sha256": config_sha,
+                                                  "fingerprint": intake.fingerprint, "n_in": intake.n_in})
         reasons.update(r["reason"] for r in intake.rejected)
         # stage_runs keeps the category's notes with its counts, for the run summary (queries.source_intake_notes).
         stage.record(category.slug, intake.n_in, len(intake.accepted), len(intake.rejected),
                      {"source": source.profile, **_notes_of(notes, category.slug)}, intake.accepted)
     checks = [counts_add_up(stage, "files"), no_duplicate_keys(stage, ["category", "image_sha256"])]
     return stage.result({"source": source.profile, "rejection_reasons": MetadataValue.json(dict(reasons)),
-                         **_notes_metadata(notes), **stage.memo_report()}, checks)
+                         "categories_kept": kept,
+                         **_notes_metadata(notes)}, checks)
 
 
 def _intake_notes(backend: Source, stage: Stage, options: SourceOptions) -> dict[str, dict[str, Any]]:

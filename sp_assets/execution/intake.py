@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from sp_assets.backends.base import SourceItem, SourceOptions
-from sp_assets.core.hashing import sha256_bytes
+from sp_assets.core.hashing import sha256_bytes, sha256_json
 from sp_assets.core.image_clean import MultiFrame, clean_image, container_is_clean
-from sp_assets.core.policy import Policy
-from sp_assets.execution.memo import Call, Encoded
-from sp_assets.execution.work import Rows
-from sp_assets.storage import ImageStore
+from sp_assets.core.policy import Category
+from sp_assets.storage import ImageStore, Store, queries
 
 # Part of every source's config hash: a change in how files are taken in takes every category in again.
 INTAKE_VERSION = "display-clean-1"  # orientation applied, sRGB, one frame, no metadata (core.image_clean)
@@ -25,10 +22,13 @@ class Intake:
     accepted: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     n_in: int = 0
+    fingerprint: str = ""  # the source's fingerprint of what it offered
 
     def with_base(self, base: dict[str, Any]) -> "Intake":
-        """The same rows with this run's columns (a reused intake was taken in by an earlier run)."""
-        return Intake([{**r, **base} for r in self.accepted], [{**r, **base} for r in self.rejected], self.n_in)
+        """The same rows with this run's columns (a kept intake was taken in by an earlier run)."""
+        run = {k: base[k] for k in ("run_id", "created_at") if k in base}
+        return Intake([{**r, **run} for r in self.accepted], [{**r, **run} for r in self.rejected], self.n_in,
+                      self.fingerprint)
 
 
 def take_in(items: Iterable[SourceItem], images: ImageStore, base: dict[str, Any], origin: str) -> Intake:
@@ -90,27 +90,34 @@ def _rejection(item: SourceItem, images: ImageStore, base: dict[str, Any], reaso
             "detail": detail, "duplicate_of": duplicate_of, "quarantine_path": quarantine}
 
 
-RUN_COLUMNS = ("run_id", "created_at")  # filled in by the run that writes the rows, never stored in the memo
+
+def intake_category(store: Store, images: ImageStore, source: Any, category: Category, options: SourceOptions,
+                    base: dict[str, Any], config_sha256: str) -> tuple[Intake, bool]:
+    """One category's intake, and whether it was kept from an earlier run.
+
+    The source's ``fingerprint`` of what it would offer (cheap: names, sizes, times) is compared with the one
+    stored when the category was last taken in under the same source settings; when they match and every
+    stored file is still there, the stored rows are kept (with this run's columns), else the source is
+    scanned and its files taken in again. Taking in holds no database connection.
+    """
+    fingerprint = sha256_json(source.fingerprint(category, options))
+    kept = _kept(store, images, category.slug, config_sha256, fingerprint)
+    if kept is not None:
+        return kept.with_base(base), True
+    with store.released():
+        intake = take_in(source.scan(category, options), images, base, source.origin)
+    intake.fingerprint = fingerprint
+    return intake, False
 
 
-def source_call(config_sha256: str) -> Call:
-    """One category's intake from a source, by the source's fingerprint of what it would offer."""
-    def encode(intake: Intake) -> Encoded:
-        strip = [[{k: v for k, v in r.items() if k not in RUN_COLUMNS} for r in rows]
-                 for rows in (intake.accepted, intake.rejected)]
-        files = [r["image_path"] for r in intake.accepted] + [r["quarantine_path"] for r in intake.rejected
-                                                              if r.get("quarantine_path")]
-        return Encoded(json.dumps({"accepted": strip[0], "rejected": strip[1], "n_in": intake.n_in}, sort_keys=True,
-                                  default=str), files=tuple(files))
-
-    def decode(text: str, _b: bytes | None) -> Intake:
-        d = json.loads(text)
-        return Intake(d["accepted"], d["rejected"], d["n_in"])
-
-    return Call("source", config_sha256, lambda item: {"fingerprint": item["fingerprint"]}, encode, decode)
-
-
-def take_in_category(source: Any, images: ImageStore, policy: Policy, batch: Rows, category: str,
-                     options: SourceOptions, base: dict[str, Any]) -> list[Intake]:
-    """A source's items for one category taken into the image store (or quarantined)."""
-    return [take_in(source.scan(policy.category(category), options), images, base, source.origin) for _ in batch]
+def _kept(store: Store, images: ImageStore, category: str, config_sha256: str, fingerprint: str) -> Intake | None:
+    last = queries.last_intake(store, category)
+    if last is None or (last["source_config_sha256"], last["fingerprint"]) != (config_sha256, fingerprint):
+        return None
+    accepted, rejected = queries.sources_of(store, category), queries.rejections_of(store, category)
+    files = [r["image_path"] for r in accepted] + [r["quarantine_path"] for r in rejected if r["quarantine_path"]]
+    if not all(images.exists(f) for f in files):  # a stored file is gone: take the category in again
+        return None
+    strip = ("run_id", "created_at")
+    return Intake([{k: v for k, v in r.items() if k not in strip} for r in accepted],
+                  [{k: v for k, v in r.items() if k not in strip} for r in rejected], int(last["n_in"]), fingerprint)

@@ -23,6 +23,21 @@ def sources_of(store: Store, category: str) -> Rows:
     return store.rows("source_images", {"category": category}, order_by="image_sha256")
 
 
+def rejections_of(store: Store, category: str) -> Rows:
+    """The files and manifest rows a category's intake refused, in the order of their source reference."""
+    return store.rows("source_rejections", {"category": category}, order_by="origin_ref")
+
+
+def last_intake(store: Store, category: str) -> dict[str, Any] | None:
+    """The category's last intake (source settings, fingerprint, items in), if it was ever taken in."""
+    rows = store.rows("source_intakes", {"category": category})
+    return rows[0] if rows else None
+
+
+def save_intake(store: Store, row: dict[str, Any]) -> None:
+    store.replace_slice("source_intakes", {"category": row["category"]}, [row])
+
+
 def unsafe_labels(store: Store, category: str, judge_profile: str) -> Rows:
     """Sources the judge rated unsafe, with their image path and the source's own (manifest) label: what
     the writer gets instructions for, once core.agreement.editable has left out the human-safe ones."""

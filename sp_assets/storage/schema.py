@@ -56,6 +56,15 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("run_id", "VARCHAR", "Dagster run"),
         ("created_at", "TIMESTAMP", "UTC"),
     ],
+    "source_intakes": [
+        ("category", "VARCHAR", "partition key; one row per category: its last intake"),
+        ("source_config_sha256", "VARCHAR", "hash of the source settings it was taken in under"),
+        ("fingerprint", "VARCHAR", "the source's fingerprint of what it offered (file names, sizes, times); "
+                                   "unchanged, with every stored file present, the next run keeps the rows"),
+        ("n_in", "INTEGER", "items that came in (accepted + rejected)"),
+        ("run_id", "VARCHAR", "Dagster run that took the category in"),
+        ("created_at", "TIMESTAMP", "UTC"),
+    ],
     "policy_labels": [
         ("category", "VARCHAR", "partition key; the category the image was judged under"),
         ("image_sha256", "VARCHAR", "the judged source image"),
