@@ -24,8 +24,7 @@ from sp_assets.core.run_display import RunDisplay
 from sp_assets.defs.resources import PipelineSettings
 from sp_assets.storage import Store, queries
 
-STAGES = ["source_pool", "policy_labels", "edit_instructions", "edited_images", "verified_pairs",
-          "benchmark_split", "guard_metrics"]
+from sp_assets.defs import STAGE_NAMES as STAGES
 
 
 INTERRUPT_GRACE_S = 60  # after Ctrl-C, how long Dagster may take to mark the run cancelled

@@ -13,11 +13,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from sp_assets.defs import STAGE_NAMES
 from sp_assets.storage.compare import read_only_query, stable_rows
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 REPO = Path(__file__).resolve().parent.parent
-STAGES = "source_pool,policy_labels,edit_instructions,edited_images,verified_pairs,benchmark_split,guard_metrics"
+STAGES = ",".join(STAGE_NAMES)
 
 
 def _env(home: Path, data: Path, **extra: str) -> dict[str, str]:

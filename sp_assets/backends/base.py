@@ -195,6 +195,10 @@ class SourceItem:
     columns: dict[str, Any] = field(default_factory=dict)
 
 
+# The demo pool's size per category, unless the settings say otherwise (SP_DEMO_UNSAFE, SP_DEMO_SAFE).
+DEMO_UNSAFE_PER_CATEGORY, DEMO_SAFE_PER_CATEGORY = 12, 6
+
+
 @dataclass(frozen=True)
 class SourceOptions:
     """The run settings a source reads (from the settings resource)."""
@@ -203,8 +207,8 @@ class SourceOptions:
     seed: int = 0
     source_dir: str = ""
     manifest: str = ""
-    demo_unsafe_per_category: int = 12
-    demo_safe_per_category: int = 6
+    demo_unsafe_per_category: int = DEMO_UNSAFE_PER_CATEGORY
+    demo_safe_per_category: int = DEMO_SAFE_PER_CATEGORY
     max_image_pixels: int = 40_000_000
     max_file_bytes: int = 64 * 1024 * 1024
 

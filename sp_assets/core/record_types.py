@@ -80,6 +80,16 @@ class Verdict:
         if self.rating not in RATINGS:
             raise ValueError(f"rating must be one of {RATINGS}, got {self.rating!r}")
 
+    def as_dict(self) -> dict[str, Any]:
+        """The verdict as JSON-able values (how the memo stores it; ``from_dict`` reads it back)."""
+        return {"rating": self.rating, "category": self.category, "score": self.score, "rationale": self.rationale,
+                "raw_output": self.raw_output, "regions": [r.as_dict() for r in self.regions]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Verdict":
+        return cls(d["rating"], d["category"], d["score"], d["rationale"], d["raw_output"],
+                   tuple(TextRegion.from_dict(r) for r in d["regions"]))
+
 
 @dataclass(frozen=True)
 class Instruction:

@@ -51,11 +51,6 @@ def profile_yield_table(rows: Sequence[Mapping[str, Any]]) -> str:
           r["rejection_reasons"] or "-") for r in rows], "lllrrrl")
 
 
-def split_table(per_split: Mapping[str, Mapping[str, int]]) -> str:
-    return table(["category", "train", "validation", "test", "with control"],
-                 [(c, v["train"], v["validation"], v["test"], v["controlled"]) for c, v in per_split.items()], "lrrrr")
-
-
 SELECTED_MARK = "\u2020"  # dagger: the guard selected the pairs
 
 

@@ -86,11 +86,6 @@ def rows_in_two_splits(rows: Iterable[Mapping[str, Any]], key: str) -> list[str]
     return bad
 
 
-def sources_in_two_splits(rows: list[dict]) -> list[str]:
-    """Source hashes that appear in more than one split (must be none)."""
-    return rows_in_two_splits(rows, "image_sha256")
-
-
 # --- spreading the replacement texts ----------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from dagster_duckdb import DuckDBResource
 from sp_assets.core.hashing import sha256_json
 from sp_assets.core.reports import table
 from sp_assets.core.splitting import (
-    SPLIT_METHOD, SPLITS, benchmark_rows, lookalike_rows, phrase_shares, photos_per_split, rows_in_two_splits,
+    SPLITS, benchmark_rows, lookalike_rows, phrase_shares, photos_per_split, rows_in_two_splits,
     split_counts_of,
 )
 from sp_assets.defs.resources import JudgeResource, PipelineSettings
@@ -42,7 +42,7 @@ CHECKS = [
 def benchmark_split(context: AssetExecutionContext, settings: PipelineSettings, duckdb: DuckDBResource,
                     judge: JudgeResource):
     stage = Stage(ASSET, context, settings, duckdb)
-    split_config = {**settings.split_config(), "method": SPLIT_METHOD}
+    split_config = settings.split_config()
     pairs: list[dict[str, Any]] = []
     lookalikes: list[dict[str, Any]] = []
     for category in stage.categories():

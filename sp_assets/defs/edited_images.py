@@ -33,7 +33,7 @@ def edited_images(context: AssetExecutionContext, settings: PipelineSettings, du
     stage = Stage(ASSET, context, settings, duckdb)
     editors = {name: editor.lazy(stage.policy, name) for name in editor.names}
     inputs = {c.slug: queries.instructions_to_edit(stage.store, c.slug, judge.profile, writer.profile)
-              for c in stage.category_list()}
+              for c in stage.categories()}
     edits = {name: _edit_all(stage, lazy, inputs) for name, lazy in editors.items()}  # every category at once
     for category in stage.categories():
         rows: list[dict[str, Any]] = []

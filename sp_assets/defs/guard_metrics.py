@@ -59,7 +59,7 @@ def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, du
     loaded, skipped = _load_guards(stage, guards)
     summary: list[dict[str, Any]] = []
     incomplete: list[str] = []
-    inputs = {c.slug: _inputs(stage, judge, c.slug) for c in stage.category_list()}
+    inputs = {c.slug: _inputs(stage, judge, c.slug) for c in stage.categories()}
     _prefetch(stage, loaded, skipped, [item for given in inputs.values() for item in given.items])
     for category in stage.categories():
         with stage.timed(category.slug):
@@ -189,7 +189,7 @@ def _guard_verdicts(stage: Stage, category: Category, lazy: LazyBackend, items: 
 
 def _run_level_experiments(stage: Stage, judge: JudgeResource, embedder: EmbedderResource) -> dict[str, Any]:
     """Figures and the sample-efficiency probe, pooled over the run's categories."""
-    categories = [c.slug for c in stage.category_list()]
+    categories = [c.slug for c in stage.categories()]
     out_dir = stage.settings.root / "reports" / stage.run_id
     out_dir.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {"reports": MetadataValue.path(str(out_dir))}
@@ -234,7 +234,7 @@ def _score_probe_guards(stage: Stage, probe: dict[str, Any]) -> None:
     predictions, metrics = [], []
     for guard, info in probe["probe_guards"].items():
         sha = f"probe-{info['features']}-seed{stage.settings.seed}"
-        for category in [c.slug for c in stage.category_list()]:
+        for category in [c.slug for c in stage.categories()]:
             test = [p for p in probe["pairs"] if p["category"] == category and p["split"] == "test"]
             verdicts = ge.probe_verdicts(test, info["p_unsafe"])
             base = stage.base_row(category)

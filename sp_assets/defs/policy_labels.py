@@ -36,7 +36,7 @@ def policy_labels(context: AssetExecutionContext, settings: PipelineSettings, du
     who = {"profile": judge.profile, "config_sha256": lazy.config_sha256}
     compare = not issubclass(lazy.cls, RecordJudge)  # a record judge's verdict is the human label itself
     ratings: dict[str, dict[str, int]] = {}
-    inputs = {c.slug: queries.sources_of(stage.store, c.slug) for c in stage.category_list()}
+    inputs = {c.slug: queries.sources_of(stage.store, c.slug) for c in stage.categories()}
     prefetch_readings(stage.memo, lazy, [s for rows in inputs.values() for s in rows])  # every category at once
     for category in stage.categories():
         with stage.timed(category.slug):

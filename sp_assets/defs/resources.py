@@ -17,10 +17,10 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from sp_assets.backends import registry
-from sp_assets.backends.base import Backend, SourceOptions
+from sp_assets.backends.base import DEMO_SAFE_PER_CATEGORY, DEMO_UNSAFE_PER_CATEGORY, SourceOptions
 from sp_assets.backends.profiles import Profile, get_profile
-from sp_assets.core.hashing import sha256_json
 from sp_assets.core.policy import Policy
+from sp_assets.core.splitting import SPLIT_METHOD
 from sp_assets.execution.intake import INTAKE_VERSION
 from sp_assets.execution.lazy import LazyBackend
 
@@ -68,8 +68,8 @@ class PipelineSettings(ConfigurableResource):
         description="Optional CSV, JSONL or Parquet with columns path[, rating, category, rationale, photo] (env SP_MANIFEST).",
     )
     seed: int = Field(default=0, description="Seed for the demo pool, the writer and the split.")
-    demo_unsafe_per_category: int = Field(default=12, ge=1)
-    demo_safe_per_category: int = Field(default=6, ge=0)
+    demo_unsafe_per_category: int = Field(default=DEMO_UNSAFE_PER_CATEGORY, ge=1)
+    demo_safe_per_category: int = Field(default=DEMO_SAFE_PER_CATEGORY, ge=0)
     max_image_pixels: int = Field(default=40_000_000, description="Larger images are quarantined.")
     max_file_bytes: int = Field(default=64 * 1024 * 1024, description="Larger files are quarantined.")
     db_lock_timeout_s: float = Field(
@@ -166,10 +166,8 @@ class PipelineSettings(ConfigurableResource):
         return {"train": self.split_train, "validation": self.split_validation, "test": self.split_test}
 
     def split_config(self) -> dict[str, Any]:
-        return {"seed": self.seed, **self.split_fractions(), "method": "sorted-hash-v1"}
-
-    def split_config_sha256(self) -> str:
-        return sha256_json(self.split_config())
+        """What decides the split (its hash is in every benchmark row): seed, fractions and method."""
+        return {"seed": self.seed, **self.split_fractions(), "method": SPLIT_METHOD}
 
 
 def _settings_env(read: Any) -> dict[str, Any]:
@@ -178,8 +176,8 @@ def _settings_env(read: Any) -> dict[str, Any]:
         "images_url": read("SP_IMAGES_URL", ""),
         "source_dir": read("SP_SOURCE_DIR", ""),
         "manifest": read("SP_MANIFEST", ""),
-        "demo_unsafe_per_category": _env_int("SP_DEMO_UNSAFE", 12),
-        "demo_safe_per_category": _env_int("SP_DEMO_SAFE", 6),
+        "demo_unsafe_per_category": _env_int("SP_DEMO_UNSAFE", DEMO_UNSAFE_PER_CATEGORY),
+        "demo_safe_per_category": _env_int("SP_DEMO_SAFE", DEMO_SAFE_PER_CATEGORY),
         "seed": _env_int("SP_SEED", 0),
         "db_lock_timeout_s": float(_env("SP_DB_LOCK_TIMEOUT", "600")),
         "batch_items": _env_int("SP_BATCH_ITEMS", 16),
@@ -202,10 +200,6 @@ class BackendResource(ConfigurableResource):
 
     def config_sha256(self, name: str | None = None) -> str:
         return registry.config_sha256(self.resolve(name))
-
-    def load(self, policy: Policy, name: str | None = None) -> Backend:
-        """The loaded backend; loads at most once per process for the same config and policy."""
-        return registry.build(self.resolve(name), policy)
 
     def describe(self, name: str | None = None) -> dict[str, Any]:
         return registry.describe(self.resolve(name))

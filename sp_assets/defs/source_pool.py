@@ -65,7 +65,7 @@ def _intake_notes(backend: Source, stage: Stage, options: SourceOptions) -> dict
     Read in the step, not memoized with the intake, so a reused intake still reports the folder as it is.
     """
     hook = getattr(backend, "intake_notes", None)
-    return hook(stage.category_list(), options) if hook else {}
+    return hook(stage.categories(), options) if hook else {}
 
 
 def _notes_of(notes: dict[str, dict[str, Any]], category: str) -> dict[str, Any]:

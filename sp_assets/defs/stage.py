@@ -112,13 +112,8 @@ class Stage:
         return {"model_calls": MetadataValue.json({r: {"computed": self.memo.computed[r], "reused": self.memo.reused[r]}
                                                    for r in roles})}
 
-    def categories(self) -> Iterator[Category]:
-        """The run's categories. While the loop over them runs, the stage's database calls share one
-        connection, given up whenever a model runs (see Store.session)."""
-        with self.store.session():
-            yield from self.category_list()
-
-    def category_list(self) -> list[Category]:
+    def categories(self) -> list[Category]:
+        """The run's categories (the partition keys of this step), in order."""
         keys = self.context.partition_keys if self.context.has_partition_key_range or self.context.has_partition_key else []
         return [self.policy.category(k) for k in keys]
 

@@ -45,7 +45,7 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
     models = {"verifier": judge.lazy(stage.policy, judge.verifier_name), "embedder": embedder.lazy(stage.policy)}
     yields: dict[str, dict[str, Any]] = {}
     inputs = {c.slug: queries.candidates_to_verify(stage.store, c.slug, judge.profile, writer.profile, editor.names)
-              for c in stage.category_list()}
+              for c in stage.categories()}
     paths = {c["candidate_id"]: c for cs in inputs.values() for c in cs}
     _prefetch(stage, models, [c for c in paths.values() if c["status"] == "ok"], (lpips, lpips_note))
     for category in stage.categories():

@@ -98,14 +98,13 @@ def intake_category(store: Store, images: ImageStore, source: Any, category: Cat
     The source's ``fingerprint`` of what it would offer (cheap: names, sizes, times) is compared with the one
     stored when the category was last taken in under the same source settings; when they match and every
     stored file is still there, the stored rows are kept (with this run's columns), else the source is
-    scanned and its files taken in again. Taking in holds no database connection.
+    scanned and its files taken in again.
     """
     fingerprint = sha256_json(source.fingerprint(category, options))
     kept = _kept(store, images, category.slug, config_sha256, fingerprint)
     if kept is not None:
         return kept.with_base(base), True
-    with store.released():
-        intake = take_in(source.scan(category, options), images, base, source.origin)
+    intake = take_in(source.scan(category, options), images, base, source.origin)
     intake.fingerprint = fingerprint
     return intake, False
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from sp_assets.backends.base import Judge, RecordJudge, TwoStep, policy_key
 from sp_assets.core.hashing import sha256_json
 from sp_assets.core.policy import Category, Policy
-from sp_assets.core.record_types import ModelInfo, TextRegion, Verdict
+from sp_assets.core.record_types import ModelInfo, Verdict
 from sp_assets.execution.lazy import LazyBackend
 from sp_assets.execution.memo import Call, Encoded, Memo, Outcome
 from sp_assets.execution.work import Rows
@@ -33,23 +33,13 @@ class Judged:
 # -- memo keys and codec -----------------------------------------------------------------------------
 
 
-def encode_verdict(v: Verdict) -> dict[str, Any]:
-    return {"rating": v.rating, "category": v.category, "score": v.score, "rationale": v.rationale,
-            "raw_output": v.raw_output, "regions": [r.as_dict() for r in v.regions]}
-
-
-def decode_verdict(d: dict[str, Any]) -> Verdict:
-    return Verdict(d["rating"], d["category"], d["score"], d["rationale"], d["raw_output"],
-                   tuple(TextRegion.from_dict(r) for r in d["regions"]))
-
-
 def _encode_judged(j: Judged) -> Encoded:
-    return Encoded(json.dumps({"verdict": encode_verdict(j.verdict), "info": j.info.as_dict()}, sort_keys=True))
+    return Encoded(json.dumps({"verdict": j.verdict.as_dict(), "info": j.info.as_dict()}, sort_keys=True))
 
 
 def _decode_judged(text: str, _blob: bytes | None) -> Judged:
     d = json.loads(text)
-    return Judged(decode_verdict(d["verdict"]), ModelInfo(**d["info"]))
+    return Judged(Verdict.from_dict(d["verdict"]), ModelInfo(**d["info"]))
 
 
 def judge_call(backend: LazyBackend, category: Category, image_key: str) -> Call:

@@ -88,9 +88,8 @@ class Memo:
                    for chunk in batched(list(unique.items()), self.batch_size)]
         batches = [b for b in batches if b]
         computed: dict[str, Outcome] = {}
-        if batches:
-            with self.store.released():  # models load and run with no database connection held
-                computed = self._compute(call, job, batches)
+        if batches:  # models load and run with no database connection held (the store opens one per call)
+            computed = self._compute(call, job, batches)
         hits = sum(1 for k in keys if k in stored)
         self.reused[call.role] += hits
         return [(item, stored[k] if k in stored else computed[k]) for k, item in zip(keys, items)]

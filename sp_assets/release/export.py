@@ -29,7 +29,6 @@ Load the Parquet with one line::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -54,7 +53,7 @@ from sp_assets.release.publishable import CleanedAtExport, removed_counts
 from sp_assets.release.report import ExportReport, report_from_manifest
 from sp_assets.release.reviewers import ReviewerChoice, publish_reviewers
 from sp_assets.release.shards import OnPair, ShardWriter, StoredImages, write_shards
-from sp_assets.core.hashing import sha256_json
+from sp_assets.core.hashing import sha256_file, sha256_json
 from sp_assets.storage import ImageStore, Store
 
 EMPTY_WARNING = ("the benchmark is empty: data/train-00000-of-00001.parquet holds the schema and no rows "
@@ -300,15 +299,10 @@ def _write_manifest(tmp: Path, job: _Job, written: _Written) -> None:
         "review_notes": job.options.review_notes,
         "cleaned_at_export": {"n_images": len(cleaned), "removed": removed_counts(cleaned),
                               "images": {sha: c.as_dict() for sha, c in written.cleaned.items()}},
-        "files": {p.relative_to(tmp).as_posix(): _sha256_file(p) for p in files},
+        "files": {p.relative_to(tmp).as_posix(): sha256_file(p) for p in files},
         "inputs_sha256": _fingerprint(job),
     }
     (tmp / "export_manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:

@@ -22,7 +22,3 @@ def lookup(store: Store, role: str, config_sha256: str, input_keys: Sequence[str
 def save(store: Store, rows: Sequence[dict[str, Any]]) -> None:
     """Store answers (replacing any stored under the same key), in one transaction."""
     store.upsert("model_calls", KEY, rows)
-
-
-def counts_by_role(store: Store) -> dict[str, int]:
-    return dict(store.query("SELECT role, count(*) FROM model_calls GROUP BY ALL").rows())

@@ -60,14 +60,6 @@ def instructions_to_edit(store: Store, category: str, judge_profile: str, writer
         [category, judge_profile, writer_profile]).to_dicts()
 
 
-def stored_edits(store: Store, candidate_ids: Sequence[str]) -> Rows:
-    """Successful edits already stored under these cache keys (any category or run)."""
-    if not candidate_ids:
-        return []
-    return store.query("SELECT * FROM edited_images WHERE status = 'ok' AND candidate_id IN (SELECT UNNEST(?))",
-                       [list(candidate_ids)]).to_dicts()
-
-
 # --- verified_pairs -----------------------------------------------------------------------------
 
 
@@ -150,20 +142,6 @@ def pair_selectors(store: Store, category: str) -> list[str]:
         "FROM benchmark_split b JOIN verified_pairs v ON " + join_on("candidate", "v", "b") + " "
         "JOIN policy_labels l ON " + join_on("label", "l", "v") + " WHERE b.category = ?", [category])
     return sorted(s for s in frame["sha"].to_list() if s) if not frame.is_empty() else []
-
-
-def judge_answers(store: Store, category: str, config_sha256: str, policy_sha256: str) -> Rows:
-    """Answers this exact judge config already gave in a category: on sources and on edits."""
-    return store.query(
-        "SELECT image_sha256 AS sha, rating, judged_category AS cat, score, rationale, raw_output, "
-        "'policy_labels' AS origin FROM policy_labels "
-        "WHERE category = ? AND judge_config_sha256 = ? AND policy_sha256 = ? "
-        "UNION ALL "
-        "SELECT v.edited_sha256, v.edit_rating, v.edit_judged_category, v.edit_score, v.edit_rationale, "
-        "v.edit_raw_output, 'verified_pairs' FROM verified_pairs v JOIN policy_labels l ON "
-        + join_on("label", "l", "v") + " "
-        "WHERE v.category = ? AND v.verifier_config_sha256 = ? AND l.policy_sha256 = ? AND v.edit_rating IS NOT NULL",
-        [category, config_sha256, policy_sha256, category, config_sha256, policy_sha256]).to_dicts()
 
 
 def probe_pairs(store: Store, categories: Sequence[str]) -> Rows:

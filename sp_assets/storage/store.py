@@ -59,8 +59,6 @@ class Store:
         self._connect_raw = connect
         self.read_only = read_only
         self._schema_ready = read_only  # a writable store makes sure of the schema once, on first use
-        self._sessions = 0  # inside session(): one connection serves consecutive calls
-        self._held: Any = None  # (context manager, connection) while a session holds one
 
     @classmethod
     def at(cls, db_path: str | os.PathLike[str], read_only: bool = False,
@@ -81,12 +79,8 @@ class Store:
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        if self._sessions:
-            if self._held is None:
-                manager = self._connect_raw()
-                self._held = (manager, manager.__enter__())
-            yield self._ready(self._held[1])
-            return
+        """A connection for one read or one commit, closed when it is done: the store never holds one
+        between calls, so none is held while a model runs and other processes can use the file."""
         with self._connect_raw() as con:
             yield self._ready(con)
 
@@ -95,35 +89,6 @@ class Store:
             ensure_schema(con)
             self._schema_ready = True
         return con
-
-    @contextlib.contextmanager
-    def session(self) -> Iterator["Store"]:
-        """Consecutive reads and writes share one connection until the session ends or ``released``.
-
-        For bookkeeping between model calls only: a model never runs inside a session (``released``).
-        """
-        self._sessions += 1
-        try:
-            yield self
-        finally:
-            self._sessions -= 1
-            if not self._sessions:
-                self._close_held()
-
-    @contextlib.contextmanager
-    def released(self) -> Iterator[None]:
-        """No connection is held inside: other processes can use the file while a model runs."""
-        depth, self._sessions = self._sessions, 0
-        self._close_held()
-        try:
-            yield
-        finally:
-            self._sessions = depth
-
-    def _close_held(self) -> None:
-        if self._held is not None:
-            manager, self._held = self._held[0], None
-            manager.__exit__(None, None, None)
 
     def init(self) -> None:
         with self._connect():

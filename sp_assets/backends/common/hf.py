@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from sp_assets.backends.common.packages import MissingPackageError, missing_message
 from sp_assets.backends.common.versions import package_version
+from sp_assets.core.hashing import sha256_file
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -155,11 +156,7 @@ def files_sha256(folder: Path, patterns: Sequence[str] = ("*.safetensors",)) -> 
         return ""
     outer = hashlib.sha256()
     for path in files:
-        inner = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(8 << 20), b""):
-                inner.update(block)
-        outer.update(f"{path.name}\0{inner.hexdigest()}\n".encode("utf-8"))
+        outer.update(f"{path.name}\0{sha256_file(path)}\n".encode("utf-8"))
     return outer.hexdigest()
 
 

