@@ -44,14 +44,12 @@ def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
 
     None when a class is missing: the AUC is undefined there, and reporting 0.5 would mislead.
     """
+    from sklearn.metrics import roc_auc_score
+
     y = np.asarray(labels, dtype=int)
-    s = np.asarray(scores, dtype=float)
-    pos, neg = s[y == 1], s[y == 0]
-    if len(pos) == 0 or len(neg) == 0:
+    if not (y == 1).any() or not (y == 0).any():
         return None
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+    return float(roc_auc_score(y, np.asarray(scores, dtype=float)))
 
 
 def score_pairs(pairs: Sequence[PairOutcome]) -> GuardScores:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,8 +140,9 @@ class ModelSource:
 
 
 def _hf_cache() -> str:
-    return os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+    from huggingface_hub import constants  # read when asked: HF_HOME / HF_HUB_CACHE as huggingface_hub sees them
+
+    return constants.HF_HUB_CACHE
 
 
 def files_sha256(folder: Path, patterns: Sequence[str] = ("*.safetensors",)) -> str:

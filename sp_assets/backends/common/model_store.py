@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from sp_assets.backends.common.hf import MissingWeightsError
+from sp_assets.core.cache import cache_dir
 from sp_assets.core.hashing import sha256_file
 from sp_assets.storage.files import atomic_write_bytes
 
@@ -125,8 +126,7 @@ class ModelStoreError(RuntimeError):
 def models_dir() -> Path:
     if os.environ.get("SP_MODELS_DIR"):
         return Path(os.environ["SP_MODELS_DIR"]).expanduser()
-    cache = os.environ.get("SP_CACHE_DIR") or Path.home() / ".cache" / "safetypairs"
-    return Path(cache).expanduser() / "models"
+    return cache_dir() / "models"
 
 
 def install_command(model: PackagedModel) -> str:

@@ -22,6 +22,7 @@ from sp_assets.backends.embedders.sentence import (  # noqa: F401 - the judge's 
     sentence_model_folder,
 )
 from sp_assets.backends.judges.rbf_head import HEAD_FORMAT, RBFMachine, head_metadata, load_head, save_head
+from sp_assets.core.cache import cache_dir
 from sp_assets.core.hashing import sha256_json
 from sp_assets.core.judge_examples import JudgeExamples, examples_path, load_examples
 from sp_assets.core.policy import Policy
@@ -67,7 +68,7 @@ def encode_workers() -> int:
 
 def embedding_cache_dir() -> Path:
     """Where built judges keep their training embeddings (``SP_CACHE_DIR``, default ~/.cache/safetypairs)."""
-    return Path(os.environ.get("SP_CACHE_DIR") or Path.home() / ".cache" / "safetypairs") / "text_head"
+    return cache_dir() / "text_head"
 
 
 def _content_words(text: str) -> list[str]:
