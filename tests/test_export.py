@@ -33,13 +33,9 @@ CHROMIUM = Path(os.environ.get("SP_CHROMIUM", "/usr/bin/chromium"))
 needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"headless Chromium ({CHROMIUM}) is not installed; CI installs it with apt")
 
-PROFILES_INFO = {"judge": {"profile": "scene_text", "implementation": "scene_text", "config_sha256": "a" * 64},
-                 "editor": [{"profile": "text_region", "implementation": "text_region", "config_sha256": "b" * 64}],
-                 "embedder": "efficientnet_lite0"}
-
 
 def _export(store: Store, data_root: Path, out: Path, **kwargs):
-    return export_benchmark(store, ImageStore(data_root), out, policy=ACTIVE_POLICY, profiles_info=PROFILES_INFO,
+    return export_benchmark(store, ImageStore(data_root), out, policy=ACTIVE_POLICY,
                             thresholds=PipelineSettings(data_root=str(data_root)).thresholds(), **kwargs)
 
 
@@ -378,7 +374,7 @@ def test_control_images_are_exported_when_the_benchmark_has_them(run, tmp_path, 
                     "control_path = safe_path WHERE pair_id = ?", [pair_id])
     con.close()
     report = export_benchmark(Store.at(data_root / "safetypairs.duckdb", read_only=True), run.images,
-                              tmp_path / "out", policy=ACTIVE_POLICY, profiles_info={}, thresholds={},
+                              tmp_path / "out", policy=ACTIVE_POLICY, thresholds={},
                               gallery=True)
     assert report.n_controls == len(ids)
     datasets = _offline_datasets(monkeypatch, tmp_path)
@@ -409,7 +405,7 @@ def test_empty_database_exports_an_empty_split_with_the_schema(tmp_path):
     store = Store.at(tmp_path / "empty.duckdb")
     store.init()
     report = export_benchmark(store, ImageStore(tmp_path), tmp_path / "out", policy=ACTIVE_POLICY,
-                              profiles_info={}, thresholds={})
+                              thresholds={})
     assert report.n_pairs == 0 and report.counts == {}
     assert any("empty" in w for w in report.warnings)
     table = pq.read_table(report.parquet_files["train"][0])
@@ -512,7 +508,7 @@ def test_the_export_is_named_after_its_sources_and_policy_unless_named(run, tmp_
     assert f"<title>{expected}: SafetyPairs gallery</title>" in run.report.gallery.read_text(encoding="utf-8")
     store = Store.at(tmp_path / "empty.duckdb")
     store.init()
-    named = export_benchmark(store, ImageStore(tmp_path), tmp_path / "out", policy=ACTIVE_POLICY, profiles_info={},
+    named = export_benchmark(store, ImageStore(tmp_path), tmp_path / "out", policy=ACTIVE_POLICY,
                              thresholds={}, name="my-benchmark", gallery=False, webdataset=False)
     assert named.name == "my-benchmark" and "# SafetyPairs: my-benchmark" in named.datasheet.read_text()
 
@@ -521,7 +517,7 @@ def test_licence_rows_come_from_the_profiles():
     """Each profile's ``licences``; a judge evaluated as a guard has its judge's; no licences: "not recorded"."""
     inputs = ExportInputs(profiles_used=[{"role": "judge", "profile": "scene_text", "config_sha256": "a", "pairs": 1}],
                           guards=["scene_text", "llavaguard", "open_nsfw", "edited_only"])
-    rows = licence_rows(inputs, {})
+    rows = licence_rows(inputs)
     judged = [(c, lic) for use, c, lic in rows if use == "judged sources"]
     assert ("onnxruntime", "MIT") in judged and len(judged) == 3
     guard_rows = [(c, lic) for use, c, lic in rows if use == GUARD_USE]

@@ -103,7 +103,7 @@ def data_root(tmp_path: Path) -> Path:
 def _export(data_root: Path, out: str, policy=ACTIVE_POLICY, **options):
     """Export to ``<data_root>/<out>``, as the pipeline exports to ``<data_root>/export``."""
     store = Store.at(data_root / "safetypairs.duckdb", read_only=True)
-    return export_benchmark(store, ImageStore(data_root), data_root / out, policy=policy, profiles_info={},
+    return export_benchmark(store, ImageStore(data_root), data_root / out, policy=policy, 
                             thresholds={}, **{"fiftyone": False, **options})
 
 

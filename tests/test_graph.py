@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from dagster import DagsterInstance
 
-from sp_assets.defs.stage import VOLATILE_COLUMNS
+from sp_assets.defs.report import VOLATILE_COLUMNS
 from sp_assets.storage import SCHEMA
 from tests.conftest import SHARED_RANGE, assert_same_rows, run_graph, store_at
 

@@ -20,8 +20,8 @@ from sp_assets.core.splitting import (
     split_counts_of,
 )
 from sp_assets.defs.resources import JudgeResource, PipelineSettings
-from sp_assets.defs.stage import Stage, asset_kwargs, check, check_result, no_duplicate_keys
-from sp_assets.release import export_benchmark
+from sp_assets.defs.checks import check, check_result, no_duplicate_keys
+from sp_assets.defs.stage import Stage, asset_kwargs
 from sp_assets.storage import queries
 from sp_assets.storage.files import atomic_write
 
@@ -46,7 +46,7 @@ def benchmark_split(context: AssetExecutionContext, settings: PipelineSettings, 
     pairs: list[dict[str, Any]] = []
     lookalikes: list[dict[str, Any]] = []
     for category in stage.categories():
-        with stage.timed(category.slug):
+        with stage.report.timed(category.slug):
             rows, looks = _category_rows(stage, category.slug, judge.profile, sha256_json(split_config))
             stage.store.replace_slice("benchmark_split", {"category": category.slug}, rows)
             stage.store.replace_slice("benchmark_lookalikes", {"category": category.slug}, looks)
@@ -54,20 +54,12 @@ def benchmark_split(context: AssetExecutionContext, settings: PipelineSettings, 
             _write_parquet(looks, settings.root / "benchmark" / "lookalikes" / f"{category.slug}.parquet")
         pairs += rows
         lookalikes += looks
-        stage.record(category.slug, len(rows), len(rows), 0, {"split": split_config}, rows + looks)
-    checks = [no_duplicate_keys(stage, ["category", "image_sha256"]), _one_split_check(pairs + lookalikes),
+        stage.report.record(category.slug, len(rows), len(rows), 0, {"split": split_config}, rows + looks)
+    checks = [no_duplicate_keys(stage.report, ["category", "image_sha256"]), _one_split_check(pairs + lookalikes),
               _photo_check(queries.photos_in_two_splits(stage.store))]
-    # The release: Parquet with image columns, WebDataset tars, datasheet and gallery, over every
-    # category in the database (not only this run's), rebuilt whole so it never mixes versions.
-    report = export_benchmark(stage.store, stage.images, settings.root / "export", policy=stage.policy,
-                              profiles_info={}, thresholds=settings.thresholds(), show_unsafe=settings.preview_unsafe,
-                              reviewer_names=settings.export_reviewer_names, review_notes=settings.export_review_notes)
     return stage.result({**_split_metadata(pairs, lookalikes, settings.split_fractions()),
                          "parquet": MetadataValue.path(str(settings.root / "benchmark")),
-                         "split_config": MetadataValue.json(split_config),
-                         "export": MetadataValue.md(report.markdown()),
-                         "export_dir": MetadataValue.path(str(report.out_dir)),
-                         "gallery": MetadataValue.path(str(report.out_dir / "gallery" / "index.html"))}, checks)
+                         "split_config": MetadataValue.json(split_config)}, checks)
 
 
 def _category_rows(stage: Stage, category: str, judge_profile: str, split_sha256: str) -> tuple[list, list]:

@@ -10,7 +10,8 @@ from dagster_duckdb import DuckDBResource
 from sp_assets.core.agreement import editable
 from sp_assets.core.records import instruction_rows
 from sp_assets.defs.resources import JudgeResource, PipelineSettings, WriterResource
-from sp_assets.defs.stage import Stage, asset_kwargs, check, counts_add_up, no_duplicate_keys
+from sp_assets.defs.checks import check, counts_add_up, no_duplicate_keys
+from sp_assets.defs.stage import Stage, asset_kwargs
 from sp_assets.execution.writer import write_instructions, writer_call
 from sp_assets.storage import queries
 
@@ -34,7 +35,7 @@ def edit_instructions(context: AssetExecutionContext, settings: PipelineSettings
                "writer_config_sha256": lazy.config_sha256, "seed": settings.seed, "policy_sha256": stage.policy.sha256}
     reasons: dict[str, dict[str, int]] = {}  # judge-unsafe sources without a flip instruction, by reason
     for category in stage.categories():
-        with stage.timed(category.slug):
+        with stage.report.timed(category.slug):
             judged_unsafe = queries.unsafe_labels(stage.store, category.slug, judge.profile)
             labels, left_out = editable(judged_unsafe)
             call = writer_call(lazy.config_sha256, category, settings.instruction_variants, settings.seed,
@@ -49,12 +50,12 @@ def edit_instructions(context: AssetExecutionContext, settings: PipelineSettings
             stage.store.replace_slice("edit_instructions", {"category": category.slug, "judge_profile": judge.profile,
                                                             "writer_profile": writer.profile}, rows)
         n_written, reasons[category.slug] = _outcome(judged_unsafe, left_out, rows)
-        stage.record(category.slug, len(judged_unsafe), n_written, sum(reasons[category.slug].values()),
+        stage.report.record(category.slug, len(judged_unsafe), n_written, sum(reasons[category.slug].values()),
                      {"judge": judge.profile, "writer": writer.describe()}, rows)
-    checks = [counts_add_up(stage, "unsafe images"),
-              no_duplicate_keys(stage, ["category", "instruction_id", "judge_profile", "writer_profile"])]
+    checks = [counts_add_up(stage.report, "unsafe images"),
+              no_duplicate_keys(stage.report, ["category", "instruction_id", "judge_profile", "writer_profile"])]
     return stage.result({"writer_profile": writer.profile, "writer_config_sha256": lineage["writer_config_sha256"],
-                         "rejected_by_reason": MetadataValue.json(reasons), **stage.memo_report()}, checks)
+                         "rejected_by_reason": MetadataValue.json(reasons), **stage.model_calls()}, checks)
 
 
 def _outcome(judged_unsafe: list[dict], left_out: dict[str, list[str]], rows: list[dict]) -> tuple[int, dict[str, int]]:

@@ -12,7 +12,8 @@ from dagster_duckdb import DuckDBResource
 
 from sp_assets.core.records import edit_jobs, edit_row
 from sp_assets.defs.resources import EditorResource, JudgeResource, PipelineSettings, WriterResource
-from sp_assets.defs.stage import Stage, asset_kwargs, check, check_result, counts_add_up, no_duplicate_keys
+from sp_assets.defs.checks import check, check_result, counts_add_up, no_duplicate_keys
+from sp_assets.defs.stage import Stage, asset_kwargs
 from sp_assets.execution.lazy import LazyBackend
 from sp_assets.execution.editor import edit_call, edit_images
 from sp_assets.storage import queries
@@ -37,7 +38,7 @@ def edited_images(context: AssetExecutionContext, settings: PipelineSettings, du
     edits = {name: _edit_all(stage, lazy, inputs) for name, lazy in editors.items()}  # every category at once
     for category in stage.categories():
         rows: list[dict[str, Any]] = []
-        with stage.timed(category.slug):
+        with stage.report.timed(category.slug):
             for name, lazy in editors.items():
                 lineage = {"judge_profile": judge.profile, "writer_profile": writer.profile, "editor_profile": name}
                 made = [edit_row(stage.base_row(category.slug), lineage, job, lazy.config_sha256, out.result,
@@ -45,15 +46,15 @@ def edited_images(context: AssetExecutionContext, settings: PipelineSettings, du
                 stage.store.replace_slice("edited_images", {"category": category.slug, **lineage}, made)
                 rows += made
         ok = sum(1 for r in rows if r["status"] == "ok")
-        stage.record(category.slug, len(inputs[category.slug]) * len(settings.edit_seeds) * len(editors), ok,
+        stage.report.record(category.slug, len(inputs[category.slug]) * len(settings.edit_seeds) * len(editors), ok,
                      len(rows) - ok, {"judge": judge.profile, "writer": writer.profile,
                                       "editors": editor.describe_all()}, rows)
-    checks = [counts_add_up(stage, "edit attempts"),
-              no_duplicate_keys(stage, ["category", "candidate_id", "judge_profile", "writer_profile", "editor_profile"]),
-              _sizes_check(stage.written)]
+    checks = [counts_add_up(stage.report, "edit attempts"),
+              no_duplicate_keys(stage.report, ["category", "candidate_id", "judge_profile", "writer_profile", "editor_profile"]),
+              _sizes_check(stage.report.written)]
     return stage.result({"editor_profiles": MetadataValue.json(editor.describe_all()),
                          "computed": stage.memo.computed["editor"], "reused_from_cache": stage.memo.reused["editor"],
-                         **stage.memo_report()}, checks)
+                         **stage.model_calls()}, checks)
 
 
 def _edit_all(stage: Stage, lazy: LazyBackend, inputs: dict[str, list[dict[str, Any]]]

@@ -19,7 +19,8 @@ from sp_assets.core.plots import markdown_image
 from sp_assets.core.policy import Category
 from sp_assets.core.reports import guard_table
 from sp_assets.defs.resources import EmbedderResource, GuardResource, JudgeResource, PipelineSettings
-from sp_assets.defs.stage import Stage, asset_kwargs, check, check_result
+from sp_assets.defs.checks import check, check_result
+from sp_assets.defs.stage import Stage, asset_kwargs
 from sp_assets.execution import experiments
 from sp_assets.execution.embedder import text_embed_call
 from sp_assets.execution.embedder import embed_images, embed_texts
@@ -62,7 +63,7 @@ def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, du
     inputs = {c.slug: _inputs(stage, judge, c.slug) for c in stage.categories()}
     _prefetch(stage, loaded, skipped, [item for given in inputs.values() for item in given.items])
     for category in stage.categories():
-        with stage.timed(category.slug):
+        with stage.report.timed(category.slug):
             given = inputs[category.slug]
             evaluated = _evaluate(stage, category, loaded, skipped, given)
             predictions, metrics = _rows(stage.base_row(category.slug), given, evaluated)
@@ -71,7 +72,7 @@ def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, du
             stage.store.replace_slice("guard_predictions", {"category": category.slug}, predictions)
             stage.store.replace_slice("guard_metrics", {"category": category.slug}, metrics)
         summary += metrics
-        stage.record(category.slug, len(given.pairs), len(given.pairs), 0, {"guards": sorted(evaluated)}, metrics)
+        stage.report.record(category.slug, len(given.pairs), len(given.pairs), 0, {"guards": sorted(evaluated)}, metrics)
     checks = [check_result("every_pair_has_two_predictions", not incomplete,
                            "every guard rated both halves of every pair and every look-alike" if not incomplete
                            else f"incomplete: {incomplete}")]
@@ -106,18 +107,21 @@ def _rows(base: dict[str, Any], given: CategoryInputs, evaluated: dict[str, tupl
 
 
 def _headline_and_release(stage: Stage) -> dict[str, Any]:
-    """The best independent guard over every category in the database, and the release rebuilt so its
-    datasheet states these guard figures (the export written by benchmark_split predates them)."""
+    """The best independent guard over every category in the database, and the release: Parquet with image
+    columns, WebDataset tars, datasheet (with these guard figures) and gallery, over every category in the
+    database (not only this run's), rebuilt whole so it never mixes versions; written once per run, here."""
     best = ge.headline(queries.pooled_guard_metrics(stage.store))
     report = export_benchmark(stage.store, stage.images, stage.settings.root / "export", policy=stage.policy,
-                              profiles_info={}, thresholds=stage.settings.thresholds(),
+                              thresholds=stage.settings.thresholds(),
                               show_unsafe=stage.settings.preview_unsafe,
                               reviewer_names=stage.settings.export_reviewer_names,
                               review_notes=stage.settings.export_review_notes)
     headline = ("no independent guard rated any pair" if best is None else
                 f"{best['guard']}: pair accuracy {best['pair_accuracy']:.2f} on original pairs, look-alike FPR "
                 + ("n/a" if best["lookalike_fpr"] is None else f"{best['lookalike_fpr']:.2f}"))
-    return {"headline_guard": MetadataValue.text(headline), "export": MetadataValue.md(report.markdown())}
+    return {"headline_guard": MetadataValue.text(headline), "export": MetadataValue.md(report.markdown()),
+            "export_dir": MetadataValue.path(str(report.out_dir)),
+            "gallery": MetadataValue.path(str(report.out_dir / "gallery" / "index.html"))}
 
 
 def _load_guards(stage: Stage, guards: GuardResource) -> tuple[dict[str, LazyBackend], dict[str, str]]:

@@ -15,7 +15,8 @@ from sp_assets.backends.base import RecordJudge
 from sp_assets.core.agreement import agreement, agreement_table, human_columns, pooled
 from sp_assets.core.records import label_row
 from sp_assets.defs.resources import JudgeResource, PipelineSettings
-from sp_assets.defs.stage import Stage, asset_kwargs, check, counts_add_up, no_duplicate_keys
+from sp_assets.defs.checks import check, counts_add_up, no_duplicate_keys
+from sp_assets.defs.stage import Stage, asset_kwargs
 from sp_assets.execution.judge import judged, prefetch_readings
 from sp_assets.storage import queries
 
@@ -39,7 +40,7 @@ def policy_labels(context: AssetExecutionContext, settings: PipelineSettings, du
     inputs = {c.slug: queries.sources_of(stage.store, c.slug) for c in stage.categories()}
     prefetch_readings(stage.memo, lazy, [s for rows in inputs.values() for s in rows])  # every category at once
     for category in stage.categories():
-        with stage.timed(category.slug):
+        with stage.report.timed(category.slug):
             sources = inputs[category.slug]
             rows = [label_row(stage.base_row(category.slug), src, who, out.result.verdict, out.result.info,
                               stage.policy.sha256, out.computed_run_id,
@@ -49,14 +50,14 @@ def policy_labels(context: AssetExecutionContext, settings: PipelineSettings, du
         tally = Counter(row["rating"] for row in rows)
         ratings[category.slug] = {r: tally[r] for r in ("unsafe", "safe", "invalid")}
         # Every image gets a label; 'invalid' ones are counted as rejected (they go no further).
-        stage.record(category.slug, len(sources), tally["unsafe"] + tally["safe"], tally["invalid"],
+        stage.report.record(category.slug, len(sources), tally["unsafe"] + tally["safe"], tally["invalid"],
                      {"judge": judge.describe()}, rows)
-    checks = [counts_add_up(stage, "source images"),
-              no_duplicate_keys(stage, ["category", "image_sha256", "judge_profile"])]
+    checks = [counts_add_up(stage.report, "source images"),
+              no_duplicate_keys(stage.report, ["category", "image_sha256", "judge_profile"])]
     return stage.result({"judge_profile": judge.profile, "judge_config_sha256": who["config_sha256"],
-                         "judge_model": next((r["model_id"] for r in stage.written), ""),
-                         "ratings": MetadataValue.json(ratings), **_agreement_report(stage.written),
-                         **stage.memo_report()}, checks)
+                         "judge_model": next((r["model_id"] for r in stage.report.written), ""),
+                         "ratings": MetadataValue.json(ratings), **_agreement_report(stage.report.written),
+                         **stage.model_calls()}, checks)
 
 
 def _agreement_report(rows: list[dict[str, Any]]) -> dict[str, Any]:

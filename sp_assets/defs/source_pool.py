@@ -9,7 +9,8 @@ from dagster_duckdb import DuckDBResource
 from sp_assets.backends.base import Source, SourceOptions
 from sp_assets.core.hashing import sha256_json
 from sp_assets.defs.resources import PipelineSettings, SourceResource
-from sp_assets.defs.stage import Stage, asset_kwargs, check, counts_add_up, no_duplicate_keys
+from sp_assets.defs.checks import check, counts_add_up, no_duplicate_keys
+from sp_assets.defs.stage import Stage, asset_kwargs
 from sp_assets.execution.intake import intake_category
 from sp_assets.storage import queries
 
@@ -36,7 +37,7 @@ def source_pool(context: AssetExecutionContext, settings: PipelineSettings, duck
     notes = _intake_notes(backend, stage, options)
     kept = 0
     for category in stage.categories():
-        with stage.timed(category.slug):
+        with stage.report.timed(category.slug):
             base = {**stage.base_row(category.slug), "source_config_sha256": config_sha,
                     "policy_sha256": stage.policy.sha256}
             # An unchanged source (same fingerprint, every stored file present) is not read again.
@@ -50,9 +51,9 @@ def source_pool(context: AssetExecutionContext, settings: PipelineSettings, duck
                                                   "fingerprint": intake.fingerprint, "n_in": intake.n_in})
         reasons.update(r["reason"] for r in intake.rejected)
         # stage_runs keeps the category's notes with its counts, for the run summary (queries.source_intake_notes).
-        stage.record(category.slug, intake.n_in, len(intake.accepted), len(intake.rejected),
+        stage.report.record(category.slug, intake.n_in, len(intake.accepted), len(intake.rejected),
                      {"source": source.profile, **_notes_of(notes, category.slug)}, intake.accepted)
-    checks = [counts_add_up(stage, "files"), no_duplicate_keys(stage, ["category", "image_sha256"])]
+    checks = [counts_add_up(stage.report, "files"), no_duplicate_keys(stage.report, ["category", "image_sha256"])]
     return stage.result({"source": source.profile, "rejection_reasons": MetadataValue.json(dict(reasons)),
                          "categories_kept": kept,
                          **_notes_metadata(notes)}, checks)

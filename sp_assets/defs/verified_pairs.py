@@ -15,7 +15,8 @@ from sp_assets.core.records import verification_row, with_review
 from sp_assets.core.reports import category_yield, profile_yield_table, yield_table
 from sp_assets.core.verification import alignment_summary
 from sp_assets.defs.resources import EditorResource, EmbedderResource, JudgeResource, PipelineSettings, WriterResource
-from sp_assets.defs.stage import Stage, asset_kwargs, check, check_result, counts_add_up, no_duplicate_keys
+from sp_assets.defs.checks import check, check_result, counts_add_up, no_duplicate_keys
+from sp_assets.defs.stage import Stage, asset_kwargs
 from sp_assets.execution.metrics import measure_pairs, preservation_call
 from sp_assets.execution.embedder import pair_embeddings
 from sp_assets.execution.judge import judged, prefetch_readings
@@ -49,7 +50,7 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
     paths = {c["candidate_id"]: c for cs in inputs.values() for c in cs}
     _prefetch(stage, models, [c for c in paths.values() if c["status"] == "ok"], (lpips, lpips_note))
     for category in stage.categories():
-        with stage.timed(category.slug):
+        with stage.report.timed(category.slug):
             candidates = inputs[category.slug]
             decisions = effective_decisions(stage.store, category.slug)
             rows = [with_review(row, decisions.get(row["candidate_id"]), apply_review)
@@ -60,14 +61,14 @@ def verified_pairs(context: AssetExecutionContext, settings: PipelineSettings, d
                     "editor_profile": name}, [r for r in rows if r["editor_profile"] == name])
         yields[category.slug] = category_yield(rows)
         n_acc = sum(1 for r in rows if r["accepted"])
-        stage.record(category.slug, len(rows), n_acc, len(rows) - n_acc,
+        stage.report.record(category.slug, len(rows), n_acc, len(rows) - n_acc,
                      {"judge": judge.profile, "verifier": judge.verifier_name, "writer": writer.profile,
                       "editors": editor.names, "embedder": embedder.describe()}, rows)
     meta = {"thresholds": MetadataValue.json(thresholds), "lpips": MetadataValue.text(lpips_note),
-            "alignment": MetadataValue.text(alignment_summary(stage.written)),
+            "alignment": MetadataValue.text(alignment_summary(stage.report.written)),
             "editor_profiles": MetadataValue.json(editor.names), "verifier_profile": judge.verifier_name,
             "embedder_profile": embedder.profile, **_yield_metadata(stage, yields, judge, writer, paths),
-            **stage.memo_report()}
+            **stage.model_calls()}
     return stage.result(meta, _checks(stage, yields))
 
 
@@ -133,7 +134,7 @@ def _yield_metadata(stage: Stage, yields: dict[str, dict[str, Any]], judge: Judg
 
 def _previews(stage: Stage, paths: dict[str, dict[str, Any]], n: int) -> list[tuple[str, Any, Any, str]]:
     """The first flips the verifier rated safe: (category, source, edit, rationale) for the UI preview."""
-    shown = [r for r in stage.written if r["kind"] == "flip" and r["edit_rating"] == "safe"][:n]
+    shown = [r for r in stage.report.written if r["kind"] == "flip" and r["edit_rating"] == "safe"][:n]
     return [(r["category"], stage.images.open(paths[r["candidate_id"]]["source_path"]),
              stage.images.open(paths[r["candidate_id"]]["edited_path"]), (r["edit_rationale"] or "")[:120])
             for r in shown]
@@ -144,10 +145,10 @@ def _checks(stage: Stage, yields: dict[str, dict[str, Any]]) -> list:
     overall = sum(y["accepted"] for y in yields.values()) / attempts if attempts else 0.0
     floor = stage.settings.min_yield
     low = {c: y["yield"] for c, y in yields.items() if y["attempts"] and y["yield"] < floor}
-    mismatched = [r["candidate_id"] for r in stage.written if r["accepted"] and not r["sizes_match"]]
+    mismatched = [r["candidate_id"] for r in stage.report.written if r["accepted"] and not r["sizes_match"]]
     return [
-        counts_add_up(stage, "candidates"),
-        no_duplicate_keys(stage, ["category", "candidate_id", "judge_profile", "writer_profile", "editor_profile"]),
+        counts_add_up(stage.report, "candidates"),
+        no_duplicate_keys(stage.report, ["category", "candidate_id", "judge_profile", "writer_profile", "editor_profile"]),
         check_result("pairs_have_matching_sizes", not mismatched,
                      "every accepted pair has halves of one size" if not mismatched else f"{len(mismatched)} size mismatches"),
         check_result("yield_above_floor", attempts > 0 and not low,

@@ -18,7 +18,7 @@ from sp_assets.release.columns import (
     COLUMN_NOTES, Columns, category_info, count_pairs, feature, lookalike_columns, n_controls,
 )
 from sp_assets.release.inputs import ExportInputs
-from sp_assets.release.licences import licence_rows, photo_rows, profiles_info_rows
+from sp_assets.release.licences import licence_rows, photo_rows
 from sp_assets.release.markdown import md_code, md_text, one_line
 from sp_assets.release.publishable import CleanedAtExport, removed_counts
 from sp_assets.release.report import load_command
@@ -67,7 +67,6 @@ class DatasheetFacts:
     counts: Mapping[str, Mapping[str, int]]
     inputs: ExportInputs
     policy: Any
-    profiles_info: Mapping[str, Any]
     thresholds: Mapping[str, Any]
     formats: Mapping[str, str]  # format -> where it is and what it holds (markdown)
     licence: str  # the card's ``license`` field ("other": mixed, see the licence section)
@@ -258,12 +257,6 @@ def _profiles(f: DatasheetFacts) -> list[str]:
                      f"{md_code(v['verifier_config_sha256'], True)} | {v['pairs']} |")
         lines.append(f"| embedder (verification config {md_code(str(v['verify_config_sha256'])[:12], True)}) | "
                      f"{md_code(v['embedder_profile'], True)} | see verification config | {v['pairs']} |")
-    info_rows = profiles_info_rows(f.profiles_info)
-    if info_rows:
-        lines += ["", "**Profiles in force for the run that exported it**", "",
-                  "| role | profile | implementation | config sha256 |", "|---|---|---|---|"]
-        lines += [f"| {md_text(r)} | {md_code(p, True)} | {md_text(i)} | {md_code(h, True)} |"
-                  for r, p, i, h in info_rows]
     return lines
 
 
@@ -369,7 +362,7 @@ def _licences(f: DatasheetFacts) -> list[str]:
                   "before you publish.", ""]
     lines += ["**Models and tools**", "", "| used to | component | licence |", "|---|---|---|"]
     lines += [f"| {md_text(u)} | {md_text(c)} | {md_text(lic)} |"
-              for u, c, lic in licence_rows(f.inputs, f.profiles_info)]
+              for u, c, lic in licence_rows(f.inputs)]
     return lines + ["", "The pipeline code is Apache-2.0 (SafetyPairs)."]
 
 

@@ -28,7 +28,6 @@ Load the Parquet with one line::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -36,7 +35,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
+
+from filelock import FileLock
 
 import sp_assets.release.gallery as gallery_page
 import sp_assets.release.parquet as parquet
@@ -97,7 +98,6 @@ class _Job:
     name: str
     inputs: ExportInputs
     policy: Any
-    profiles_info: Mapping[str, Any]
     thresholds: Mapping[str, Any]
     options: _Options
     key_dir: Path  # where the reviewer pseudonym key is kept (never inside the export)
@@ -143,14 +143,13 @@ class _Written:
 
 
 def export_benchmark(store: Store, images: ImageStore, out_dir: str | os.PathLike[str], *, policy: Any,
-                     profiles_info: Mapping[str, Any], thresholds: Mapping[str, Any], name: str | None = None,
+                     thresholds: Mapping[str, Any], name: str | None = None,
                      shard_size: int = 500, webdataset: bool = True, gallery: bool = True, show_unsafe: bool = False,
                      fiftyone: bool = True, license: str = "other", reviewer_names: bool = False,
                      review_notes: bool = False, key_dir: str | os.PathLike[str] | None = None) -> ExportReport:
     """Export every benchmark pair in the database (all categories) to ``out_dir``; see the module doc.
 
-    ``profiles_info``: role -> ``BackendResource.describe()`` dict (profile, implementation,
-    config_sha256), a list of them, or a profile name; shown in the datasheet. ``thresholds``: the
+    The profiles behind the pairs come from the data (their rows' lineage). ``thresholds``: the
     acceptance thresholds in force (``PipelineSettings.thresholds()``). ``name``: defaults to
     ``export_name`` of the sources' origins and the policy file. ``out_dir`` is replaced as a whole:
     keep nothing else in it.
@@ -168,7 +167,7 @@ def export_benchmark(store: Store, images: ImageStore, out_dir: str | os.PathLik
     with _lock(out_dir.parent / f".{out_dir.name}.lock"):
         inputs = read_inputs(store)  # every query happens here; the connection is closed afterwards
         job = _Job(name or export_name(inputs.origins, getattr(policy, "path", None)), inputs, policy,
-                   profiles_info, thresholds, options, key_folder).prepare()
+                   thresholds, options, key_folder).prepare()
         unchanged = _unchanged_export(out_dir, job)
         if unchanged is not None:
             return unchanged
@@ -206,7 +205,7 @@ def _fingerprint(job: _Job) -> str:
                         "columns": [(c, str(t)) for c, t in job.columns], "inputs": inputs,
                         "lookalikes": [stable(r) for r in job.lookalikes],
                         "lookalike_columns": [(c, str(t)) for c, t in job.lookalike_columns],
-                        "policy": getattr(job.policy, "sha256", None), "profiles": job.profiles_info,
+                        "policy": getattr(job.policy, "sha256", None),
                         "thresholds": job.thresholds, "options": vars(job.options)})
 
 
@@ -240,7 +239,7 @@ def _write_release(tmp: Path, job: _Job, images: ImageStore) -> _Written:
         skipped["gallery"] = "turned off (gallery=False)"
     fiftyone_dir = _write_fiftyone(tmp, job, stored, formats, skipped)
     cleaned = {c.stored_sha256: c for c in sorted(stored.cleaned.values(), key=lambda c: c.stored_sha256)}
-    facts = DatasheetFacts(job.name, job.rows, job.columns, job.counts, job.inputs, job.policy, job.profiles_info,
+    facts = DatasheetFacts(job.name, job.rows, job.columns, job.counts, job.inputs, job.policy,
                            job.thresholds, formats, opts.license, cleaned, opts.reviewers)
     return _Written(shards, write_datasheet(tmp, facts), gallery_path, fiftyone_dir, skipped, cleaned)
 
@@ -316,20 +315,10 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process lock
-        yield
-        return
+def _lock(path: Path) -> FileLock:
+    """One export at a time per folder, across processes (two runs finishing together take turns)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return FileLock(path)
 
 
 def _report(out_dir: Path, tmp: Path, job: _Job, written: _Written, seconds: float) -> ExportReport:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 from sp_assets.backends.profiles import Profile, ProfileError, get_profile
 from sp_assets.backends.sources.photos import demo_photos
@@ -11,20 +11,6 @@ from sp_assets.release.inputs import ExportInputs
 NOT_RECORDED = "not recorded by the pipeline: see the model card"
 GUARD_USE = "evaluated as a guard (not used to build pairs)"
 ROLE_USES = {"judge": "judged sources", "writer": "wrote instructions", "editor": "made the edits"}
-
-
-def profiles_info_rows(profiles_info: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(role, profile, implementation, config sha256) from ``profiles_info``: role -> describe() dict(s) or a name."""
-    rows = []
-    for role, info in profiles_info.items():
-        items = info if isinstance(info, (list, tuple)) else [info]
-        for item in items:
-            if isinstance(item, Mapping):
-                rows.append((str(role), str(item.get("profile", item.get("name", ""))),
-                             str(item.get("implementation", "")), str(item.get("config_sha256", ""))))
-            else:
-                rows.append((str(role), str(item), "", ""))
-    return rows
 
 
 def _profile(role: str, name: str) -> Profile | None:
@@ -73,7 +59,7 @@ class _LicenceTable:
                 self._append(GUARD_USE, component, licence)
 
 
-def licence_rows(inputs: ExportInputs, profiles_info: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+def licence_rows(inputs: ExportInputs) -> list[tuple[str, str, str]]:
     """(what it did, component, licence) for every model and source behind the exported pairs."""
     table = _LicenceTable()
     for p in inputs.profiles_used:
@@ -83,10 +69,6 @@ def licence_rows(inputs: ExportInputs, profiles_info: Mapping[str, Any]) -> list
             table.add("verified the edits", "judge", v["verifier_profile"])
         if v.get("embedder_profile"):
             table.add("measured preservation", "embedder", v["embedder_profile"])
-    if not inputs.profiles_used:
-        for role, name, _, _ in profiles_info_rows(profiles_info):
-            if role in ROLE_USES:
-                table.add(ROLE_USES[role], role, name)
     for guard in inputs.guards:
         table.add_guard(guard)
     return table.rows
