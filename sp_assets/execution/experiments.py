@@ -1,9 +1,9 @@
 """The run-level experiments of guard_metrics through the memo: the guard figures and the sample-efficiency
-probe are recomputed only when what they are made from changes (their PNGs are kept with the result)."""
+probe are recomputed only when what they are made from changes. Their PNGs are kept as files in the image
+store (``figures/``, by content), which the memo entry names: a figure whose file is gone is drawn again."""
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -14,19 +14,24 @@ from sp_assets.core.hashing import sha256_json
 from sp_assets.core.probe import ProbeResult
 from sp_assets.core.sample_efficiency import guard_figures, run_sample_efficiency
 from sp_assets.execution.memo import Call, Encoded, Memo
+from sp_assets.storage import ImageStore
 
-EXPERIMENTS_VERSION = "1"  # bump when core.sample_efficiency or the figures change what they compute
-
-
-def _files_to_json(paths: Mapping[str, Path]) -> dict[str, str]:
-    return {name: base64.b64encode(Path(p).read_bytes()).decode("ascii") for name, p in paths.items()}
+EXPERIMENTS_VERSION = "2"  # bump when core.sample_efficiency or the figures change what they compute (2: figures as files)
 
 
-def _json_to_files(blobs: Mapping[str, str], out_dir: Path, names: Mapping[str, str]) -> dict[str, Path]:
+def _stored(images: ImageStore, paths: Mapping[str, Path]) -> dict[str, str]:
+    """Each figure's bytes kept in the image store: name -> path there."""
+    return {name: images.put_bytes(Path(p).read_bytes(), Path(p).suffix, folder="figures")[1]
+            for name, p in paths.items()}
+
+
+def _restored(images: ImageStore, stored: Mapping[str, str], out_dir: Path, names: Mapping[str, str]
+              ) -> dict[str, Path]:
+    """The kept figures written to ``out_dir`` under their names."""
     out = {}
-    for name, data in blobs.items():
+    for name, rel in stored.items():
         path = out_dir / names[name]
-        path.write_bytes(base64.b64decode(data))
+        path.write_bytes(images.read_bytes(rel))
         out[name] = path
     return out
 
@@ -38,14 +43,18 @@ def figures(memo: Memo, predictions: Sequence[dict[str, Any]], similarity: Mappi
             out_dir: Path) -> dict[str, Path]:
     """ROC curves and error rate against pair similarity, written to ``out_dir`` (drawn again only when the
     predictions or the similarities changed)."""
+    def encode(paths: Mapping[str, Path]) -> Encoded:
+        stored = _stored(memo.images, paths)
+        return Encoded(json.dumps(stored, sort_keys=True), files=tuple(stored.values()))
+
     call = Call("report", sha256_json({"figures": EXPERIMENTS_VERSION}),
                 lambda item: {"figures": sha256_json([item["predictions"], sorted(item["similarity"].items())])},
-                lambda paths: Encoded(json.dumps(_files_to_json(paths))), lambda text, _b: json.loads(text))
+                encode, lambda text, _b: json.loads(text))
     item = {"predictions": list(predictions), "similarity": dict(similarity)}
     [(_, out)] = memo.run(call, lambda batch: [guard_figures(b["predictions"], b["similarity"], out_dir)
                                                for b in batch], [item])
     if out.reused:
-        return _json_to_files(out.result, out_dir, FIGURE_FILES)
+        return _restored(memo.images, out.result, out_dir, FIGURE_FILES)
     return out.result
 
 
@@ -59,26 +68,27 @@ def sample_efficiency(memo: Memo, pairs: Sequence[dict[str, Any]], sources: Sequ
     """
     inputs = {"pairs": sha256_json(list(pairs)), "sources": sha256_json(list(sources)), "features": features_sha256,
               "seed": seed, "seeds": seeds}
-    call = Call("report", sha256_json({"probe": EXPERIMENTS_VERSION}), lambda item: item, _encode_probe,
-                lambda text, _b: json.loads(text))
+    call = Call("report", sha256_json({"probe": EXPERIMENTS_VERSION}), lambda item: item,
+                lambda probe: _encode_probe(memo.images, probe), lambda text, _b: json.loads(text))
     [(_, out)] = memo.run(call, lambda batch: [run_sample_efficiency(pairs, sources, embed_images, embed_texts,
                                                                      seed, out_dir, seeds) for _ in batch], [inputs])
-    return _decode_probe(out.result, out_dir) if out.reused else out.result
+    return _decode_probe(memo.images, out.result, out_dir) if out.reused else out.result
 
 
-def _encode_probe(probe: dict[str, Any]) -> Encoded:
+def _encode_probe(images: ImageStore, probe: dict[str, Any]) -> Encoded:
     if "skipped" in probe:
         return Encoded(json.dumps(probe))
+    stored = _stored(images, probe["figures"])
     return Encoded(json.dumps({
         "results": {name: r.to_json() for name, r in probe["results"].items()},
         "figures": {name: p.name for name, p in probe["figures"].items()},
-        "figure_data": _files_to_json(probe["figures"]), "probe_guards": probe["probe_guards"],
-        "pairs": probe["pairs"], "roles": probe["roles"]}, default=str))
+        "figure_files": stored, "probe_guards": probe["probe_guards"],
+        "pairs": probe["pairs"], "roles": probe["roles"]}, default=str), files=tuple(stored.values()))
 
 
-def _decode_probe(d: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def _decode_probe(images: ImageStore, d: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     if "skipped" in d:
         return d
     return {"results": {name: ProbeResult.from_json(r) for name, r in d["results"].items()},
-            "figures": _json_to_files(d["figure_data"], out_dir, d["figures"]),
+            "figures": _restored(images, d["figure_files"], out_dir, d["figures"]),
             "probe_guards": d["probe_guards"], "pairs": d["pairs"], "roles": d["roles"]}
