@@ -1,5 +1,6 @@
 """Stage 1, ``source_pool``: the images each category starts from (the source profile's pool)."""
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -8,10 +9,11 @@ from dagster_duckdb import DuckDBResource
 
 from sp_assets.backends.base import Source, SourceOptions
 from sp_assets.core.hashing import sha256_json
+from sp_assets.core.policy import Category
 from sp_assets.defs.resources import PipelineSettings, SourceResource
 from sp_assets.defs.checks import check, counts_add_up, no_duplicate_keys
 from sp_assets.defs.stage import Stage, asset_kwargs
-from sp_assets.execution.intake import intake_category
+from sp_assets.execution.intake import Intake, intake_category
 from sp_assets.storage import queries
 
 ASSET = "source_pool"
@@ -38,17 +40,8 @@ def source_pool(context: AssetExecutionContext, settings: PipelineSettings, duck
     kept = 0
     for category in stage.categories():
         with stage.report.timed(category.slug):
-            base = {**stage.base_row(category.slug), "source_config_sha256": config_sha,
-                    "policy_sha256": stage.policy.sha256}
-            # An unchanged source (same fingerprint, every stored file present) is not read again.
-            intake, unchanged = intake_category(stage.store, stage.images, backend, category, options, base, config_sha)
-            stage.store.replace_slice("source_images", {"category": category.slug}, intake.accepted)
-            stage.store.replace_slice("source_rejections", {"category": category.slug}, intake.rejected)
-            if unchanged:
-                kept += 1
-            else:  # after its rows: a run killed in between takes the category in again
-                queries.save_intake(stage.store, {**stage.base_row(category.slug), "source_config_sha256": config_sha,
-                                                  "fingerprint": intake.fingerprint, "n_in": intake.n_in})
+            intake, unchanged = _take_in(stage, backend, category, options, config_sha)
+            kept += unchanged
         reasons.update(r["reason"] for r in intake.rejected)
         # stage_runs keeps the category's notes with its counts, for the run summary (queries.source_intake_notes).
         stage.report.record(category.slug, intake.n_in, len(intake.accepted), len(intake.rejected),
@@ -57,6 +50,24 @@ def source_pool(context: AssetExecutionContext, settings: PipelineSettings, duck
     return stage.result({"source": source.profile, "rejection_reasons": MetadataValue.json(dict(reasons)),
                          "categories_kept": kept,
                          **_notes_metadata(notes)}, checks)
+
+
+def _take_in(stage: Stage, backend: Source, category: Category, options: SourceOptions, config_sha: str
+             ) -> tuple[Intake, bool]:
+    """The category's intake, committed: kept when the source is unchanged (same fingerprint, every stored
+    file present), else taken in again; the fingerprint is saved after the rows (a run killed in between
+    takes the category in again)."""
+    base = {**stage.base_row(category.slug), "source_config_sha256": config_sha, "policy_sha256": stage.policy.sha256}
+    started = time.monotonic()
+    intake, unchanged = intake_category(stage.store, stage.images, backend, category, options, base, config_sha)
+    if not unchanged:  # the run's terminal and log count what was read (a kept category reads nothing)
+        stage.progress("files taken in", intake.n_in, intake.n_in, time.monotonic() - started)
+    stage.store.replace_slice("source_images", {"category": category.slug}, intake.accepted)
+    stage.store.replace_slice("source_rejections", {"category": category.slug}, intake.rejected)
+    if not unchanged:
+        queries.save_intake(stage.store, {**stage.base_row(category.slug), "source_config_sha256": config_sha,
+                                          "fingerprint": intake.fingerprint, "n_in": intake.n_in})
+    return intake, unchanged
 
 
 def _intake_notes(backend: Source, stage: Stage, options: SourceOptions) -> dict[str, dict[str, Any]]:

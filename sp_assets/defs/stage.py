@@ -75,12 +75,12 @@ class Stage:
         self.run_id = self.context.run.run_id
         self.memo = Memo(self.store, self.images, self.pool, self.run_id, self.asset, self.settings.batch_items,
                          self.policy)
-        self.memo.progress = self._progress
-        progress.listen(self._progress)  # work inside model calls (a judge's build) reports as this stage
+        self.memo.progress = self.progress
+        progress.listen(self.progress)  # work inside model calls (a judge's build) reports as this stage
         self.now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         self.report = StageReport(self.asset, self.run_id, self.now, self.policy, str(self.duckdb.database))
 
-    def _progress(self, role: str, done: int, total: int, seconds: float) -> None:
+    def progress(self, role: str, done: int, total: int, seconds: float) -> None:
         """A ``core.progress`` line at INFO, every few seconds per role and category and at the end of each."""
         category = self.report.category
         if self.throttle.due((category, role), done, total):
