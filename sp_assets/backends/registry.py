@@ -1,19 +1,31 @@
 """Which class runs each profile ``implementation``, and a once-per-process model cache.
 
-Profiles name an implementation; ``FACTORIES`` maps the name to the class that runs it. Loaded backends are cached by
-(role, resolved config hash, policy hash): a single-run backfill over many categories, and several
-stages in one in-process run, load each model once. ``LOAD_COUNTS`` counts real loads.
+A profile's ``implementation`` is a built-in name (``FACTORIES``), the name an installed package registers in
+the entry-point group ``safetypairs.<role>s`` (for example ``safetypairs.guards``), or an import path
+``package.module:Class`` of your own subclass of the role's interface (``Guard``, ``Judge``, ``Editor``,
+``InstructionWriter``, ``Embedder``, ``Source``). Your class gets the profile's ``params`` as keyword
+arguments, and also ``policy`` / ``profile_name`` where its ``__init__`` names them. Its qualified name and
+its package's version (or, for a module outside any installed package, its source file's sha256) are part of
+the profile's config hash, so rows made by another version of your code never share a key.
+
+Loaded backends are cached by (role, resolved config hash, policy hash): a single-run backfill over many
+categories, and several stages in one in-process run, load each model once. ``LOAD_COUNTS`` counts real loads.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
-from sp_assets.backends.base import Backend
+from sp_assets.backends.base import Backend, Editor, Embedder, Guard, InstructionWriter, Judge, Source
 from sp_assets.backends.common.packages import check_packages
 from sp_assets.core.policy import Policy
 from sp_assets.backends.profiles import Profile, ProfileError, get_profile
@@ -92,16 +104,75 @@ def runs(profile: Profile) -> Profile:
     return get_profile("judge", str(name))
 
 
+# The interface a class of each role must implement (a profile naming your own class is checked against it).
+INTERFACES: dict[str, type] = {"source": Source, "judge": Judge, "writer": InstructionWriter, "editor": Editor,
+                               "embedder": Embedder, "guard": Guard}
+ENTRY_POINT_GROUP = "safetypairs.{role}s"  # e.g. [project.entry-points."safetypairs.guards"] my_guard = "pkg.mod:Cls"
+
+
 def _factory(profile: Profile) -> Factory:
     factories = FACTORIES.get(profile.role, {})
     factory = factories.get(profile.implementation)
-    if factory is None:
+    if factory is not None:
+        return factory
+    target = profile.implementation if ":" in profile.implementation else _entry_points(profile.role).get(
+        profile.implementation)
+    if target is None:
+        registered = sorted(_entry_points(profile.role))
         raise ProfileError(
             f"{profile.source_file}: {profile.role} profile {profile.name!r} names implementation "
             f"{profile.implementation!r}, which does not exist; choose one of "
-            f"{', '.join([*factories, *([JUDGE_AS_GUARD] if profile.role == 'guard' else [])])}."
+            f"{', '.join([*factories, *([JUDGE_AS_GUARD] if profile.role == 'guard' else []), *registered])}, "
+            f"or give the import path of your own {INTERFACES[profile.role].__name__} subclass "
+            "('package.module:Class')."
         )
-    return factory
+    return _user_factory(profile, target)
+
+
+def _entry_points(role: str) -> dict[str, str]:
+    """name -> 'module:Class' registered by installed packages for a role."""
+    return {ep.name: ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP.format(role=role))}
+
+
+def _user_factory(profile: Profile, target: str) -> Factory:
+    """A Factory for your own class, after checking that it imports and implements the role's interface."""
+    where = f"{profile.source_file}: {profile.role} profile {profile.name!r}"
+    module, _, name = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ProfileError(f"{where} names {target!r}, which does not import here ({type(exc).__name__}: {exc}). "
+                           "Fix: install its package, or put the folder that holds the module on PYTHONPATH.") from exc
+    interface = INTERFACES[profile.role]
+    if not (isinstance(cls, type) and issubclass(cls, interface)):
+        raise ProfileError(f"{where} names {target!r}, which is not a subclass of "
+                           f"sp_assets.backends.base.{interface.__name__}; subclass it and implement its methods.")
+    takes = inspect.signature(cls.__init__).parameters
+    return Factory(target, takes_policy="policy" in takes, takes_profile_name="profile_name" in takes)
+
+
+def code_version(profile: Profile) -> str:
+    """What version of the code runs a profile: the built-in's ``CODE_VERSIONS`` entry, or for your own class
+    its qualified name and its package's version (a module outside any package: its source file's sha256)."""
+    if profile.implementation in FACTORIES.get(profile.role, {}):
+        return CODE_VERSIONS.get(profile.implementation, "")
+    cls = _factory(profile).cls()
+    return f"{cls.__module__}:{cls.__qualname__}@{_package_version(cls)}"
+
+
+def _package_version(cls: type) -> str:
+    top = cls.__module__.split(".")[0]
+    for dist in metadata.packages_distributions().get(top, []):
+        return f"{dist} {metadata.version(dist)}"
+    source = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    return f"source sha256 {_source_sha256(source)}" if source else "unversioned"
+
+
+@lru_cache(maxsize=64)
+def _source_sha256(path: str) -> str:
+    from sp_assets.core.hashing import sha256_file
+
+    return sha256_file(Path(path))
 
 
 def backend_class(profile: Profile) -> type:
@@ -116,7 +187,7 @@ def config_sha256(profile: Profile) -> str:
     stored verdicts can be reused.
     """
     profile = runs(profile)
-    return sha256_json(profile.resolved(CODE_VERSIONS.get(profile.implementation, "")))
+    return sha256_json(profile.resolved(code_version(profile)))
 
 
 def check_requirements(profile: Profile) -> None:
