@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import IO
 
-from sp_assets.core.guard_evaluation import SELECTED_NOTE, headline
+from sp_assets.core.guard_evaluation import SELECTED_NOTE, headline, pooled_intervals, with_interval
 from sp_assets.core.policy import REPO_ROOT, load_active_policy
 from sp_assets.core.reports import SELECTED_MARK, guard_name
 from sp_assets.core.run_display import RunDisplay
 from sp_assets.defs.resources import PipelineSettings
-from sp_assets.storage import Store, queries
+from sp_assets.storage import Store, queries, release_queries
 
 from sp_assets.defs import STAGE_NAMES as STAGES
 
@@ -142,15 +142,19 @@ def _guard_lines(store: Store) -> list[str]:
     metrics = queries.pooled_guard_metrics(store)
     if not metrics:
         return []
+    intervals = pooled_intervals(release_queries.guard_answers(store))
+    metrics = [{**r, **intervals.get((r["guard"], r["pair_type"]), {})} for r in metrics]
     out = ["", "guards on all benchmark pairs and look-alikes (pooled over categories; ROC-AUC: mean over categories).",
            "original = source vs edit; controlled = null edit vs edit (both halves went through the editor);",
-           "look-alike FPR = share of safe look-alikes not rated safe ('invalid' counts as a false positive):"]
+           "look-alike FPR = share of safe look-alikes not rated safe ('invalid' counts as a false positive);",
+           "[in brackets: 95% interval, bootstrap over sources, all categories together]:"]
     for r in metrics:
         auc = "n/a" if r["auc"] is None else f"{r['auc']:.2f}"
-        fpr = "n/a" if r["lookalike_fpr"] is None else f"{r['lookalike_fpr']:.2f}"
-        out.append(f"  {guard_name(r):<15} {r['pair_type']:<11} pairs {r['pairs']:>4}  acc unsafe {r['acc_unsafe']:.2f}  "
-                   f"acc safe {r['acc_safe']:.2f}  pair acc {r['pair_accuracy']:.2f}  ROC-AUC {auc}  "
-                   f"look-alikes {r['n_lookalikes']:>3}  FPR {fpr}")
+        out.append(f"  {guard_name(r):<15} {r['pair_type']:<11} pairs {r['pairs']:>4}  "
+                   f"acc unsafe {with_interval(r['acc_unsafe'], r, 'acc_unsafe')}  "
+                   f"acc safe {with_interval(r['acc_safe'], r, 'acc_safe')}  "
+                   f"pair acc {with_interval(r['pair_accuracy'], r, 'pair_accuracy')}  ROC-AUC {auc}  "
+                   f"look-alikes {r['n_lookalikes']:>3}  FPR {with_interval(r['lookalike_fpr'], r, 'lookalike_fpr')}")
     if any(r["selected_pairs"] for r in metrics):
         out.append(f"  {SELECTED_MARK} {SELECTED_NOTE}: not a measure of the guard's quality.")
     out.append("  edited_only sees only 'was this image edited': perfect on original pairs, chance on controlled ones.")

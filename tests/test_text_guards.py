@@ -211,7 +211,7 @@ def test_datasheet_names_the_best_independent_guard_not_the_verifier(tmp_path):
     results = [row("scene_text", "original", 1.0, 0.25, True), row("scene_text", "controlled", 1.0, 0.25, True),
                row("ocr_toxicity", "original", 1 / 3, 0.5), row("ocr_blocklist", "original", 2 / 3, 0.75),
                row(ge.EDITED_ONLY, "original", 1.0, 1.0)]
-    facts = DatasheetFacts("t", [], (), {}, ExportInputs(guard_results=results), POLICY, {}, {}, {}, "other")
+    facts = DatasheetFacts("t", [], (), {}, ExportInputs(guard_results=results), POLICY, {}, {}, "other")
     text = write_datasheet(tmp_path, facts).read_text(encoding="utf-8")
     section = text[text.index("## Guards on this benchmark"):text.index("## Licences")]
     assert "**Best independent guard: `ocr_blocklist`**, pair accuracy 0.67" in section

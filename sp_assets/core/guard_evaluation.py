@@ -16,7 +16,9 @@ import json
 from typing import Any, Collection, Iterable, Mapping, Sequence
 
 from sp_assets.core.record_types import Verdict
-from sp_assets.core.evaluation import PairOutcome, lookalike_scores, score_pairs
+from sp_assets.core.evaluation import (
+    CI_SEED, PairOutcome, bootstrap_intervals, interval_columns, lookalike_scores, score_pairs, seeded_rng,
+)
 
 Row = dict[str, Any]
 Key = tuple[str, str]  # (pair_id, half)
@@ -96,9 +98,11 @@ def prediction_rows(base: Row, guard: str, config_sha256: str, items: Sequence[M
 
 def metric_rows(base: Row, guard: str, config_sha256: str, pairs: Sequence[Mapping[str, Any]],
                 verdicts: Mapping[Key, Verdict], splits: Sequence[str] = ("test", "all"),
-                lookalikes: Sequence[Mapping[str, Any]] = (), selected_pairs: bool = False) -> list[Row]:
+                lookalikes: Sequence[Mapping[str, Any]] = (), selected_pairs: bool = False, seed: int = CI_SEED) -> list[Row]:
     """``guard_metrics`` rows: per pair type and split, accuracy on each half, pair accuracy, ROC-AUC, and
-    the look-alikes of the split with the share not rated safe (the same on both pair types' rows)."""
+    the look-alikes of the split with the share not rated safe (the same on both pair types' rows), each
+    with its 95% interval (``evaluation.bootstrap_intervals``, seeded by ``seed``, category, guard, split
+    and pair type)."""
     rows = []
     for split in splits:
         rated = [verdicts[(la["lookalike_id"], LOOKALIKE)].rating for la in lookalikes
@@ -106,16 +110,18 @@ def metric_rows(base: Row, guard: str, config_sha256: str, pairs: Sequence[Mappi
         fp = lookalike_scores(rated)
         for pair_type, (bad, good) in PAIR_TYPES.items():
             chosen = [p for p in pairs if (split == "all" or p["split"] == split) and (p["pair_id"], bad) in verdicts]
-            scores = score_pairs([
-                PairOutcome(verdicts[(p["pair_id"], bad)].rating, verdicts[(p["pair_id"], good)].rating,
-                            verdicts[(p["pair_id"], bad)].score, verdicts[(p["pair_id"], good)].score)
-                for p in chosen])
+            outcomes = [PairOutcome(verdicts[(p["pair_id"], bad)].rating, verdicts[(p["pair_id"], good)].rating,
+                                    verdicts[(p["pair_id"], bad)].score, verdicts[(p["pair_id"], good)].score)
+                        for p in chosen]
+            scores = score_pairs(outcomes)
+            rng = seeded_rng(seed, str(base.get("category")), guard, split, pair_type)
             rows.append({**base, "guard": guard, "split": split, "pair_type": pair_type, "n_pairs": scores.n_pairs,
                          "acc_unsafe": scores.acc_unsafe, "acc_safe": scores.acc_safe,
                          "pair_accuracy": scores.pair_accuracy, "roc_auc": scores.roc_auc,
                          "n_invalid": scores.n_invalid, "n_lookalikes": fp.n_lookalikes, "lookalike_fpr": fp.fpr,
                          "lookalike_invalid": fp.n_invalid, "selected_pairs": selected_pairs,
-                         "guard_config_sha256": config_sha256})
+                         "guard_config_sha256": config_sha256,
+                         **interval_columns(bootstrap_intervals(outcomes, rated, rng))})
     return sorted(rows, key=lambda r: (list(PAIR_TYPES).index(r["pair_type"]), list(splits).index(r["split"])))
 
 
@@ -143,3 +149,32 @@ def headline(rows: Iterable[Mapping[str, Any]], pair_type: str = "original") -> 
 def independent(row: Mapping[str, Any], diagnostics: Collection[str] = DIAGNOSTICS) -> bool:
     """A guard that did not select the pairs and is not a diagnostic."""
     return not row.get("selected_pairs") and row["guard"] not in diagnostics
+
+
+def pooled_intervals(answers: Iterable[Mapping[str, Any]], seed: int = CI_SEED) -> dict[tuple[str, str], dict[str, Any]]:
+    """(guard, pair type) -> the 95% intervals of its figures pooled over every category (``*_low`` /
+    ``*_high`` columns), from its answers (``guard_predictions`` rows: category, guard, pair_id, half,
+    rating, score): the pairs and look-alikes of all categories resampled together."""
+    by_guard: dict[str, dict[tuple[str, str], Mapping[str, Any]]] = {}
+    for a in answers:
+        by_guard.setdefault(a["guard"], {})[(f"{a['category']}/{a['pair_id']}", a["half"])] = a
+    out = {}
+    for guard, got in sorted(by_guard.items()):
+        looks = [a["rating"] for (_, half), a in sorted(got.items()) if half == LOOKALIKE]
+        pair_ids = sorted({pid for pid, half in got if half != LOOKALIKE})
+        for pair_type, (bad, good) in PAIR_TYPES.items():
+            outcomes = [PairOutcome(got[(pid, bad)]["rating"], got[(pid, good)]["rating"], got[(pid, bad)]["score"],
+                                    got[(pid, good)]["score"])
+                        for pid in pair_ids if (pid, bad) in got and (pid, good) in got]
+            if outcomes or looks:
+                rng = seeded_rng(seed, "pooled", guard, pair_type)
+                out[(guard, pair_type)] = interval_columns(bootstrap_intervals(outcomes, looks, rng))
+    return out
+
+
+def with_interval(value: float | None, row: Mapping[str, Any], figure: str, digits: int = 2) -> str:
+    """``0.21 [0.14, 0.29]``: a figure and its interval from the row's ``{figure}_low`` / ``_high``."""
+    if value is None:
+        return "n/a"
+    lo, hi = row.get(f"{figure}_low"), row.get(f"{figure}_high")
+    return f"{value:.{digits}f}" + ("" if lo is None or hi is None else f" [{lo:.{digits}f}, {hi:.{digits}f}]")

@@ -11,7 +11,8 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from sp_assets.core.formatting import fmt
-from sp_assets.core.guard_evaluation import DIAGNOSTICS, EDITED_ONLY, SELECTED_NOTE, headline
+from sp_assets.core.evaluation import CI_METHOD
+from sp_assets.core.guard_evaluation import DIAGNOSTICS, EDITED_ONLY, SELECTED_NOTE, headline, with_interval
 from sp_assets.core.reports import SELECTED_MARK
 from sp_assets.core.splitting import SPLITS, phrase_shares
 from sp_assets.release.columns import (
@@ -298,6 +299,10 @@ def _review(f: DatasheetFacts) -> list[str]:
                     "(who decided: see *Personal data and metadata*)."]
 
 
+def _ci(row: Mapping[str, Any] | None, figure: str) -> str:
+    return "n/a" if not row else md_text(with_interval(row.get(figure), row, figure))
+
+
 def _guards(f: DatasheetFacts) -> list[str]:
     """Every guard evaluated on the exported pairs and look-alikes, the best independent one named first."""
     results = f.inputs.guard_results
@@ -315,12 +320,13 @@ def _guards(f: DatasheetFacts) -> list[str]:
         mark = f" {SELECTED_MARK}" if first["selected_pairs"] else ""
         note = SELECTED_NOTE if first["selected_pairs"] else _GUARD_NOTES.get(guard, "")
         lines.append(f"| {md_code(guard, True)}{mark} | {first['n_pairs']} | "
-                     f"{fmt(rows.get('original', {}).get('pair_accuracy'), 2)} | "
-                     f"{fmt(rows.get('controlled', {}).get('pair_accuracy'), 2)} | {first['n_lookalikes']} | "
-                     f"{fmt(first['lookalike_fpr'], 2)} | {md_text(note)} |")
+                     f"{_ci(rows.get('original'), 'pair_accuracy')} | "
+                     f"{_ci(rows.get('controlled'), 'pair_accuracy')} | {first['n_lookalikes']} | "
+                     f"{_ci(first, 'lookalike_fpr')} | {md_text(note)} |")
     lines += ["", "Pair accuracy: both halves of a pair right ('invalid' counts as wrong). Look-alike FPR: the share "
               "of safe look-alikes not rated safe ('invalid' counts as a false positive). Pooled over categories and "
-              "splits, from the `guard_metrics` table (view `guard_metrics_overall`)."]
+              "splits, from the `guard_metrics` table (view `guard_metrics_overall`). In brackets: the "
+              f"{CI_METHOD}, here over every category's pairs and look-alikes together."]
     evaluated = max((r["n_pairs"] for r in results if r["pair_type"] == "original"), default=0)
     if evaluated != len(f.rows):
         lines += ["", f"Warning: the guards were evaluated on {evaluated} pairs and this export holds {len(f.rows)}; "

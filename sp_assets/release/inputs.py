@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from sp_assets.core.guard_evaluation import pooled_intervals
 from sp_assets.release.columns import arrow_type
 from sp_assets.storage import Store
 from sp_assets.storage import release_queries as queries
@@ -97,7 +98,8 @@ def read_inputs(store: Store) -> ExportInputs:
         split_configs=sorted({p.get("split_config_sha256") for p in pairs if p.get("split_config_sha256")}),
         verify_configs=verify_configs,
         guards=queries.guards_evaluated(store) if "guard_metrics" in tables else [],
-        guard_results=queries.guard_results(store) if "guard_metrics" in tables else [],
+        guard_results=_with_intervals(queries.guard_results(store), queries.guard_answers(store))
+        if "guard_metrics" in tables else [],
         metadata_removed=_metadata_removed(store, tables, bool(lookalikes)),
     )
 
@@ -167,3 +169,9 @@ def _yields(store: Store, tables: dict[str, set[str]]) -> list[dict[str, Any]]:
         y.update({"stored": stored.get(y["category"]), "judged": labels.get(y["category"], {}).get("judged"),
                   "judged_unsafe": labels.get(y["category"], {}).get("unsafe")})
     return yields
+
+
+def _with_intervals(results: list[dict[str, Any]], answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pooled guard figures with their 95% intervals (``core.guard_evaluation.pooled_intervals``)."""
+    intervals = pooled_intervals(answers)
+    return [{**r, **intervals.get((r["guard"], r["pair_type"]), {})} for r in results]

@@ -115,6 +115,14 @@ def guard_results(store: Store) -> list[dict[str, Any]]:
         "ORDER BY guard, pair_type DESC").to_dicts()
 
 
+def guard_answers(store: Store) -> list[dict[str, Any]]:
+    """Every guard's answer on every image of every category's pairs and look-alikes (split 'all'), for
+    intervals over the pooled figures."""
+    return store.query(
+        "SELECT category, guard, pair_id, half, rating, score FROM guard_predictions "
+        "ORDER BY guard, category, pair_id, half").to_dicts()
+
+
 def profiles_used(store: Store, lineage_columns: Collection[str]) -> list[dict[str, Any]]:
     """role, profile, config_sha256 and pairs for each profile behind the pairs (roles whose columns exist)."""
     rows: list[dict[str, Any]] = []
