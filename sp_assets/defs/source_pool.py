@@ -61,7 +61,7 @@ def _take_in(stage: Stage, backend: Source, category: Category, options: SourceO
     started = time.monotonic()
     intake, unchanged = intake_category(stage.store, stage.images, backend, category, options, base, config_sha)
     if not unchanged:  # the run's terminal and log count what was read (a kept category reads nothing)
-        stage.progress("files taken in", intake.n_in, intake.n_in, time.monotonic() - started)
+        stage.progress("intake", intake.n_in, intake.n_in, time.monotonic() - started)
     stage.store.replace_slice("source_images", {"category": category.slug}, intake.accepted)
     stage.store.replace_slice("source_rejections", {"category": category.slug}, intake.rejected)
     if not unchanged:
