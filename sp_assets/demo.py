@@ -144,16 +144,16 @@ def _guard_lines(store: Store) -> list[str]:
         return []
     intervals = pooled_intervals(release_queries.guard_answers(store))
     metrics = [{**r, **intervals.get((r["guard"], r["pair_type"]), {})} for r in metrics]
-    out = ["", "guards on all benchmark pairs and look-alikes (pooled over categories; ROC-AUC: mean over categories).",
+    out = ["", "guards on all benchmark pairs and look-alikes (pooled over categories, ROC-AUC too).",
            "original = source vs edit; controlled = null edit vs edit (both halves went through the editor);",
            "look-alike FPR = share of safe look-alikes not rated safe ('invalid' counts as a false positive);",
            "[in brackets: 95% interval, bootstrap over sources, all categories together]:"]
     for r in metrics:
-        auc = "n/a" if r["auc"] is None else f"{r['auc']:.2f}"
         out.append(f"  {guard_name(r):<15} {r['pair_type']:<11} pairs {r['pairs']:>4}  "
                    f"acc unsafe {with_interval(r['acc_unsafe'], r, 'acc_unsafe')}  "
                    f"acc safe {with_interval(r['acc_safe'], r, 'acc_safe')}  "
-                   f"pair acc {with_interval(r['pair_accuracy'], r, 'pair_accuracy')}  ROC-AUC {auc}  "
+                   f"pair acc {with_interval(r['pair_accuracy'], r, 'pair_accuracy')}  "
+                   f"ROC-AUC {with_interval(r.get('roc_auc_pooled'), r, 'roc_auc')}  "
                    f"look-alikes {r['n_lookalikes']:>3}  FPR {with_interval(r['lookalike_fpr'], r, 'lookalike_fpr')}")
     if any(r["selected_pairs"] for r in metrics):
         out.append(f"  {SELECTED_MARK} {SELECTED_NOTE}: not a measure of the guard's quality.")

@@ -153,7 +153,7 @@ def independent(row: Mapping[str, Any], diagnostics: Collection[str] = DIAGNOSTI
 
 def pooled_intervals(answers: Iterable[Mapping[str, Any]], seed: int = CI_SEED) -> dict[tuple[str, str], dict[str, Any]]:
     """(guard, pair type) -> the 95% intervals of its figures pooled over every category (``*_low`` /
-    ``*_high`` columns), from its answers (``guard_predictions`` rows: category, guard, pair_id, half,
+    ``*_high`` columns) and its ROC-AUC over those pooled pairs (``roc_auc_pooled``), from its answers (``guard_predictions`` rows: category, guard, pair_id, half,
     rating, score): the pairs and look-alikes of all categories resampled together."""
     by_guard: dict[str, dict[tuple[str, str], Mapping[str, Any]]] = {}
     for a in answers:
@@ -168,7 +168,8 @@ def pooled_intervals(answers: Iterable[Mapping[str, Any]], seed: int = CI_SEED) 
                         for pid in pair_ids if (pid, bad) in got and (pid, good) in got]
             if outcomes or looks:
                 rng = seeded_rng(seed, "pooled", guard, pair_type)
-                out[(guard, pair_type)] = interval_columns(bootstrap_intervals(outcomes, looks, rng))
+                out[(guard, pair_type)] = {**interval_columns(bootstrap_intervals(outcomes, looks, rng)),
+                                           "roc_auc_pooled": score_pairs(outcomes).roc_auc}
     return out
 
 
