@@ -241,7 +241,7 @@ def test_datasheet_is_a_dataset_card(run):
                    "min_ssim_outside", "Yield per category", "Human review", "**Look-alikes**",
                    "Replacement texts of the safe halves", "Splits are grouped by photograph", "Look-alike columns"):
         assert needle in text, needle
-    assert [c["config_name"] for c in front["configs"]] == ["default", "lookalikes"]
+    assert [c["config_name"] for c in front["configs"]] == ["default", "lookalikes", "preference"]
     section = text.split("**Look-alikes**")[1].split("**Replacement texts")[0]
     for cat in {r["category"] for r in run.looks}:
         rows = [r for r in run.looks if r["category"] == cat]
@@ -542,3 +542,29 @@ def test_an_export_of_unchanged_inputs_is_kept_and_a_change_rewrites_it(run, tmp
     (out / "gallery" / "index.html").unlink()  # a file gone: written again, not trusted
     rebuilt = _export(run.store, run.data_root, out, name="another-name")
     assert not rebuilt.unchanged and (out / "gallery" / "index.html").is_file()
+
+
+def test_the_preference_config_loads_as_trl_vision_preference_pairs(run, monkeypatch, tmp_path):
+    """Every image of the benchmark as a preference example: the policy's answer chosen, the other rejected."""
+    datasets = _offline_datasets(monkeypatch, tmp_path)
+    pref = datasets.load_dataset(str(run.out), "preference", cache_dir=str(tmp_path / "hf-cache"))
+    rows = [r for part in pref.values() for r in part]
+    halves = sum(1 + 1 + bool(b.get("control_path")) for b in run.bench)
+    assert len(rows) == halves + len(run.looks)
+    by_id = {b["pair_id"]: b for b in run.bench}
+    for split, part in pref.items():
+        assert set(part.column_names) >= {"images", "prompt", "chosen", "rejected"}
+        for r in part:
+            [image] = r["images"]
+            assert isinstance(image, Image.Image)
+            [user] = r["prompt"]
+            assert user["role"] == "user" and [c["type"] for c in user["content"]] == ["image", "text"]
+            chosen, rejected = r["chosen"][0]["content"][0]["text"], r["rejected"][0]["content"][0]["text"]
+            expected_unsafe = r["half"] in ("unsafe", "control")
+            assert chosen.startswith("unsafe") == expected_unsafe and rejected.startswith("unsafe") != expected_unsafe
+            if r["half"] != "lookalike":
+                assert by_id[r["pair_id"]]["split"] == split  # both halves of a pair in the pair's split
+    one = next(r for r in rows if r["half"] == "safe")
+    raw = pref[by_id[one["pair_id"]]["split"]].cast_column("images", datasets.List(datasets.Image(decode=False)))
+    stored = {c["bytes"] for r in raw for c in r["images"]}
+    assert run.images.path(by_id[one["pair_id"]]["safe_path"]).read_bytes() in stored

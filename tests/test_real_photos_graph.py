@@ -74,10 +74,11 @@ def _published_images(export: Path) -> list[tuple[str, bytes]]:
     for parquet in sorted(export.rglob("*.parquet")):
         frame = pl.read_parquet(parquet)
         for column in frame.columns:
-            if frame.schema[column] == pl.Struct:
+            if frame.schema[column] in (pl.Struct, pl.List):  # an Image, or a list of them (the preference config)
                 for value in frame[column].to_list():
-                    if isinstance(value, dict) and isinstance(value.get("bytes"), bytes):
-                        found.append((f"{parquet.name}:{column}", value["bytes"]))
+                    for cell in (value if isinstance(value, list) else [value]):
+                        if isinstance(cell, dict) and isinstance(cell.get("bytes"), bytes):
+                            found.append((f"{parquet.name}:{column}", cell["bytes"]))
     for tar in sorted(export.rglob("*.tar")):
         with tarfile.open(tar) as archive:
             for member in archive.getmembers():

@@ -114,6 +114,10 @@ def _front_matter(f: DatasheetFacts) -> list[str]:
     if looks_present:
         front["configs"].append({"config_name": "lookalikes",
                                  "data_files": [{"split": s, "path": f"lookalikes/{s}-*"} for s in looks_present]})
+    front["configs"].append({"config_name": "preference",
+                             "data_files": [{"split": s, "path": f"preference/{s}-*"}
+                                            for s in sorted(set(splits_present) | set(looks_present),
+                                                            key=SPLITS.index)]})
     if f.licence == "other":
         front["license_name"] = "mixed"
         front["license_link"] = "README.md#licences"

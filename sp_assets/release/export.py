@@ -41,6 +41,7 @@ from filelock import FileLock
 
 import sp_assets.release.gallery as gallery_page
 import sp_assets.release.parquet as parquet
+import sp_assets.release.preference as preference
 import sp_assets.release.webdataset as wds
 from sp_assets.release.columns import (
     Columns, count_pairs, export_columns, group_by_split, lookalike_columns, n_controls, order_pairs, with_categories,
@@ -183,7 +184,7 @@ def export_benchmark(store: Store, images: ImageStore, out_dir: str | os.PathLik
     return _report(out_dir, tmp, job, written, time.perf_counter() - started)
 
 
-EXPORT_VERSION = "3"  # bump when the export's code writes different files for the same inputs
+EXPORT_VERSION = "4"  # bump when the export's code writes different files for the same inputs
 
 
 def _key_folder(out_dir: Path, key_dir: str | os.PathLike[str] | None) -> Path:
@@ -248,8 +249,11 @@ def _write_shards(tmp: Path, job: _Job, stored: StoredImages, formats: dict[str,
                   on_row: OnPair) -> dict[str, dict[str, list[Path]]]:
     """The pairs' and look-alikes' shards of every format: format -> split -> paths."""
     has_controls, has_lookalikes, opts = job.inputs.has_controls, bool(job.lookalikes), job.options
-    shard_formats: dict[str, type[ShardWriter]] = {"parquet": parquet.ParquetShard}
-    lookalike_formats: dict[str, type[ShardWriter]] = {"parquet": parquet.LookalikeParquetShard}
+    shard_formats: dict[str, type[ShardWriter]] = {"parquet": parquet.ParquetShard,
+                                                   "preference": preference.PreferenceShard}
+    lookalike_formats: dict[str, type[ShardWriter]] = {"parquet": parquet.LookalikeParquetShard,
+                                                       "preference": preference.LookalikePreferenceShard}
+    formats["Preference (TRL)"] = preference.describe()
     if opts.webdataset:
         shard_formats["webdataset"] = wds.WebDatasetShard
         lookalike_formats["webdataset"] = wds.LookalikeWebDatasetShard

@@ -113,7 +113,7 @@ def write_shards(root: Path, rows_by_split: Mapping[str, Sequence[dict[str, Any]
     ``on_pair(pair, blobs)`` sees each pair's images as they are read (the gallery copies them).
     """
     for fmt in formats.values():
-        (root / fmt.directory).mkdir(parents=True)
+        (root / fmt.directory).mkdir(parents=True, exist_ok=True)  # pairs and look-alikes may share one
     written: dict[str, dict[str, list[Path]]] = {name: {} for name in formats}
     halves = image_halves(columns)
     for split, rows in rows_by_split.items():
