@@ -421,6 +421,7 @@ def test_held_out_texts_are_not_copies_of_training_texts():
     assert not copies, f"remove these rows from {EXAMPLES.path}:\n" + "\n".join(copies[:20])
 
 
+@pytest.mark.full  # two cold encodes of the MiniLM training set: ~100 s on 2 cores
 def test_training_embeddings_come_back_from_the_cache_unchanged(tmp_path, monkeypatch):
     """A second build reads the training vectors from SP_CACHE_DIR and classifies exactly as the first.
 
