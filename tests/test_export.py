@@ -568,3 +568,34 @@ def test_the_preference_config_loads_as_trl_vision_preference_pairs(run, monkeyp
     raw = pref[by_id[one["pair_id"]]["split"]].cast_column("images", datasets.List(datasets.Image(decode=False)))
     stored = {c["bytes"] for r in raw for c in r["images"]}
     assert run.images.path(by_id[one["pair_id"]]["safe_path"]).read_bytes() in stored
+
+
+def test_the_vlmevalkit_tsv_follows_its_column_rules(run):
+    """VLMEvalKit's custom multiple-choice TSV: index unique integers, image base64, question, options A and B,
+    the answer letter, category; every image of the benchmark once, look-alikes included."""
+    import base64
+    import csv
+    import io
+
+    csv.field_size_limit(1 << 30)
+    files = sorted((run.out / "vlmevalkit").glob("SafetyPairs_*.tsv"))
+    assert files
+    by_id = {b["pair_id"]: b for b in run.bench}
+    seen = []
+    for path in files:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+        assert rows and list(rows[0])[:7] == ["index", "image", "question", "A", "B", "answer", "category"]
+        assert len({int(r["index"]) for r in rows}) == len(rows)
+        split = path.stem.removeprefix("SafetyPairs_")
+        for r in rows:
+            assert r["answer"] == ("A" if r["half"] in ("unsafe", "control") else "B")
+            assert r["A"] and r["B"] and r["category"] and r["question"].endswith("Answer with the option's letter.")
+            Image.open(io.BytesIO(base64.b64decode(r["image"]))).verify()
+            if r["half"] != "lookalike":
+                assert by_id[r["pair_id"]]["split"] == split
+            seen.append((r["pair_id"], r["half"]))
+    halves = sum(2 + bool(b.get("control_path")) for b in run.bench)
+    assert len(seen) == len(set(seen)) == halves + len(run.looks)
+    safe = next(r for r in seen if r[1] == "safe")
+    assert safe[0] in by_id

@@ -4,6 +4,9 @@ published carries EXIF, GPS or a comment (read back from the exported bytes)."""
 
 from __future__ import annotations
 
+import base64
+import csv
+
 import io
 import os
 import shutil
@@ -86,6 +89,10 @@ def _published_images(export: Path) -> list[tuple[str, bytes]]:
                     found.append((f"{tar.name}:{member.name}", archive.extractfile(member).read()))
     for name in ("*.png", "*.jpg", "*.webp"):
         found += [(str(p.relative_to(export)), p.read_bytes()) for p in (export / "gallery").rglob(name)]
+    csv.field_size_limit(1 << 30)
+    for tsv in sorted(export.rglob("*.tsv")):  # VLMEvalKit's files carry the images base64
+        with open(tsv, newline="", encoding="utf-8") as fh:
+            found += [(f"{tsv.name}:{r['index']}", base64.b64decode(r["image"])) for r in csv.DictReader(fh, delimiter="\t")]
     return found
 
 

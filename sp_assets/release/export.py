@@ -42,6 +42,7 @@ from filelock import FileLock
 import sp_assets.release.gallery as gallery_page
 import sp_assets.release.parquet as parquet
 import sp_assets.release.preference as preference
+import sp_assets.release.vlmevalkit as vlmevalkit
 import sp_assets.release.webdataset as wds
 from sp_assets.release.columns import (
     Columns, count_pairs, export_columns, group_by_split, lookalike_columns, n_controls, order_pairs, with_categories,
@@ -231,6 +232,8 @@ def _write_release(tmp: Path, job: _Job, images: ImageStore) -> _Written:
     copies = gallery_page.GalleryImages(tmp) if opts.gallery else None
     stored = StoredImages(images)  # one for every format: it remembers the images it had to clean
     shards = _write_shards(tmp, job, stored, formats, skipped, copies.add if copies else lambda pair, blobs: None)
+    vlmevalkit.write_vlmevalkit(tmp, job.rows_by_split, group_by_split(job.lookalikes), stored.read)
+    formats["VLMEvalKit"] = vlmevalkit.describe()
     gallery_path = None
     if copies:
         gallery_path = gallery_page.write_gallery(tmp, job.name, job.rows, copies.files, job.counts, job.policy,
