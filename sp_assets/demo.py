@@ -19,6 +19,7 @@ from typing import IO
 
 from sp_assets.core.guard_evaluation import SELECTED_NOTE, headline, pooled_intervals, with_interval
 from sp_assets.core.policy import REPO_ROOT, load_active_policy
+from sp_assets.core.probe import summary_cell
 from sp_assets.core.reports import SELECTED_MARK, guard_name
 from sp_assets.core.run_display import RunDisplay
 from sp_assets.defs.resources import PipelineSettings
@@ -180,11 +181,16 @@ def _probe_lines(store: Store, run_id: str) -> list[str]:
     out = ["", "sample efficiency: linear probe, base set + k = 32 counterfactual pairs vs 64 ordinary images"]
     cells: dict[tuple[str, str], dict[str, str]] = {}
     for r in probe:
-        cells.setdefault((r["features"], r["eval_set"]), {})[r["condition"]] = f"{r['mean']:.2f} ± {r['std'] or 0:.2f}"
+        cells.setdefault((r["features"], r["eval_set"]), {})[r["condition"]] = summary_cell(r)
     for (features, eval_set), c in cells.items():
-        metric = "pair accuracy on held-out pairs" if eval_set == "heldout_pairs" else "accuracy on non-pair images"
-        out.append(f"  {features:<11} {metric:<33} pairs {c.get('pairs', 'n/a')}   ordinary {c.get('ordinary', 'n/a')}")
-    return out
+        out.append(f"  {features:<11} {PROBE_SETS[eval_set]:<37} pairs {c.get('pairs', 'n/a'):<24} "
+                   f"ordinary {c.get('ordinary', 'n/a')}")
+    return out + ["  (mean ± std over seeds [95% interval]; out-of-distribution: photos, fonts and phrasings the "
+                  "pool never held)"]
+
+
+PROBE_SETS = {"heldout_pairs": "pair accuracy on held-out pairs", "non_pair": "accuracy on non-pair images",
+              "ood_pairs": "pair accuracy, out-of-distribution"}
 
 
 def _where_lines(data_root: Path, run_id: str) -> list[str]:

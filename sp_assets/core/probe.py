@@ -39,7 +39,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sp_assets.core.evaluation import PairOutcome, roc_auc, score_pairs
+from sp_assets.core.evaluation import (
+    CI_SAMPLES, CI_SEED, PairOutcome, percentile_interval, roc_auc, score_pairs, seeded_rng,
+)
 
 CONDITIONS = ("pairs", "ordinary")
 DEFAULT_KS = (0, 2, 4, 8, 16, 32)
@@ -102,7 +104,7 @@ class ProbeResult:
         return "pair_accuracy" if eval_set in self.pair_sets else "accuracy"
 
     def to_markdown(self, metrics: Mapping[str, str] | None = None) -> str:
-        """A k-by-condition table of mean ± std of each eval set's headline metric."""
+        """A k-by-condition table of each eval set's headline metric: mean ± std over seeds [95% interval]."""
         metrics = dict(metrics or {})
         lines = ["| eval set | metric | k | pairs | ordinary |", "|---|---|---:|---:|---:|"]
         for name in self.params.get("eval_sets", []):
@@ -117,11 +119,19 @@ class ProbeResult:
                     if r.height == 0 or r["mean"][0] is None:
                         cells.append("n/a")
                     else:
-                        cells.append(f"{r['mean'][0]:.2f} ± {r['std'][0] or 0.0:.2f}")
+                        cells.append(summary_cell(r.row(0, named=True)))
                 k_used = self.capped.get(k, k)
                 k_txt = f"{k}" if k_used == k else f"{k} (used {k_used})"
                 lines.append(f"| {name} | {metric} | {k_txt} | {cells[0]} | {cells[1]} |")
         return "\n".join(lines)
+
+
+def summary_cell(row: Mapping[str, Any]) -> str:
+    """``0.83 ± 0.05 [0.70, 0.93]``: a summary row's mean ± std over seeds, and its interval where it has one."""
+    text = f"{row['mean']:.2f} ± {row['std'] or 0.0:.2f}"
+    if row.get("ci_low") is not None and row.get("ci_high") is not None:
+        text += f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+    return text
 
 
 # -- input checks ---------------------------------------------------------------------------------
@@ -201,9 +211,12 @@ def _fit_probe(X: np.ndarray, y: np.ndarray, C: float, balanced: bool):
     return probe
 
 
-def _evaluate(probe, X: np.ndarray, y: np.ndarray, pairs: list[tuple[int, int]] | None) -> dict[str, float | None]:
+def _evaluate(probe, X: np.ndarray, y: np.ndarray, pairs: list[tuple[int, int]] | None
+              ) -> tuple[dict[str, float | None], dict[str, np.ndarray]]:
+    """The probe's metrics on one eval set, and for the metrics that are a mean over the set's units (pairs,
+    or images of an unpaired set) each unit's share of it, which the intervals resample."""
     if X.shape[0] == 0:
-        return {}
+        return {}, {}
     p = probe.predict_proba(X)[:, list(probe.classes_).index(1)]
     pred = (p >= 0.5).astype(int)
     out: dict[str, float | None] = {
@@ -212,14 +225,18 @@ def _evaluate(probe, X: np.ndarray, y: np.ndarray, pairs: list[tuple[int, int]] 
         "acc_safe": float(np.mean(pred[y == 0] == 0)) if (y == 0).any() else None,
         "roc_auc": roc_auc(y.tolist(), p.tolist()),
     }
-    if pairs is not None:
-        rating = np.where(pred == 1, "unsafe", "safe")
-        scores = score_pairs([PairOutcome(rating[u], rating[s], float(p[u]), float(p[s])) for u, s in pairs])
-        out.update(acc_unsafe=scores.acc_unsafe, acc_safe=scores.acc_safe,
-                   pair_accuracy=scores.pair_accuracy, roc_auc=scores.roc_auc)
-        out["pair_ranking"] = float(np.mean([p[u] > p[s] for u, s in pairs])) + 0.5 * float(
-            np.mean([p[u] == p[s] for u, s in pairs]))
-    return out
+    if pairs is None:
+        return out, {"accuracy": (pred == y).astype(float)}
+    rating = np.where(pred == 1, "unsafe", "safe")
+    scores = score_pairs([PairOutcome(rating[u], rating[s], float(p[u]), float(p[s])) for u, s in pairs])
+    out.update(acc_unsafe=scores.acc_unsafe, acc_safe=scores.acc_safe,
+               pair_accuracy=scores.pair_accuracy, roc_auc=scores.roc_auc)
+    unsafe_ok = np.array([pred[u] == 1 for u, _ in pairs], dtype=float)
+    safe_ok = np.array([pred[s] == 0 for _, s in pairs], dtype=float)
+    ranking = np.array([(p[u] > p[s]) + 0.5 * (p[u] == p[s]) for u, s in pairs], dtype=float)
+    out["pair_ranking"] = float(np.mean(ranking))
+    return out, {"acc_unsafe": unsafe_ok, "acc_safe": safe_ok, "pair_accuracy": unsafe_ok * safe_ok,
+                 "accuracy": (unsafe_ok + safe_ok) / 2, "pair_ranking": ranking}
 
 
 def _ordinary_order(extra_y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -236,8 +253,9 @@ def _ordinary_order(extra_y: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return np.concatenate([np.asarray(head, dtype=int), tail])
 
 
-def _run_grid(bx, by, pu, ps, ex, ey, evals, ks, seeds, k_max, C, balanced, rows, skipped) -> int:
-    """Every (seed, k, condition) fit and its evaluation; appends to rows / skipped, returns the fit count."""
+def _run_grid(bx, by, pu, ps, ex, ey, evals, ks, seeds, k_max, C, balanced, rows, skipped, units) -> int:
+    """Every (seed, k, condition) fit and its evaluation; appends to rows / skipped / units (each cell's
+    per-unit shares, one array per seed), returns the fit count."""
     n_fits = 0
     n_pairs = pu.shape[0]
     for seed in seeds:
@@ -264,12 +282,14 @@ def _run_grid(bx, by, pu, ps, ex, ey, evals, ks, seeds, k_max, C, balanced, rows
                 probe = _fit_probe(X, y, C, balanced)
                 n_fits += 1
                 for name, (xm, ym, pairs) in evals.items():
-                    metrics = _evaluate(probe, xm, ym, pairs)
+                    metrics, shares = _evaluate(probe, xm, ym, pairs)
                     wanted = PAIR_METRICS if pairs is not None else IMAGE_METRICS
                     for metric in wanted:
                         if metric in metrics:
                             rows.append({"condition": cond, "k": k, "k_used": k_used, "seed": seed,
                                          "eval_set": name, "metric": metric, "value": metrics[metric]})
+                    for metric, share in shares.items():
+                        units.setdefault((cond, k, name, metric), []).append(share)
     return n_fits
 
 
@@ -347,12 +367,13 @@ def run_probe_experiment(
     # each lbfgs fit on 1280-d embeddings 10-40x slower (0.4 s instead of 10 ms) than one thread.
     from threadpoolctl import threadpool_limits
 
+    units: dict[tuple[str, int, str, str], list[np.ndarray]] = {}
     with threadpool_limits(limits=1):
-        n_fits = _run_grid(bx, by, pu, ps, ex, ey, evals, ks, seeds, k_max, C, balanced, rows, skipped)
+        n_fits = _run_grid(bx, by, pu, ps, ex, ey, evals, ks, seeds, k_max, C, balanced, rows, skipped, units)
 
     table = _table(rows)
     return ProbeResult(
-        table=table, summary=summarise(table), skipped=skipped, capped=capped,
+        table=table, summary=summarise(table, units), skipped=skipped, capped=capped,
         pair_sets=tuple(n for n, (_, _, p) in evals.items() if p is not None),
         params={"ks": ks, "seeds": seeds, "C": C, "balanced": balanced, "n_base": int(bx.shape[0]),
                 "n_pairs": n_pairs, "n_extra": int(ex.shape[0]), "n_features": dim,
@@ -367,13 +388,17 @@ def _table(rows: list[dict[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
 
 
-def summarise(table: pl.DataFrame) -> pl.DataFrame:
-    """Mean, std over seeds (ddof=1; 0 for a single seed) and n, per condition / k / eval set / metric."""
+def summarise(table: pl.DataFrame, units: Mapping[tuple[str, int, str, str], Sequence[np.ndarray]] | None = None
+              ) -> pl.DataFrame:
+    """Mean, std over seeds (ddof=1; 0 for a single seed), n and the mean's 95% interval (``ci_low`` /
+    ``ci_high``, see ``_interval``; null where no per-unit shares were given), per condition / k / eval set
+    / metric."""
     keys = ["condition", "k", "eval_set", "metric"]
     if table.height == 0:
         return pl.DataFrame(schema={**{k: table.schema[k] for k in keys}, "k_used": pl.Int64,
-                                    "mean": pl.Float64, "std": pl.Float64, "n": pl.UInt32})
-    return (
+                                    "mean": pl.Float64, "std": pl.Float64, "n": pl.UInt32,
+                                    "ci_low": pl.Float64, "ci_high": pl.Float64})
+    summary = (
         table.group_by(keys, maintain_order=True)
         .agg(pl.col("k_used").first(), pl.col("value").mean().alias("mean"),
              pl.col("value").std(ddof=1).fill_null(0.0).alias("std"),
@@ -381,6 +406,25 @@ def summarise(table: pl.DataFrame) -> pl.DataFrame:
         .with_columns(pl.when(pl.col("n") == 0).then(None).otherwise(pl.col("std")).alias("std"))
         .sort(keys)
     )
+    bounds = [_interval(units or {}, (r["condition"], r["k"], r["eval_set"], r["metric"]))
+              for r in summary.iter_rows(named=True)]
+    return summary.with_columns(pl.Series("ci_low", [b[0] for b in bounds], dtype=pl.Float64),
+                                pl.Series("ci_high", [b[1] for b in bounds], dtype=pl.Float64))
+
+
+def _interval(units: Mapping[tuple[str, int, str, str], Sequence[np.ndarray]], cell: tuple[str, int, str, str]
+              ) -> tuple[float | None, float | None]:
+    """The 95% interval of a cell's mean over seeds, from resampling the eval set's units (its pairs, or its
+    images): every seed's probe is scored on the same draw, so the interval is that of the seed-averaged
+    figure over what the eval set happened to hold. Seeded by the cell (``evaluation.seeded_rng``)."""
+    shares = units.get(cell)
+    if not shares:
+        return None, None
+    mean_share = np.mean(np.stack(shares), axis=0)  # each unit's share of the figure, averaged over seeds
+    n = mean_share.shape[0]
+    rng = seeded_rng(CI_SEED, "probe", cell[0], str(cell[1]), cell[2], cell[3])
+    draws = rng.multinomial(n, np.full(n, 1.0 / n), size=CI_SAMPLES).astype(float)
+    return percentile_interval(draws @ mean_share / n)
 
 
 # -- the figure -----------------------------------------------------------------------------------

@@ -79,11 +79,15 @@ def assign_roles(pairs: Sequence[dict[str, Any]], sources: Sequence[dict[str, An
                  rest_safe[: len(rest_safe) // 2], sorted(held_src), rest_safe[len(rest_safe) // 2:])
 
 
-def image_paths_and_texts(pairs: Sequence[dict[str, Any]], sources: Sequence[dict[str, Any]]
-                          ) -> tuple[dict[str, str], dict[str, str]]:
+def image_paths_and_texts(pairs: Sequence[dict[str, Any]], sources: Sequence[dict[str, Any]],
+                          ood: Sequence[dict[str, Any]] = ()) -> tuple[dict[str, str], dict[str, str]]:
     """Every image of the experiment: hash -> stored path, and hash -> the scene text the judge read."""
     paths = {s["image_sha256"]: s["image_path"] for s in sources}
     texts = {s["image_sha256"]: _text(s["raw_output"]) for s in sources}
+    for p in ood:
+        for half in ("unsafe", "safe"):
+            paths[p[f"{half}_sha256"]] = p[f"{half}_path"]
+            texts[p[f"{half}_sha256"]] = _text(p[f"{half}_raw_output"])
     for p in pairs:
         paths.setdefault(p["image_sha256"], p["unsafe_path"])
         paths[p["safe_sha256"]] = p["safe_path"]
@@ -115,16 +119,24 @@ def _stack(feat: Features, keys: Sequence[str]) -> np.ndarray:
     return np.stack([feat[k] for k in keys])
 
 
-def probe_curve(roles: Roles, feat: Features, seeds: int, ks: Sequence[int]) -> ProbeResult:
-    """Held-out accuracy of a probe on base + k pairs against base + 2k ordinary images, over seeds."""
-    n = len(roles.held)
+def _pair_set(feat: Features, unsafe: Sequence[str], safe: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An eval set of pairs: the unsafe halves' rows, then the safe halves' (pair i is row i and row n + i)."""
+    n = len(unsafe)
+    return (np.vstack([_stack(feat, unsafe), _stack(feat, safe)]), np.r_[np.ones(n, int), np.zeros(n, int)],
+            np.r_[np.arange(n), np.arange(n)])
+
+
+def probe_curve(roles: Roles, feat: Features, seeds: int, ks: Sequence[int],
+                ood: Sequence[dict[str, Any]] = ()) -> ProbeResult:
+    """Held-out accuracy of a probe on base + k pairs against base + 2k ordinary images, over seeds; with
+    ``ood`` pairs also on them (eval set 'ood_pairs')."""
     evals = {
-        "heldout_pairs": (np.vstack([_stack(feat, [p["image_sha256"] for p in roles.held]),
-                                     _stack(feat, [p["safe_sha256"] for p in roles.held])]),
-                          np.r_[np.ones(n, int), np.zeros(n, int)], np.r_[np.arange(n), np.arange(n)]),
+        "heldout_pairs": _pair_set(feat, [p["image_sha256"] for p in roles.held], [p["safe_sha256"] for p in roles.held]),
         "non_pair": (_stack(feat, roles.held_sources + roles.eval_safe),
                      np.r_[np.ones(len(roles.held_sources), int), np.zeros(len(roles.eval_safe), int)], None),
     }
+    if ood:
+        evals["ood_pairs"] = _pair_set(feat, [p["unsafe_sha256"] for p in ood], [p["safe_sha256"] for p in ood])
     return run_probe_experiment(
         _stack(feat, roles.base_unsafe + roles.base_safe), [1] * len(roles.base_unsafe) + [0] * len(roles.base_safe),
         _stack(feat, [p["image_sha256"] for p in roles.train]), _stack(feat, [p["safe_sha256"] for p in roles.train]),
@@ -156,26 +168,37 @@ def probe_guards(roles: Roles, name: str, feat: Features) -> dict[str, dict[str,
 def run_sample_efficiency(pairs: Sequence[dict[str, Any]], sources: Sequence[dict[str, Any]],
                           embed_images: Callable[[list[tuple[str, str]]], Mapping[str, np.ndarray]],
                           embed_texts: Callable[[list[str]], np.ndarray], seed: int, out_dir: Path, seeds: int,
-                          ks: tuple[int, ...] = (0, 2, 4, 8, 16, 32)) -> dict[str, Any]:
+                          ks: tuple[int, ...] = (0, 2, 4, 8, 16, 32), ood: Sequence[dict[str, Any]] = ()
+                          ) -> dict[str, Any]:
     """Probe trained on a base set plus k counterfactual pairs vs the same number of ordinary images.
 
     ``pairs``: benchmark pairs with the verifier's raw answers; ``sources``: rated source images;
     ``embed_images`` and ``embed_texts`` compute (or recall) the embeddings. Features: image embeddings, plus the embedding of the
-    scene text the judge read when there is any.
+    scene text the judge read when there is any. ``ood``: out-of-distribution pairs (unsafe / safe halves'
+    hashes, paths and the judge's raw answers, labelled by construction), an extra eval set.
     """
     roles = assign_roles(pairs, sources, seed)
     if isinstance(roles, str):
         return {"skipped": roles}
-    features = feature_sets(*image_paths_and_texts(pairs, sources), embed_images, embed_texts)
+    features = feature_sets(*image_paths_and_texts(pairs, sources, ood), embed_images, embed_texts)
     results: dict[str, ProbeResult] = {}
     figures: dict[str, Path] = {}
     for name, feat in features.items():
-        results[name] = probe_curve(roles, feat, seeds, ks)
+        results[name] = probe_curve(roles, feat, seeds, ks, ood)
         figures[name] = plot_probe_curves(results[name], out_dir / f"probe_{name.replace('+', '_')}.png",
                                           title=f"linear probe on {name} features")
     richest, feat = list(features.items())[-1]
     return {"results": results, "figures": figures, "probe_guards": probe_guards(roles, richest, feat),
-            "pairs": list(pairs), "roles": roles.summary()}
+            "pairs": list(pairs), "roles": {**roles.summary(), **ood_summary(ood)}}
+
+
+def ood_summary(ood: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How many out-of-distribution pairs there were, and how often the run's judge agreed with their labels
+    (they are labelled by construction; a low share says the set is hard for the judge too)."""
+    if not ood:
+        return {}
+    agree = [p["unsafe_rating"] == "unsafe" for p in ood] + [p["safe_rating"] == "safe" for p in ood]
+    return {"ood_pairs": len(ood), "ood_judge_agrees": round(sum(agree) / len(agree), 4)}
 
 
 def guard_figures(predictions: Sequence[dict[str, Any]], similarity: Mapping[str, float | None],

@@ -203,12 +203,14 @@ def _run_level_experiments(stage: Stage, judge: JudgeResource, embedder: Embedde
     if stage.settings.probe_seeds <= 0:
         return meta
     lazy = embedder.lazy(stage.policy)
+    held_out = (partial(experiments.held_out_pairs, stage.memo, judge.lazy(stage.policy), stage.categories(),
+                        stage.settings.seed) if stage.settings.probe_ood else None)
     probe = experiments.sample_efficiency(
         stage.memo, queries.probe_pairs(stage.store, categories),
         queries.rated_sources(stage.store, categories, judge.profile),
         lambda images: embed_images(stage.memo, lazy, images), partial(embed_texts, stage.memo),
         sha256_json([lazy.config_sha256, text_embed_call().config_sha256]), stage.settings.seed, out_dir,
-        stage.settings.probe_seeds)
+        stage.settings.probe_seeds, held_out)
     meta.update(_store_probe(stage, probe, ",".join(categories)))
     return meta
 
@@ -221,7 +223,7 @@ def _store_probe(stage: Stage, probe: dict[str, Any], scope: str) -> dict[str, A
     rows, meta = [], {}
     for features, result in probe["results"].items():
         rows += [{"scope": scope, "features": features, **{k: r[k] for k in ("condition", "k", "k_used", "eval_set",
-                  "metric", "mean", "std", "n")}, "run_id": stage.run_id, "created_at": stage.now}
+                  "metric", "mean", "std", "n", "ci_low", "ci_high")}, "run_id": stage.run_id, "created_at": stage.now}
                  for r in result.summary.iter_rows(named=True)]
         meta[f"probe_{features}"] = MetadataValue.md(
             result.to_markdown() + "\n\n" + markdown_image(probe["figures"][features], f"probe {features}"))

@@ -119,6 +119,9 @@ class PipelineSettings(ConfigurableResource):
     split_validation: float = 0.2
     split_test: float = 0.2
     probe_seeds: int = Field(default=10, ge=0, description="Seeds of the sample-efficiency probe (0 turns it off).")
+    probe_ood: bool = Field(default=True, description=(
+        "Also score the probe on its out-of-distribution pairs: signs on photographs, in fonts and with phrasings "
+        "its training pool never held (categories of the default policy)."))
     preview_unsafe: bool = Field(
         default=False, description="Show unsafe images unblurred in UI previews. Off by default."
     )

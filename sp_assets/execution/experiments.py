@@ -10,13 +10,19 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from sp_assets.backends.sources.demo import demo_slug_for
+from sp_assets.backends.sources.demo_ood import ood_pairs
 from sp_assets.core.hashing import sha256_json
+from sp_assets.core.policy import Category
 from sp_assets.core.probe import ProbeResult
-from sp_assets.core.sample_efficiency import guard_figures, run_sample_efficiency
+from sp_assets.core.sample_efficiency import assign_roles, guard_figures, run_sample_efficiency
+from sp_assets.execution.judge import judged
+from sp_assets.execution.lazy import LazyBackend
 from sp_assets.execution.memo import Call, Encoded, Memo
 from sp_assets.storage import ImageStore
 
-EXPERIMENTS_VERSION = "2"  # bump when core.sample_efficiency or the figures change what they compute (2: figures as files)
+EXPERIMENTS_VERSION = "3"  # bump when core.sample_efficiency or the figures change what they compute
+# (2: figures as files; 3: the probe's 95% intervals and its out-of-distribution pairs)
 
 
 def _stored(images: ImageStore, paths: Mapping[str, Path]) -> dict[str, str]:
@@ -61,18 +67,47 @@ def figures(memo: Memo, predictions: Sequence[dict[str, Any]], similarity: Mappi
 def sample_efficiency(memo: Memo, pairs: Sequence[dict[str, Any]], sources: Sequence[dict[str, Any]],
                       embed_images: Callable[[list[tuple[str, str]]], Mapping[str, np.ndarray]],
                       embed_texts: Callable[[list[str]], np.ndarray], features_sha256: str, seed: int,
-                      out_dir: Path, seeds: int) -> dict[str, Any]:
+                      out_dir: Path, seeds: int, held_out: Callable[[], list[dict[str, Any]]] | None = None
+                      ) -> dict[str, Any]:
     """``core.sample_efficiency.run_sample_efficiency``, recomputed only when its inputs change.
 
-    ``features_sha256`` names the embedders whose vectors the probe is trained on.
+    ``features_sha256`` names the embedders whose vectors the probe is trained on; ``held_out`` gives the
+    out-of-distribution pairs (``held_out_pairs``), asked for only when the probe can run at all.
     """
+    runs = not isinstance(assign_roles(pairs, sources, seed), str)
+    ood = held_out() if held_out is not None and runs else []
     inputs = {"pairs": sha256_json(list(pairs)), "sources": sha256_json(list(sources)), "features": features_sha256,
-              "seed": seed, "seeds": seeds}
+              "seed": seed, "seeds": seeds, "ood": sha256_json(list(ood))}
     call = Call("report", sha256_json({"probe": EXPERIMENTS_VERSION}), lambda item: item,
                 lambda probe: _encode_probe(memo.images, probe), lambda text, _b: json.loads(text))
     [(_, out)] = memo.run(call, lambda batch: [run_sample_efficiency(pairs, sources, embed_images, embed_texts,
-                                                                     seed, out_dir, seeds) for _ in batch], [inputs])
+                                                                     seed, out_dir, seeds, ood=ood) for _ in batch],
+                          [inputs])
     return _decode_probe(memo.images, out.result, out_dir) if out.reused else out.result
+
+
+def held_out_pairs(memo: Memo, judge: LazyBackend, categories: Sequence[Category], seed: int) -> list[dict[str, Any]]:
+    """The probe's out-of-distribution pairs (``backends.sources.demo_ood``) of the run's categories, kept in
+    the image store (``probe_ood/``), each half with the run judge's answer: its scene text is the image's
+    text feature, as for every other image of the probe. A category the set has no phrases for adds none."""
+    out = []
+    for category in categories:
+        try:
+            slug = demo_slug_for(category, judge.policy)
+        except ValueError:
+            continue
+        rows = []
+        for pair in ood_pairs(slug, seed):
+            row = {"pair_id": pair.pair_id, "category": category.slug, "photo": pair.photo, "font": pair.font}
+            for half in ("unsafe", "safe"):
+                row[f"{half}_sha256"], row[f"{half}_path"] = memo.images.put_bytes(pair.png(half), ".png", "probe_ood")
+            rows.append(row)
+        halves = [{"image_sha256": r[f"{half}_sha256"], "image_path": r[f"{half}_path"]}
+                  for r in rows for half in ("unsafe", "safe")]
+        answers = {item["image_sha256"]: answer.result.verdict for item, answer in judged(memo, judge, category, halves)}
+        out += [{**r, **{f"{half}_{key}": getattr(answers[r[f"{half}_sha256"]], attr) for half in ("unsafe", "safe")
+                         for key, attr in (("rating", "rating"), ("raw_output", "raw_output"))}} for r in rows]
+    return out
 
 
 def _encode_probe(images: ImageStore, probe: dict[str, Any]) -> Encoded:

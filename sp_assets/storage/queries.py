@@ -247,8 +247,9 @@ def pooled_guard_metrics(store: Store) -> Rows:
 
 
 def probe_headline(store: Store, run_id: str, k: int = 32) -> Rows:
-    """The sample-efficiency figures at one k: pair accuracy on held-out pairs, accuracy on other images."""
+    """The sample-efficiency figures at one k: pair accuracy on held-out and on out-of-distribution pairs,
+    accuracy on other images, each with its interval."""
     return store.query(
-        "SELECT features, eval_set, condition, mean, std FROM probe_results WHERE run_id = ? AND k = ? "
-        "AND ((eval_set = 'heldout_pairs' AND metric = 'pair_accuracy') OR (eval_set = 'non_pair' AND metric = 'accuracy')) "
-        "ORDER BY features, eval_set, condition", [run_id, k]).to_dicts()
+        "SELECT features, eval_set, condition, mean, std, ci_low, ci_high FROM probe_results WHERE run_id = ? "
+        "AND k = ? AND ((eval_set IN ('heldout_pairs', 'ood_pairs') AND metric = 'pair_accuracy') "
+        "OR (eval_set = 'non_pair' AND metric = 'accuracy')) ORDER BY features, eval_set, condition", [run_id, k]).to_dicts()

@@ -285,11 +285,15 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("condition", "VARCHAR", "'pairs' (k counterfactual pairs added) or 'ordinary' (2k ordinary images)"),
         ("k", "INTEGER", "pairs asked for"),
         ("k_used", "INTEGER", "pairs (or ordinary image pairs) available and used"),
-        ("eval_set", "VARCHAR", "'heldout_pairs' (validation + test) or 'non_pair'"),
+        ("eval_set", "VARCHAR", "'heldout_pairs' (validation + test), 'non_pair', or 'ood_pairs' (signs on "
+                                "photographs, in fonts and with phrasings the training pool never held)"),
         ("metric", "VARCHAR", "pair_accuracy, accuracy, acc_unsafe, acc_safe, roc_auc, ..."),
         ("mean", "DOUBLE", "mean over seeds"),
         ("std", "DOUBLE", "standard deviation over seeds"),
         ("n", "INTEGER", "seeds with a value"),
+        ("ci_low", "DOUBLE", "95% interval of the mean, low end: the eval set's pairs (or images) resampled, every "
+                             "seed's probe scored on each draw; null for ROC-AUC and per-class figures of unpaired sets"),
+        ("ci_high", "DOUBLE", "95% interval of the mean, high end"),
         ("run_id", "VARCHAR", "Dagster run"),
         ("created_at", "TIMESTAMP", "UTC"),
     ],

@@ -27,7 +27,7 @@ from sp_assets.backends.base import Source, SourceItem, SourceOptions
 
 from sp_assets.core.record_types import ModelInfo
 from sp_assets.backends.common.fonts import DEFAULT_FONT, load_font
-from sp_assets.backends.sources.photos import demo_photos
+from sp_assets.backends.sources.photos import demo_photos, ood_photos
 from sp_assets.core.encoding import png_bytes
 from sp_assets.core.policy import DEFAULT_POLICY_PATH, Category, Policy, load_policy
 
@@ -99,24 +99,31 @@ def _check_slug(slug: str) -> None:
         )
 
 
-def _stable_seed(*parts: object) -> int:
+def stable_seed(*parts: object) -> int:
     # Python's hash() is salted per process; sha256 keeps the layout identical across runs.
     digest = hashlib.sha256("|".join(str(p) for p in parts).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big")
 
 
-@lru_cache(maxsize=len(DEMO_PHOTOS))
-def _cached_photo(photo: str) -> Image.Image:
-    """The photo as RGB, long side at most MAX_SIDE. Read straight from skimage's package files."""
+def _photo_file(photo: str) -> Path:
+    """Where a photo's file lies: a demo photo in scikit-image's package files, an out-of-distribution one
+    (``demo_ood.yaml``) in scikit-learn's or matplotlib's."""
     import skimage.data
 
-    if photo not in DEMO_PHOTOS:
-        raise ValueError(f"unknown demo photo {photo!r}; choose one of {', '.join(DEMO_PHOTOS)}.")
-    path = Path(skimage.data.__file__).parent / DEMO_PHOTOS[photo]
+    if photo in DEMO_PHOTOS:
+        return Path(skimage.data.__file__).parent / DEMO_PHOTOS[photo]
+    held_out = ood_photos()
+    if photo in held_out:
+        return held_out[photo].path()
+    raise ValueError(f"unknown demo photo {photo!r}; choose one of {', '.join([*DEMO_PHOTOS, *held_out])}.")
+
+
+@lru_cache(maxsize=32)
+def _cached_photo(photo: str) -> Image.Image:
+    """The photo as RGB, long side at most MAX_SIDE. Read straight from the package that ships it."""
+    path = _photo_file(photo)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"scikit-image photo {path} is missing; reinstall scikit-image (it ships these files)."
-        )
+        raise FileNotFoundError(f"photo {path} is missing; reinstall the package that ships it.")
     with Image.open(path) as raw:
         img = raw.convert("RGB")  # grayscale photos (camera, moon, coins...) become 3-channel
     scale = MAX_SIDE / max(img.size)
@@ -131,9 +138,9 @@ def load_photo(photo: str) -> Image.Image:
     return _cached_photo(photo).copy()
 
 
-def _split_lines(text: str, font_size: int, max_width: int) -> list[str]:
+def split_lines(text: str, font_size: int, max_width: int, font_name: str = DEFAULT_FONT) -> list[str]:
     """One line if it fits, else the most balanced two-line split at a space."""
-    font = load_font(font_size)
+    font = load_font(font_size, font_name)
     if font.getlength(text) <= max_width:
         return [text]
     words = text.split()
@@ -147,7 +154,7 @@ def _split_lines(text: str, font_size: int, max_width: int) -> list[str]:
     return best
 
 
-def _layout(text: str, width: int, height: int, rng: random.Random) -> dict[str, Any]:
+def sign_layout(text: str, width: int, height: int, rng: random.Random, font_name: str = DEFAULT_FONT) -> dict[str, Any]:
     """Choose style, colours, font size, lines and box for one sign. All randomness comes from rng."""
     style = rng.choice(SIGN_STYLES)
     colours = rng.choice(SIGN_COLOURS)
@@ -155,8 +162,8 @@ def _layout(text: str, width: int, height: int, rng: random.Random) -> dict[str,
     font_size = rng.randint(max(MIN_FONT_SIZE, width // 22), max(MIN_FONT_SIZE + 2, width // 14))
     max_text_w = int(width * 0.86) - 2 * int(font_size * 0.5)
     while True:
-        lines = _split_lines(text, font_size, max_text_w)
-        font = load_font(font_size)
+        lines = split_lines(text, font_size, max_text_w, font_name)
+        font = load_font(font_size, font_name)
         text_w = max(font.getlength(line) for line in lines)
         if (text_w <= max_text_w and len(lines) <= 2) or font_size <= MIN_FONT_SIZE:
             break
@@ -183,7 +190,7 @@ def _layout(text: str, width: int, height: int, rng: random.Random) -> dict[str,
         "text_color": list(colours[1]),
         "border_color": list(colours[2]),
         "border": border,
-        "font": DEFAULT_FONT,
+        "font": font_name,
         "font_size": font_size,
         "lines": lines,
         "line_gap": line_gap,
@@ -221,7 +228,7 @@ def make_recipe(
     category_slug: str, intended: str, index: int, text: str, phrase_index: int, photo: str, seed: int
 ) -> dict[str, Any]:
     base = load_photo(photo)
-    rng = random.Random(_stable_seed(RECIPE_VERSION, category_slug, intended, index, seed))
+    rng = random.Random(stable_seed(RECIPE_VERSION, category_slug, intended, index, seed))
     recipe: dict[str, Any] = {
         "version": RECIPE_VERSION,
         "category": category_slug,
@@ -233,7 +240,7 @@ def make_recipe(
         "photo": photo,
         "size": [base.width, base.height],
     }
-    recipe.update(_layout(text, base.width, base.height, rng))
+    recipe.update(sign_layout(text, base.width, base.height, rng))
     return recipe
 
 
@@ -254,7 +261,7 @@ def generate_demo_pool(
     out: list[DemoImage] = []
     unsafe, safe = DEMO_PHRASES[category_slug]
     for intended, phrases, count in (("unsafe", unsafe, n_unsafe), ("safe", safe, n_safe)):
-        order_rng = random.Random(_stable_seed("order", category_slug, intended, seed))
+        order_rng = random.Random(stable_seed("order", category_slug, intended, seed))
         order = list(range(len(phrases)))
         order_rng.shuffle(order)
         offset = order_rng.randrange(len(photos))
