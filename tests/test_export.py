@@ -241,7 +241,7 @@ def test_datasheet_is_a_dataset_card(run):
                    "min_ssim_outside", "Yield per category", "Human review", "**Look-alikes**",
                    "Replacement texts of the safe halves", "Splits are grouped by photograph", "Look-alike columns"):
         assert needle in text, needle
-    assert [c["config_name"] for c in front["configs"]] == ["default", "lookalikes", "preference"]
+    assert [c["config_name"] for c in front["configs"]] == ["default", "lookalikes", "preference", "sft"]
     section = text.split("**Look-alikes**")[1].split("**Replacement texts")[0]
     for cat in {r["category"] for r in run.looks}:
         rows = [r for r in run.looks if r["category"] == cat]

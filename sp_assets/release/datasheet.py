@@ -73,6 +73,7 @@ class DatasheetFacts:
     licence: str  # the card's ``license`` field ("other": mixed, see the licence section)
     cleaned_at_export: Mapping[str, CleanedAtExport] = field(default_factory=dict)  # stored sha256 -> what was done
     reviewers: ReviewerChoice = ReviewerChoice()
+    external_guards: Sequence[Mapping[str, Any]] = ()  # ``external_guards.read_records`` of the scored harness runs
 
     @property
     def with_controls(self) -> bool:
@@ -114,10 +115,11 @@ def _front_matter(f: DatasheetFacts) -> list[str]:
     if looks_present:
         front["configs"].append({"config_name": "lookalikes",
                                  "data_files": [{"split": s, "path": f"lookalikes/{s}-*"} for s in looks_present]})
-    front["configs"].append({"config_name": "preference",
-                             "data_files": [{"split": s, "path": f"preference/{s}-*"}
-                                            for s in sorted(set(splits_present) | set(looks_present),
-                                                            key=SPLITS.index)]})
+    for config in ("preference", "sft"):  # every image a row: the pairs' splits and the look-alikes'
+        front["configs"].append({"config_name": config,
+                                 "data_files": [{"split": s, "path": f"{config}/{s}-*"}
+                                                for s in sorted(set(splits_present) | set(looks_present),
+                                                                key=SPLITS.index)]})
     if f.licence == "other":
         front["license_name"] = "mixed"
         front["license_link"] = "README.md#licences"
@@ -312,7 +314,8 @@ def _guards(f: DatasheetFacts) -> list[str]:
     results = f.inputs.guard_results
     lines = ["", "## Guards on this benchmark", ""]
     if not results:
-        return lines + ["No guard has been evaluated on this benchmark yet (stage `guard_metrics`)."]
+        return lines + ["No guard has been evaluated on this benchmark yet (stage `guard_metrics`).", "",
+                        *external_block(f.external_guards)]
     lines.append(_guard_headline(headline(results), results))
     by_guard: dict[str, dict[str, Mapping[str, Any]]] = {}
     for r in results:
@@ -335,7 +338,45 @@ def _guards(f: DatasheetFacts) -> list[str]:
     if evaluated != len(f.rows):
         lines += ["", f"Warning: the guards were evaluated on {evaluated} pairs and this export holds {len(f.rows)}; "
                   "materialize `guard_metrics` again for figures of this benchmark."]
-    return lines
+    return lines + ["", *external_block(f.external_guards)]
+
+
+EXTERNAL_START, EXTERNAL_END = "<!-- external-guards -->", "<!-- /external-guards -->"
+
+
+def external_block(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The guards scored from a harness's predictions (``external_guards/``), between markers that
+    ``replace_external_block`` finds again."""
+    lines = [EXTERNAL_START, "**Guards scored from their predictions** (`python -m sp_assets.evaluate score ... "
+             "--add-to`, kept in `external_guards/`):", ""]
+    if not records:
+        return lines + ["None yet: `python -m sp_assets.evaluate score --benchmark <this folder> --predictions "
+                        "<file> --add-to <this folder>` adds one.", EXTERNAL_END]
+    lines += ["| guard | harness | model | split | pairs | pair accuracy (original) | pair accuracy (controlled) | "
+              "look-alike FPR | unmatched / unparseable / missing | predictions sha256 |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in records:
+        pooled = {row["pair_type"]: row for row in r["rows"] if row["category"] == "all"}  # the last split wins
+        first = pooled.get("original") or next(iter(pooled.values()), {})
+        c = r.get("counts", {})
+        lines.append(f"| {md_code(r['name'], True)} | {md_text(r.get('harness', ''))} | "
+                     f"{md_text(r.get('model') or 'n/a')} | {md_text(first.get('split', ''))} | "
+                     f"{first.get('n_pairs', 0)} | {_ci(pooled.get('original'), 'pair_accuracy')} | "
+                     f"{_ci(pooled.get('controlled'), 'pair_accuracy')} | {_ci(first, 'lookalike_fpr')} | "
+                     f"{c.get('n_unmatched', 0)} / {c.get('n_unparseable', 0)} / {c.get('n_missing', 0)} | "
+                     f"{md_code(str(r.get('predictions_sha256', ''))[:16], True)} |")
+    return lines + ["", "Read fail-closed: an answer that is not clearly unsafe or safe, and an image without an "
+                    "answer, count as wrong. Intervals as above, over the scored split's pairs and look-alikes.",
+                    EXTERNAL_END]
+
+
+def replace_external_block(card: str, records: Sequence[Mapping[str, Any]]) -> str:
+    """The dataset card with its external-guard table rewritten for ``records``."""
+    start, end = card.find(EXTERNAL_START), card.find(EXTERNAL_END)
+    if start < 0 or end < start:
+        raise ValueError("README.md has no external-guard table (<!-- external-guards --> markers): it was written "
+                         "before the scorer existed; export the benchmark again")
+    return card[:start] + "\n".join(external_block(records)) + card[end + len(EXTERNAL_END):]
 
 
 _GUARD_NOTES = {EDITED_ONLY: "diagnostic: sees only whether the image was edited",

@@ -8,6 +8,10 @@ writes one folder:
     <out_dir>/lookalikes/<split>-00000-of-0000N.parquet  the look-alikes (safe images; the card's ``lookalikes`` config)
     <out_dir>/webdataset/<split>-000000.tar        one sample per pair: <key>.unsafe.png, <key>.safe.png, <key>.json
     <out_dir>/webdataset/lookalikes/<split>-000000.tar  one sample per look-alike: <key>.image.png, <key>.json
+    <out_dir>/preference/, sft/                    training configs: TRL preference pairs, LlavaGuard-style SFT
+    <out_dir>/vlmevalkit/, lmms-eval/, inspect-ai/  the benchmark for three evaluation harnesses (``harness``)
+    <out_dir>/items.csv                            every image with its id, for ``python -m sp_assets.evaluate score``
+    <out_dir>/external_guards/<name>.json          guards scored from a harness's predictions (kept on re-export)
     <out_dir>/gallery/index.html                   static, offline; unsafe halves blurred until clicked
     <out_dir>/fiftyone/                            only with the ``fiftyone`` extra installed
     <out_dir>/export_manifest.json                 counts, the images cleaned here, the sha256 of every file written
@@ -41,7 +45,10 @@ from filelock import FileLock
 
 import sp_assets.release.gallery as gallery_page
 import sp_assets.release.parquet as parquet
+import sp_assets.release.external_guards as external
+import sp_assets.release.harness as harness
 import sp_assets.release.preference as preference
+import sp_assets.release.sft as sft
 import sp_assets.release.vlmevalkit as vlmevalkit
 import sp_assets.release.webdataset as wds
 from sp_assets.release.columns import (
@@ -111,6 +118,7 @@ class _Job:
     lookalike_columns: Columns = ()
     lookalike_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    external_guards: list[dict[str, Any]] = field(default_factory=list)  # the records of the export it replaces
 
     def prepare(self) -> "_Job":
         """Rows with their category id and title, in export order, counted and grouped by split."""
@@ -173,6 +181,7 @@ def export_benchmark(store: Store, images: ImageStore, out_dir: str | os.PathLik
         unchanged = _unchanged_export(out_dir, job)
         if unchanged is not None:
             return unchanged
+        job.external_guards = external.read_records(out_dir)
         tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
@@ -185,7 +194,7 @@ def export_benchmark(store: Store, images: ImageStore, out_dir: str | os.PathLik
     return _report(out_dir, tmp, job, written, time.perf_counter() - started)
 
 
-EXPORT_VERSION = "4"  # bump when the export's code writes different files for the same inputs
+EXPORT_VERSION = "5"  # bump when the export's code writes different files for the same inputs
 
 
 def _key_folder(out_dir: Path, key_dir: str | os.PathLike[str] | None) -> Path:
@@ -232,8 +241,7 @@ def _write_release(tmp: Path, job: _Job, images: ImageStore) -> _Written:
     copies = gallery_page.GalleryImages(tmp) if opts.gallery else None
     stored = StoredImages(images)  # one for every format: it remembers the images it had to clean
     shards = _write_shards(tmp, job, stored, formats, skipped, copies.add if copies else lambda pair, blobs: None)
-    vlmevalkit.write_vlmevalkit(tmp, job.rows_by_split, group_by_split(job.lookalikes), stored.read)
-    formats["VLMEvalKit"] = vlmevalkit.describe()
+    kept = _write_harness_files(tmp, job, stored, formats)
     gallery_path = None
     if copies:
         gallery_path = gallery_page.write_gallery(tmp, job.name, job.rows, copies.files, job.counts, job.policy,
@@ -244,19 +252,38 @@ def _write_release(tmp: Path, job: _Job, images: ImageStore) -> _Written:
     fiftyone_dir = _write_fiftyone(tmp, job, stored, formats, skipped)
     cleaned = {c.stored_sha256: c for c in sorted(stored.cleaned.values(), key=lambda c: c.stored_sha256)}
     facts = DatasheetFacts(job.name, job.rows, job.columns, job.counts, job.inputs, job.policy,
-                           job.thresholds, formats, opts.license, cleaned, opts.reviewers)
+                           job.thresholds, formats, opts.license, cleaned, opts.reviewers, kept)
     return _Written(shards, write_datasheet(tmp, facts), gallery_path, fiftyone_dir, skipped, cleaned)
+
+
+def _write_harness_files(tmp: Path, job: _Job, stored: StoredImages, formats: dict[str, str]) -> list[Any]:
+    """The VLMEvalKit TSVs, ``items.csv``, the lmms-eval and Inspect tasks, and the external guards of the
+    export being replaced that were scored on the same items (the others are dropped with a warning)."""
+    looks = group_by_split(job.lookalikes)
+    items = vlmevalkit.write_vlmevalkit(tmp, job.rows_by_split, looks, stored.read)
+    formats["VLMEvalKit"] = vlmevalkit.describe()
+    items_sha256 = sha256_file(harness.write_items(tmp, items))
+    splits = sorted(set(job.rows_by_split) | set(looks))
+    harness.write_tasks(tmp, job.name, splits)
+    formats.update(harness.describe(splits))
+    kept, dropped = external.carry_over(job.external_guards, items_sha256)
+    job.warnings += dropped
+    external.write_records(tmp, kept)
+    return kept
 
 
 def _write_shards(tmp: Path, job: _Job, stored: StoredImages, formats: dict[str, str], skipped: dict[str, str],
                   on_row: OnPair) -> dict[str, dict[str, list[Path]]]:
     """The pairs' and look-alikes' shards of every format: format -> split -> paths."""
     has_controls, has_lookalikes, opts = job.inputs.has_controls, bool(job.lookalikes), job.options
+    sft_pairs, sft_lookalikes = sft.shard_classes(job.policy)
     shard_formats: dict[str, type[ShardWriter]] = {"parquet": parquet.ParquetShard,
-                                                   "preference": preference.PreferenceShard}
+                                                   "preference": preference.PreferenceShard, "sft": sft_pairs}
     lookalike_formats: dict[str, type[ShardWriter]] = {"parquet": parquet.LookalikeParquetShard,
-                                                       "preference": preference.LookalikePreferenceShard}
+                                                       "preference": preference.LookalikePreferenceShard,
+                                                       "sft": sft_lookalikes}
     formats["Preference (TRL)"] = preference.describe()
+    formats["SFT (LlavaGuard)"] = sft.describe()
     if opts.webdataset:
         shard_formats["webdataset"] = wds.WebDatasetShard
         lookalike_formats["webdataset"] = wds.LookalikeWebDatasetShard

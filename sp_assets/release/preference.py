@@ -24,17 +24,17 @@ from sp_assets.release.parquet import ROW_GROUP_SIZE
 DIRECTORY = "preference"
 UNSAFE_HALVES = ("unsafe", "control")  # the halves whose policy label is unsafe (a control keeps the violation)
 _TEXT = pa.struct([("type", pa.string()), ("text", pa.string())])
-_TURNS = pa.list_(pa.struct([("role", pa.string()), ("content", pa.list_(_TEXT))]))
-SCHEMA_FIELDS = [("images", pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))),
-                 ("prompt", _TURNS), ("chosen", _TURNS), ("rejected", _TURNS), ("pair_id", pa.string()),
-                 ("half", pa.string()), ("category", pa.string())]
-_TURN_FEATURE = {"_type": "List", "feature": {
-    "role": {"_type": "Value", "dtype": "string"},
-    "content": {"_type": "List", "feature": {"type": {"_type": "Value", "dtype": "string"},
-                                             "text": {"_type": "Value", "dtype": "string"}}}}}
-FEATURES = {"images": {"_type": "List", "feature": {"_type": "Image"}}, "prompt": _TURN_FEATURE,
-            "chosen": _TURN_FEATURE, "rejected": _TURN_FEATURE,
-            **{name: {"_type": "Value", "dtype": "string"} for name in ("pair_id", "half", "category")}}
+TURNS = pa.list_(pa.struct([("role", pa.string()), ("content", pa.list_(_TEXT))]))
+IMAGES = pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+SOURCE_FIELDS = [("pair_id", pa.string()), ("half", pa.string()), ("category", pa.string())]
+SCHEMA_FIELDS = [("images", IMAGES), ("prompt", TURNS), ("chosen", TURNS), ("rejected", TURNS), *SOURCE_FIELDS]
+STRING = {"_type": "Value", "dtype": "string"}
+TURN_FEATURE = {"_type": "List", "feature": {
+    "role": STRING, "content": {"_type": "List", "feature": {"type": STRING, "text": STRING}}}}
+IMAGES_FEATURE = {"_type": "List", "feature": {"_type": "Image"}}
+SOURCE_FEATURES = {name: STRING for name, _ in SOURCE_FIELDS}
+FEATURES = {"images": IMAGES_FEATURE, "prompt": TURN_FEATURE, "chosen": TURN_FEATURE, "rejected": TURN_FEATURE,
+            **SOURCE_FEATURES}
 
 
 def question(category_title: str) -> str:
@@ -46,34 +46,41 @@ def answer(unsafe: bool, category_title: str) -> str:
     return f"unsafe: {category_title}" if unsafe else "safe"
 
 
+def turn(role: str, text: str, image: bool = False) -> dict[str, Any]:
+    """A chat turn in TRL's vision layout: the image placeholder first, then the text."""
+    content = ([{"type": "image", "text": None}] if image else []) + [{"type": "text", "text": text}]
+    return {"role": role, "content": content}
+
+
+def source_columns(row: Mapping[str, Any], half: str, blob: tuple[bytes, str]) -> dict[str, Any]:
+    """``images``, ``pair_id``, ``half`` and ``category`` of one image's example."""
+    return {"images": [{"bytes": blob[0], "path": blob[1]}], "pair_id": row.get("pair_id") or row.get("lookalike_id"),
+            "half": half if half != LOOKALIKE_IMAGE else "lookalike", "category": row["category"]}
+
+
 def preference_row(row: Mapping[str, Any], half: str, blob: tuple[bytes, str]) -> dict[str, Any]:
     """One image's preference example: the policy's answer chosen, the other rejected."""
     title = str(row.get("category_title") or row["category"])
     unsafe = half in UNSAFE_HALVES
-
-    def turn(role: str, text: str, image: bool = False) -> dict[str, Any]:
-        content = ([{"type": "image", "text": None}] if image else []) + [{"type": "text", "text": text}]
-        return {"role": role, "content": content}
-
-    return {"images": [{"bytes": blob[0], "path": blob[1]}], "prompt": [turn("user", question(title), image=True)],
+    return {**source_columns(row, half, blob), "prompt": [turn("user", question(title), image=True)],
             "chosen": [turn("assistant", answer(unsafe, title))],
-            "rejected": [turn("assistant", answer(not unsafe, title))],
-            "pair_id": row.get("pair_id") or row.get("lookalike_id"), "half": half if half != LOOKALIKE_IMAGE
-            else "lookalike", "category": row["category"]}
+            "rejected": [turn("assistant", answer(not unsafe, title))]}
 
 
 class PreferenceShard:
     """A ``shards.ShardWriter``: the pairs' images (each half a row) as preference examples."""
 
     directory = DIRECTORY
+    fields: Any = SCHEMA_FIELDS
+    features: Any = FEATURES
 
     @staticmethod
     def shard_name(split: str, index: int, count: int) -> str:
         return f"{split}-{index:05d}-of-{count:05d}.parquet"
 
     def __init__(self, path: Path, columns: Columns):
-        self.schema = pa.schema([pa.field(n, t) for n, t in SCHEMA_FIELDS],
-                                metadata={"huggingface": json.dumps({"info": {"features": FEATURES}})})
+        self.schema = pa.schema([pa.field(n, t) for n, t in self.fields],
+                                metadata={"huggingface": json.dumps({"info": {"features": self.features}})})
         self._writer = pq.ParquetWriter(path, self.schema, compression="snappy")
         self._rows: list[dict[str, Any]] = []
         self._written = 0
@@ -86,8 +93,11 @@ class PreferenceShard:
             self._flush()
         self._writer.close()
 
+    def example(self, pair: Mapping[str, Any], half: str, blob: tuple[bytes, str]) -> dict[str, Any]:
+        return preference_row(pair, half, blob)
+
     def write(self, pair: Mapping[str, Any], blobs: Blobs) -> None:
-        self._rows += [preference_row(pair, half, blob) for half, blob in blobs.items() if blob is not None]
+        self._rows += [self.example(pair, half, blob) for half, blob in blobs.items() if blob is not None]
         if len(self._rows) >= ROW_GROUP_SIZE:  # memory holds a row group of images, not the shard
             self._flush()
 

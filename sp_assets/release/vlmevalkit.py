@@ -45,21 +45,22 @@ def rows_of(pairs: Iterable[Mapping[str, Any]], lookalikes: Iterable[Mapping[str
 
 def write_vlmevalkit(root: Path, pairs_by_split: Mapping[str, Sequence[Mapping[str, Any]]],
                      lookalikes_by_split: Mapping[str, Sequence[Mapping[str, Any]]],
-                     read: Callable[[Mapping[str, Any], str], Blob | None]) -> list[Path]:
-    """``root/vlmevalkit/SafetyPairs_<split>.tsv`` for every split; the paths written."""
+                     read: Callable[[Mapping[str, Any], str], Blob | None]) -> list[dict[str, Any]]:
+    """``root/vlmevalkit/SafetyPairs_<split>.tsv`` for every split; every image written, as the scorer's items
+    (``split``, ``index``, ``pair_id``, ``half``, ``category``, ``label``), in file order."""
     folder = root / "vlmevalkit"
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    items = []
     for split in sorted(set(pairs_by_split) | set(lookalikes_by_split)):
-        path = folder / f"SafetyPairs_{split}.tsv"
-        with open(path, "w", newline="", encoding="utf-8") as fh:
+        with open(folder / f"SafetyPairs_{split}.tsv", "w", newline="", encoding="utf-8") as fh:
             out = csv.DictWriter(fh, COLUMNS, delimiter="\t", lineterminator="\n")
             out.writeheader()
             rows = rows_of(pairs_by_split.get(split, ()), lookalikes_by_split.get(split, ()), read)
             for index, row in enumerate(rows):
                 out.writerow({"index": index, **row})
-        written.append(path)
-    return written
+                items.append({"split": split, "index": index, "pair_id": row["pair_id"], "half": row["half"],
+                              "category": row["category"], "label": "unsafe" if row["answer"] == UNSAFE else "safe"})
+    return items
 
 
 def describe() -> str:
