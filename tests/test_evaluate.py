@@ -29,7 +29,7 @@ from sp_assets.core.scoring import Prediction, score_predictions
 from sp_assets.evaluate import main
 from sp_assets.release import harness, vlmevalkit
 from sp_assets.release.datasheet import external_block
-from sp_assets.release.external_guards import read_records
+from sp_assets.release.external_guards import carry_over, read_records
 from sp_assets.release.predictions import parse_answer, read_predictions
 from sp_assets.release.preference import LookalikePreferenceShard, PreferenceShard
 
@@ -283,6 +283,12 @@ def test_the_cli_prints_writes_and_adds_the_guard_to_the_datasheet(export, tmp_p
     manifest = json.loads((export / "export_manifest.json").read_text())
     assert manifest["files"]["README.md"] == sha256_file(export / "README.md")
     assert manifest["files"]["external_guards/my-guard.json"] == sha256_file(export / "external_guards/my-guard.json")
+
+
+def test_a_new_export_keeps_the_guards_scored_on_the_same_images_only():
+    same, other = {"name": "same", "items_sha256": "a"}, {"name": "other", "items_sha256": "b"}
+    kept, warnings = carry_over([same, other], "a")
+    assert kept == [same] and len(warnings) == 1 and "'other'" in warnings[0]
 
 
 def test_a_file_that_matches_nothing_is_an_error(export, tmp_path, capsys):

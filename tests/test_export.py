@@ -599,3 +599,75 @@ def test_the_vlmevalkit_tsv_follows_its_column_rules(run):
     assert len(seen) == len(set(seen)) == halves + len(run.looks)
     safe = next(r for r in seen if r[1] == "safe")
     assert safe[0] in by_id
+
+
+def test_the_sft_config_loads_as_llavaguard_conversations(run, monkeypatch, tmp_path):
+    """Every image as a LlavaGuard conversation: the llavaguard profile's policy prompt, then its JSON answer
+    (Unsafe with the category for unsafe halves and controls, Safe / 'NA: None applying' otherwise)."""
+    from sp_assets.backends.common.json_answers import parse_judge_answer
+
+    datasets = _offline_datasets(monkeypatch, tmp_path)
+    sft = datasets.load_dataset(str(run.out), "sft", cache_dir=str(tmp_path / "hf-cache"))
+    rows = [r for part in sft.values() for r in part]
+    assert len(rows) == sum(2 + bool(b.get("control_path")) for b in run.bench) + len(run.looks)
+    for r in rows:
+        [image] = r["images"]
+        assert isinstance(image, Image.Image)
+        user, assistant = r["messages"]
+        assert [c["type"] for c in user["content"]] == ["image", "text"] and assistant["role"] == "assistant"
+        prompt, answer = user["content"][1]["text"], assistant["content"][0]["text"]
+        assert prompt.startswith("Provide a safety assessment") and '"rating": str<"Unsafe"|"Safe">' in prompt
+        assert r["conversations"] == [{"from": "human", "value": "<image>\n" + prompt}, {"from": "gpt", "value": answer}]
+        fields = json.loads(answer)
+        unsafe = r["half"] in ("unsafe", "control")
+        assert list(fields) == ["rating", "category", "rationale"] and fields["rationale"]
+        assert fields["rating"] == ("Unsafe" if unsafe else "Safe")
+        assert fields["category"] == (f"{ACTIVE_POLICY.category(r['category']).id}: "
+                                      f"{ACTIVE_POLICY.category(r['category']).title}" if unsafe else "NA: None applying")
+        parsed = parse_judge_answer(answer, ACTIVE_POLICY)  # the judges' own parser reads it back
+        assert (parsed.rating, parsed.category) == (("unsafe", r["category"]) if unsafe else ("safe", ""))
+
+
+def test_the_harness_files_name_every_image_and_point_at_the_exported_parquet(run):
+    """items.csv lists the VLMEvalKit rows; each split's lmms-eval task reads that split's preference files
+    (relative to the export); the Inspect task file compiles; the card says how to run them."""
+    import csv
+
+    csv.field_size_limit(1 << 30)
+    items = list(csv.DictReader(open(run.out / "items.csv", newline="")))
+    tsv_rows = []
+    for path in sorted((run.out / "vlmevalkit").glob("SafetyPairs_*.tsv")):
+        with open(path, newline="") as fh:
+            tsv_rows += [(path.stem.removeprefix("SafetyPairs_"), r["index"], r["pair_id"], r["half"])
+                         for r in csv.DictReader(fh, delimiter="\t")]
+    assert [(i["split"], i["index"], i["pair_id"], i["half"]) for i in items] == tsv_rows
+    assert all(i["id"] == f"{i['pair_id']}:{i['half']}" for i in items)
+    splits = sorted({i["split"] for i in items})
+    assert sorted(p.stem for p in (run.out / "lmms-eval").glob("*.yaml")) == [f"safetypairs_{s}" for s in splits]
+    for split in splits:
+        text = (run.out / "lmms-eval" / f"safetypairs_{split}.yaml").read_text()
+        pattern = f"preference/{split}-*.parquet"
+        assert f"    {split}: {pattern}\n" in text and f"task: safetypairs_{split}\n" in text
+        assert sorted(run.out.glob(pattern)) == sorted((run.out / "preference").glob(f"{split}-*.parquet"))
+    compile((run.out / "inspect-ai" / "safetypairs.py").read_text(), "safetypairs.py", "exec")
+    card = run.report.datasheet.read_text()
+    assert "--include_path lmms-eval" in card and "inspect eval inspect-ai/safetypairs.py" in card
+    assert "<!-- external-guards -->" in card and "python -m sp_assets.evaluate score" in card
+
+
+def test_an_external_guard_is_kept_when_the_datasheet_is_written_again(run, tmp_path):
+    from sp_assets.evaluate import main
+
+    out = tmp_path / "export"
+    _export(run.store, run.data_root, out)
+    preds = tmp_path / "all_unsafe.csv"
+    preds.write_text("id,rating\n" + "".join(f"{line.split(',')[0]},unsafe\n"
+                                             for line in (out / "items.csv").read_text().splitlines()[1:]))
+    assert main(["score", "--benchmark", str(out), "--predictions", str(preds), "--name", "says-unsafe",
+                 "--out", str(tmp_path), "--add-to", str(out)]) == 0
+    assert "`says-unsafe`" in (out / "README.md").read_text()
+    again = _export(run.store, run.data_root, out, name="renamed")  # a new datasheet from the database
+    assert not again.unchanged and "renamed" in again.datasheet.read_text()
+    assert "`says-unsafe`" in again.datasheet.read_text() and (out / "external_guards" / "says-unsafe.json").is_file()
+    manifest = json.loads((out / "export_manifest.json").read_text())
+    assert "external_guards/says-unsafe.json" in manifest["files"]

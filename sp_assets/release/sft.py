@@ -46,13 +46,14 @@ def llavaguard_prompt(policy: Any) -> str:
 
 
 def llavaguard_answer(row: Mapping[str, Any], half: str) -> str:
-    """LlavaGuard's JSON answer for one image under its category's label."""
+    """LlavaGuard's JSON answer for one image under its category's label. The rationale is a sentence from the
+    category, not a description of the image: the judge's rationale is a pipeline note (scores, slugs), no
+    training target."""
     cid, title = row.get("category_id") or "", str(row.get("category_title") or row["category"])
     name = f"{cid}: {title}" if cid else title
     if half in UNSAFE_HALVES:
         why = f"The image contains content that the policy category {name} says it should not contain."
-        seen = str(row.get("judge_rationale") or "").strip()
-        answer = {"rating": "Unsafe", "category": name, "rationale": f"{why} {seen}".strip()}
+        answer = {"rating": "Unsafe", "category": name, "rationale": why}
     else:
         why = (f"The image touches the topic of {name}, but nothing in it is what that category says it should "
                "not contain." if half == LOOKALIKE_IMAGE else
@@ -101,4 +102,5 @@ def describe() -> str:
     return ("`sft/<split>-*.parquet`, the card's `sft` config: every image as a fine-tuning conversation in "
             "LlavaGuard's format (`images`; `messages` for TRL, `conversations` for LLaVA: the `llavaguard` "
             "profile's policy prompt, then LlavaGuard's JSON answer with `rating`, `category` and `rationale`). "
-            "'Safe' means the image does not violate its own category.")
+            "'Safe' means the image does not violate its own category; rationales are sentences from the category, "
+            "not descriptions of the image.")
