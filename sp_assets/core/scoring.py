@@ -54,10 +54,12 @@ class Scored:
     splits: list[str]
     unmatched: list[str] = field(default_factory=list)  # a few of the unmatched predictions' references
 
-    def overall(self, pair_type: str = "original") -> dict[str, Any] | None:
-        """The row pooled over every category, of the last split scored (``all`` when several were)."""
-        rows = [r for r in self.rows if r["category"] == OVERALL and r["pair_type"] == pair_type]
-        return rows[-1] if rows else None
+
+def _reference(pred: Prediction) -> str:
+    """How a prediction names its image, in words: the id, or ``<split>#<index>``."""
+    if pred.item is not None:
+        return pred.item
+    return f"{pred.index[0]}#{pred.index[1]}" if pred.index else "(no id)"
 
 
 def _resolve(pred: Prediction, by_id: Mapping[str, Mapping[str, Any]],
@@ -82,8 +84,7 @@ def match(items: Sequence[Mapping[str, Any]], predictions: Iterable[Prediction]
         if found is None:
             counts["n_unmatched"] += 1
             if len(unmatched) < 10:
-                unmatched.append(pred.item if pred.item is not None else f"{pred.index[0]}#{pred.index[1]}"
-                                 if pred.index else "(no id)")
+                unmatched.append(_reference(pred))
         elif found in got:
             counts["n_duplicates"] += 1
         else:

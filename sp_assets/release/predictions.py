@@ -128,7 +128,7 @@ def read_xlsx(path: Path) -> list[dict[str, str]]:
                 elif c.get("t") == "inlineStr":
                     cells[_column(c.get("r", ""))] = "".join(t.text or "" for t in c.iter(f"{_XLSX}t"))
                 else:
-                    cells[_column(c.get("r", ""))] = v.text or "" if v is not None else ""
+                    cells[_column(c.get("r", ""))] = (v.text or "") if v is not None else ""
             table.append(cells)
     if not table:
         return []
