@@ -156,7 +156,22 @@ def test_variants_through_the_graph_and_an_edited_variant_redoes_only_its_labels
     assert not fixed["conditioned"] and fixed["policy_pair_accuracy"] == 0.0 and fixed["ignores_policy"] == 1.0
     judge_guard = metrics[("scene_text", "strict-weapons")]
     assert judge_guard["conditioned"] and judge_guard["selected_pairs"]  # it gave the labels: optimistic
-    assert judge_guard["policy_pair_accuracy"] == 1.0
+    # Asked under each variant, the judge-as-guard gives the labels themselves (the same memo answers); under
+    # the run's policy it may still miss a look-alike, so its policy-pair accuracy is high but not always 1.
+    asked = {(r["variant"], r["pair_id"], r["half"]): r["rating"] for r in store.query(
+        "SELECT * FROM variant_predictions WHERE guard = 'scene_text'").to_dicts()}
+    assert asked == {(r["variant"], r["pair_id"], r["half"]): r["label"] for r in labels}
+    assert judge_guard["policy_pair_accuracy"] > fixed["policy_pair_accuracy"]
+    # The export: the policy_pairs config loads, one row per policy pair, and the datasheet counts them.
+    import datasets
+
+    export = data_root / "export"
+    loaded = datasets.load_dataset(str(export), "policy_pairs")
+    assert sum(len(split) for split in loaded.values()) == len(view)
+    row = next(iter(loaded.values()))[0]
+    assert {row["label_a"], row["label_b"]} == {"unsafe", "safe"} and row["policy_a"] == "safetypairs-default"
+    assert row["image"].size[0] > 0 and row["deciding_rules"]
+    assert "## The same images under other policies" in (export / "README.md").read_text()
 
     # Edit family's rules: only family's labels are judged again; strict-weapons' are reused.
     family.write_text(family.read_text().replace("family celebrations such as weddings",

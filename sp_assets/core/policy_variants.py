@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -111,7 +111,7 @@ def label_rows(base: Row, variant: Variant, main_category: Category, items: Sequ
         key = (item["pair_id"], item["half"])
         verdict = verdicts[key]
         rows.append({**base, "variant": variant.name, "variant_sha256": variant.policy.rules_sha256,
-                     "variant_category": category.slug, "pair_id": item["pair_id"], "half": item["half"],
+                     "variant_category": category.slug, "variant_rules": category.rules_text(), "pair_id": item["pair_id"], "half": item["half"],
                      "split": item["split"], "image_sha256": item["image_sha256"], "main_label": item["label"],
                      "label": verdict.rating, "rationale": verdict.rationale,
                      "deciding_rules": json.dumps(deciding_rules(changed, item["label"], verdict.rating)),
@@ -223,15 +223,15 @@ def cell(row: Mapping[str, Any], name: str) -> str:
     return f"{value:.2f}" + ("" if lo is None else f" [{lo:.2f}, {hi:.2f}]")
 
 
-def pooled_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The pooled figures as a markdown table: one line per guard and variant."""
+def pooled_table(rows: Sequence[Mapping[str, Any]], escape: Callable[[str], str] = str) -> str:
+    """The pooled figures as a markdown table: one line per guard and variant (names through ``escape``)."""
     head = ["guard", "variant", "takes the policy", "policy pairs", "policy-pair accuracy", "ignores the policy",
             "source: run's / variant", "flip edit: run's / variant"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * 5) + "|"]
     for r in rows:
         mark = " (selected the pairs or labelled them)" if r["selected_pairs"] else ""
         lines.append("| " + " | ".join([
-            f"{r['guard']}{mark}", r["variant"], "yes" if r["conditioned"] else "no (one answer for both)",
+            escape(f"{r['guard']}{mark}"), escape(r["variant"]), "yes" if r["conditioned"] else "no (one answer for both)",
             str(r["n_policy_pairs"]), cell(r, "policy_pair_accuracy"), cell(r, "ignores_policy"),
             f"{_fmt(r['acc_unsafe_main'])} / {_fmt(r['acc_unsafe_variant'])}",
             f"{_fmt(r['acc_safe_main'])} / {_fmt(r['acc_safe_variant'])}"]) + " |")

@@ -69,7 +69,7 @@ def benchmark_split(context: AssetExecutionContext, settings: PipelineSettings, 
     return stage.result({**_split_metadata(pairs, lookalikes, settings.split_fractions()),
                          "parquet": MetadataValue.path(str(settings.root / "benchmark")),
                          "split_config": MetadataValue.json(split_config),
-                         **_variant_metadata(variants, labels)}, checks)
+                         **_variant_metadata(variants, labels), **stage.model_calls()}, checks)
 
 
 def _category_rows(stage: Stage, category: str, judge_profile: str, split_sha256: str) -> tuple[list, list]:

@@ -41,6 +41,7 @@ from filelock import FileLock
 
 import sp_assets.release.gallery as gallery_page
 import sp_assets.release.parquet as parquet
+import sp_assets.release.policy_pairs as policy_pairs
 import sp_assets.release.preference as preference
 import sp_assets.release.vlmevalkit as vlmevalkit
 import sp_assets.release.webdataset as wds
@@ -234,6 +235,9 @@ def _write_release(tmp: Path, job: _Job, images: ImageStore) -> _Written:
     shards = _write_shards(tmp, job, stored, formats, skipped, copies.add if copies else lambda pair, blobs: None)
     vlmevalkit.write_vlmevalkit(tmp, job.rows_by_split, group_by_split(job.lookalikes), stored.read)
     formats["VLMEvalKit"] = vlmevalkit.describe()
+    if job.inputs.policy_pairs:
+        policy_pairs.write_policy_pairs(tmp, job.inputs.policy_pairs, job.policy, stored.read)
+        formats["Policy pairs"] = policy_pairs.describe()
     gallery_path = None
     if copies:
         gallery_path = gallery_page.write_gallery(tmp, job.name, job.rows, copies.files, job.counts, job.policy,

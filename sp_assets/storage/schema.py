@@ -284,6 +284,7 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("variant", "VARCHAR", "the variant policy's name"),
         ("variant_sha256", "VARCHAR", "hash of the variant's rules (what its labels read)"),
         ("variant_category", "VARCHAR", "the variant's category mapped onto this one by id"),
+        ("variant_rules", "VARCHAR", "that category's rules as the judge was given them"),
         ("pair_id", "VARCHAR", "the pair, or the look-alike's id"),
         ("half", "VARCHAR", "'unsafe' (source), 'safe' (flip edit), 'control' (null edit) or 'lookalike'"),
         ("split", "VARCHAR", "train / validation / test"),
