@@ -182,3 +182,30 @@ def test_variants_through_the_graph_and_an_edited_variant_redoes_only_its_labels
     assert {r["computed_run_id"] for r in again if r["variant"] == "strict-weapons"} == {first.run_id}
     assert {r["computed_run_id"] for r in again if r["variant"] == "family"} == {second.run_id}
     assert model_calls_made(second)["benchmark_split"]["judge"] == n_items
+
+
+def test_a_human_label_under_a_variant_wins_over_the_judge_and_a_bad_one_is_no_label(tmp_path: Path):
+    from sp_assets.backends.sources.folder import iter_entries
+
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,rating,category,rating@strict-weapons\n"
+                        "a.png,safe,O6,Unsafe\nb.png,unsafe,O6,\nc.png,safe,O6,maybe\n")
+    entries = {e.ref: e for e in iter_entries(tmp_path, manifest, MAIN)}
+    assert entries["a.png"].variant_ratings == {"strict-weapons": "Unsafe"}
+    assert entries["b.png"].variant_ratings == {}  # empty cell: the judge decides
+    # The look-alike 'c' was labelled by a person under strict-weapons; the judge said safe.
+    human = {"c": {"strict-weapons": "Unsafe"}}
+    rows = {r["half"]: r for r in _labels_with({("p1", "unsafe"): "unsafe", ("p1", "safe"): "safe",
+                                                ("l1", "lookalike"): "safe"}, human)}
+    assert rows["lookalike"]["label"] == "unsafe" and rows["lookalike"]["labelled_by"] == "human"
+    assert pv.is_policy_pair(rows["lookalike"])
+    assert rows["safe"]["labelled_by"] == "judge"
+    bad = {r["half"]: r for r in _labels_with({("p1", "unsafe"): "unsafe", ("p1", "safe"): "safe",
+                                               ("l1", "lookalike"): "safe"}, {"c": {"strict-weapons": "maybe"}})}
+    assert bad["lookalike"]["label"] == "invalid" and "maybe" in bad["lookalike"]["rationale"]
+
+
+def _labels_with(ratings: dict[tuple[str, str], str], human: dict) -> list[dict]:
+    variant = pv.load_variants(MAIN, [str(STRICT)])[0]
+    verdicts = {k: Verdict(r, "", None, f"judged {r}", "") for k, r in ratings.items()}
+    return pv.label_rows(BASE, variant, MAIN.category("O6"), _items(), verdicts, "scene_text", "sha", {}, human)

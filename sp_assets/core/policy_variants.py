@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from sp_assets.core.human_labels import human_rating
 from sp_assets.core.evaluation import CI_SAMPLES, CI_SEED, percentile_interval, seeded_rng
 from sp_assets.core.policy import Category, Policy, PolicyError, load_policy
 
@@ -101,23 +102,44 @@ def deciding_rules(changed: Mapping[str, list[str]], main_label: str, variant_la
 
 
 def label_rows(base: Row, variant: Variant, main_category: Category, items: Sequence[Mapping[str, Any]],
-               verdicts: Mapping[Key, Any], judge: str, judge_sha256: str, computed: Mapping[Key, str]) -> list[Row]:
+               verdicts: Mapping[Key, Any], judge: str, judge_sha256: str, computed: Mapping[Key, str],
+               human: Mapping[str, Mapping[str, str]] | None = None) -> list[Row]:
     """``variant_labels`` rows: each benchmark image's label under the run's policy (its benchmark label) and
-    under the variant (the judge's verdict), with the rules that decide where they differ."""
+    under the variant (the judge's verdict, or a person's where ``human`` gives one for the image: image hash
+    -> variant name -> label), with the rules that decide where they differ."""
     category = variant.category_for(main_category.slug)
     changed = rules_changed(main_category, category)
     rows = []
     for item in items:
         key = (item["pair_id"], item["half"])
-        verdict = verdicts[key]
+        given = (human or {}).get(item["image_sha256"], {}).get(variant.name.lower())
+        verdict = verdicts[key] if given is None else human_verdict(given, variant.name)
         rows.append({**base, "variant": variant.name, "variant_sha256": variant.policy.rules_sha256,
                      "variant_category": category.slug, "variant_rules": category.rules_text(), "pair_id": item["pair_id"], "half": item["half"],
                      "split": item["split"], "image_sha256": item["image_sha256"], "main_label": item["label"],
-                     "label": verdict.rating, "rationale": verdict.rationale,
+                     "label": verdict.rating, "labelled_by": "judge" if given is None else "human",
+                     "rationale": verdict.rationale,
                      "deciding_rules": json.dumps(deciding_rules(changed, item["label"], verdict.rating)),
                      "judge_profile": judge, "judge_config_sha256": judge_sha256,
                      "computed_run_id": computed.get(key, base["run_id"])})
     return rows
+
+
+@dataclass(frozen=True)
+class HumanLabel:
+    """A person's label under a variant, from the manifest (``rating@<variant>``)."""
+
+    rating: str
+    rationale: str
+
+
+def human_verdict(value: str, variant: str) -> HumanLabel:
+    """'unsafe' or 'safe' from a manifest's ``rating@<variant>`` cell; anything else is 'invalid' (no label,
+    never safe), with the value in the rationale."""
+    rating = human_rating(value)
+    if rating is None:
+        return HumanLabel("invalid", f"manifest rating@{variant} = {value!r} is not 'unsafe' or 'safe'")
+    return HumanLabel(rating, f"human label from the manifest (rating@{variant})")
 
 
 def is_policy_pair(row: Mapping[str, Any]) -> bool:

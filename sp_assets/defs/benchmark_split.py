@@ -58,7 +58,8 @@ def benchmark_split(context: AssetExecutionContext, settings: PipelineSettings, 
             _write_parquet(rows, settings.root / "benchmark" / f"{category.slug}.parquet")
             _write_parquet(looks, settings.root / "benchmark" / "lookalikes" / f"{category.slug}.parquet")
             labelled = run_variants.labels(stage.memo, judge.lazy, judge.profile, variants, category,
-                                           ge.rated_items(rows, looks), stage.base_row(category.slug))
+                                           ge.rated_items(rows, looks), stage.base_row(category.slug),
+                                           queries.variant_human_labels(stage.store, category.slug) if variants else {})
             stage.store.replace_slice("variant_labels", {"category": category.slug}, labelled)
         labels += labelled
         pairs += rows

@@ -30,8 +30,10 @@ def verdicts_of(memo: Memo, lazy: LazyBackend, category: Category, items: Sequen
 
 
 def labels(memo: Memo, judge_for: Callable[[Policy], LazyBackend], judge_profile: str,
-           variants: Sequence[pv.Variant], category: Category, items: Sequence[Row], base: Row) -> list[Row]:
-    """``variant_labels`` rows of one category: every item under every variant that maps the category.
+           variants: Sequence[pv.Variant], category: Category, items: Sequence[Row], base: Row,
+           human: Mapping[str, Mapping[str, str]] | None = None) -> list[Row]:
+    """``variant_labels`` rows of one category: every item under every variant that maps the category, a
+    person's label (``human``: image hash -> variant name -> label) where the manifest gives one.
 
     A judge that labels from manifest records cannot label under another policy: no rows (the caller says so).
     """
@@ -42,7 +44,8 @@ def labels(memo: Memo, judge_for: Callable[[Policy], LazyBackend], judge_profile
         if mapped is None or not items or issubclass(lazy.cls, RecordJudge):
             continue
         verdicts, computed = verdicts_of(memo, lazy, mapped, items)
-        rows += pv.label_rows(base, variant, category, items, verdicts, judge_profile, lazy.config_sha256, computed)
+        rows += pv.label_rows(base, variant, category, items, verdicts, judge_profile, lazy.config_sha256, computed,
+                              human)
     return rows
 
 

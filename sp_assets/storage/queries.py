@@ -261,6 +261,14 @@ def variant_labels_of(store: Store, category: str) -> Rows:
                        [category]).to_dicts()
 
 
+def variant_human_labels(store: Store, category: str) -> dict[str, dict[str, str]]:
+    """Source image hash -> variant policy name (lower case) -> the manifest's human label under it."""
+    rows = store.query("SELECT image_sha256, manifest_variant_ratings FROM source_images WHERE category = ? "
+                       "AND manifest_variant_ratings IS NOT NULL", [category]).to_dicts()
+    return {r["image_sha256"]: {k.lower(): v for k, v in json.loads(r["manifest_variant_ratings"]).items()}
+            for r in rows}
+
+
 def policy_answers(store: Store) -> Rows:
     """Every guard's answer on every image labelled under a variant, under the run's policy and under the
     variant, beside both labels (every category in the database)."""

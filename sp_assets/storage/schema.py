@@ -33,6 +33,8 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("manifest_rating", "VARCHAR", "human label from the manifest, if any"),
         ("manifest_category", "VARCHAR", "category from the manifest, if any"),
         ("manifest_rationale", "VARCHAR", "rationale from the manifest, if any"),
+        ("manifest_variant_ratings", "VARCHAR", "JSON {variant policy name: human label} from the manifest's "
+                                                "rating@<name> columns, if any"),
         ("photo_id", "VARCHAR", "the underlying photograph (demo photo, manifest 'photo' column, else the image "
                                 "sha256): splits keep one photograph in one split"),
         ("demo_intended", "VARCHAR", "demo only: the label the generator intended"),
@@ -291,6 +293,7 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("image_sha256", "VARCHAR", "the image"),
         ("main_label", "VARCHAR", "its label under the run's policy (the benchmark's)"),
         ("label", "VARCHAR", "its label under the variant: 'unsafe', 'safe' or 'invalid' (the judge could not decide)"),
+        ("labelled_by", "VARCHAR", "'judge', or 'human' (the manifest's rating@<variant> column for a source image)"),
         ("rationale", "VARCHAR", "the judge's reason under the variant"),
         ("deciding_rules", "VARCHAR", "JSON list: where the labels differ, the rules of one policy the other lacks "
                                       "that make the difference; [] where they agree"),
