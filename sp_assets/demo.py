@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import IO
 
 from sp_assets.core.guard_evaluation import SELECTED_NOTE, headline, pooled_intervals, with_interval
-from sp_assets.core.policy import REPO_ROOT, load_active_policy
+from sp_assets.core import policy_variants as pv
+from sp_assets.core.policy import DEFAULT_POLICY_PATH, REPO_ROOT, load_active_policy
 from sp_assets.core.probe import summary_cell
 from sp_assets.core.reports import SELECTED_MARK, guard_name
 from sp_assets.core.run_display import RunDisplay
@@ -28,6 +29,8 @@ from sp_assets.storage import Store, queries, release_queries
 from sp_assets.defs import STAGE_NAMES as STAGES
 
 
+# The demo labels its benchmark under two shipped variants of the default policy too (policy pairs).
+DEMO_VARIANTS = ("policies/strict_weapons.yaml", "policies/family.yaml")
 INTERRUPT_GRACE_S = 60  # after Ctrl-C, how long Dagster may take to mark the run cancelled
 
 
@@ -189,6 +192,29 @@ def _probe_lines(store: Store, run_id: str) -> list[str]:
                   "pool never held)"]
 
 
+def _policy_lines(store: Store) -> list[str]:
+    """Policy pairs per variant and each guard's policy-pair figures (pooled over categories)."""
+    counted = queries.policy_pair_counts(store)
+    if not counted:
+        return []
+    out = ["", "policy variants: the same benchmark images labelled under other policies (policy pairs: the label "
+               "differs from the run's policy's):"]
+    for variant in sorted({r["variant"] for r in counted}):
+        rows = [r for r in counted if r["variant"] == variant]
+        per = ", ".join(f"{r['category']} {r['policy_pairs']}" for r in rows if r["policy_pairs"])
+        out.append(f"  {variant:<15} images {sum(r['images'] for r in rows):>4}  policy pairs "
+                   f"{sum(r['policy_pairs'] for r in rows):>3} ({per or 'none'})")
+    out.append("guards on the policy pairs (right under both policies; 'ignores' = same answer under both) "
+               "[95% interval]:")
+    for r in pv.pooled(queries.policy_answers(store)):
+        mark = f" {SELECTED_MARK}" if r["selected_pairs"] else ""
+        out.append(f"  {r['guard'] + mark:<15} {r['variant']:<15} "
+                   f"{'takes the policy' if r['conditioned'] else 'fixed answer':<16} pairs {r['n_policy_pairs']:>3}  "
+                   f"policy-pair acc {pv.cell(r, 'policy_pair_accuracy')}  ignores {pv.cell(r, 'ignores_policy')}")
+    return out + ["  (a guard with one answer for every policy is right under only one policy of each pair: 0 by "
+                  "construction)"]
+
+
 PROBE_SETS = {"heldout_pairs": "pair accuracy on held-out pairs", "non_pair": "accuracy on non-pair images",
               "ood_pairs": "pair accuracy, out-of-distribution"}
 
@@ -212,7 +238,7 @@ def summary(store: Store, data_root: Path) -> str:
     if run_id is None:
         return "no completed run found in stage_runs"
     lines = [f"Run {run_id}", ""] + _yield_lines(store) + _intake_lines(store, run_id) + _editor_lines(store)
-    lines += _time_lines(store, run_id) + _guard_lines(store)
+    lines += _time_lines(store, run_id) + _guard_lines(store) + _policy_lines(store)
     return "\n".join(lines + _probe_lines(store, run_id) + _where_lines(data_root, run_id))
 
 
@@ -224,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env = dict(os.environ)
     env.setdefault("DAGSTER_HOME", str(REPO_ROOT))
+    if policy.path.resolve() == DEFAULT_POLICY_PATH.resolve() and not env.get(pv.VARIANTS_ENV_VAR, "").strip():
+        env[pv.VARIANTS_ENV_VAR] = ",".join(str(REPO_ROOT / v) for v in DEMO_VARIANTS)
     settings = PipelineSettings.from_env()
     log_path = log_file(settings.root)
     status, seconds, display = materialize(args.categories, env, log_path)

@@ -70,7 +70,7 @@ def near_copy(text: str, other: str) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("policy_file", ["default.yaml", "strict_weapons.yaml"])
+@pytest.mark.parametrize("policy_file", ["default.yaml", "strict_weapons.yaml", "family.yaml"])
 def test_replacement_texts_are_not_judge_training_examples(policy_file):
     # The verifier judges each edit's new text; trained on that very text, verification would be no test.
     policy = load_policy(DEFAULT_POLICY_PATH.parent / policy_file)

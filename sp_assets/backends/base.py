@@ -59,6 +59,12 @@ def policy_key(cls: type, policy: Policy, category: Category, params: dict[str, 
     return ""
 
 
+def takes_policy(cls: type) -> bool:
+    """Whether answers of backend class ``cls`` read the policy (asked under another policy, they may change):
+    a judge, a prompted guard, or a class that says so with ``policy_dependency`` or ``policy_sha256``."""
+    return getattr(cls, "policy_sha256", None) is not None or getattr(cls, "policy_dependency", "none") != "none"
+
+
 class Judge(Backend):
     # "category": an answer holds for the category it was asked about; "policy": one answer (asked
     # over the whole policy) serves every category, so an image is judged once, not once per category.

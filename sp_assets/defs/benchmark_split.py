@@ -13,6 +13,8 @@ import polars as pl
 from dagster import AssetExecutionContext, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
+from sp_assets.core import guard_evaluation as ge
+from sp_assets.core import policy_variants as pv
 from sp_assets.core.hashing import sha256_json
 from sp_assets.core.reports import table
 from sp_assets.core.splitting import (
@@ -22,6 +24,7 @@ from sp_assets.core.splitting import (
 from sp_assets.defs.resources import JudgeResource, PipelineSettings
 from sp_assets.defs.checks import check, check_result, no_duplicate_keys
 from sp_assets.defs.stage import Stage, asset_kwargs
+from sp_assets.execution import variants as run_variants
 from sp_assets.storage import queries
 from sp_assets.storage.files import atomic_write
 
@@ -45,6 +48,8 @@ def benchmark_split(context: AssetExecutionContext, settings: PipelineSettings, 
     split_config = settings.split_config()
     pairs: list[dict[str, Any]] = []
     lookalikes: list[dict[str, Any]] = []
+    labels: list[dict[str, Any]] = []
+    variants = settings.variants(stage.policy)
     for category in stage.categories():
         with stage.report.timed(category.slug):
             rows, looks = _category_rows(stage, category.slug, judge.profile, sha256_json(split_config))
@@ -52,6 +57,11 @@ def benchmark_split(context: AssetExecutionContext, settings: PipelineSettings, 
             stage.store.replace_slice("benchmark_lookalikes", {"category": category.slug}, looks)
             _write_parquet(rows, settings.root / "benchmark" / f"{category.slug}.parquet")
             _write_parquet(looks, settings.root / "benchmark" / "lookalikes" / f"{category.slug}.parquet")
+            labelled = run_variants.labels(stage.memo, judge.lazy, judge.profile, variants, category,
+                                           ge.rated_items(rows, looks), stage.base_row(category.slug),
+                                           queries.variant_human_labels(stage.store, category.slug) if variants else {})
+            stage.store.replace_slice("variant_labels", {"category": category.slug}, labelled)
+        labels += labelled
         pairs += rows
         lookalikes += looks
         stage.report.record(category.slug, len(rows), len(rows), 0, {"split": split_config}, rows + looks)
@@ -59,7 +69,8 @@ def benchmark_split(context: AssetExecutionContext, settings: PipelineSettings, 
               _photo_check(queries.photos_in_two_splits(stage.store))]
     return stage.result({**_split_metadata(pairs, lookalikes, settings.split_fractions()),
                          "parquet": MetadataValue.path(str(settings.root / "benchmark")),
-                         "split_config": MetadataValue.json(split_config)}, checks)
+                         "split_config": MetadataValue.json(split_config),
+                         **_variant_metadata(variants, labels), **stage.model_calls()}, checks)
 
 
 def _category_rows(stage: Stage, category: str, judge_profile: str, split_sha256: str) -> tuple[list, list]:
@@ -112,6 +123,25 @@ def _split_metadata(pairs: list[dict], lookalikes: list[dict], fractions: dict[s
         "top_replacement_share": max((v["top_share"] for v in shares.values()), default=0.0),
         "photos_per_split": MetadataValue.json(photos),
         "lookalikes": len(lookalikes),
+    }
+
+
+def _variant_metadata(variants: list[pv.Variant], labels: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's policy variants and, per category and variant, the images labelled and the policy pairs."""
+    if not variants:
+        return {"policy_variants": MetadataValue.text(f"none (set {pv.VARIANTS_ENV_VAR} to label the benchmark "
+                                                      "under other policies too)")}
+    counted = pv.counts(labels)
+    return {
+        "policy_variants": MetadataValue.json({v.name: {"file": str(v.policy.path), "rules_sha256": v.policy.rules_sha256,
+                                                        "categories": {k: c.slug for k, c in v.by_main_slug.items()}}
+                                               for v in variants}),
+        "policy_pairs": MetadataValue.md(table(
+            ["category", "variant", "images", "policy pairs", "unsafe only under the run's policy",
+             "unsafe only under the variant", "no label (invalid)"],
+            [(c, v, n["images"], n["policy_pairs"], n["unsafe_only_main"], n["unsafe_only_variant"], n["invalid"])
+             for (c, v), n in sorted(counted.items())], "llrrrrr")),
+        "n_policy_pairs": sum(n["policy_pairs"] for n in counted.values()),
     }
 
 

@@ -21,7 +21,9 @@ from sp_assets.core.reports import guard_table
 from sp_assets.defs.resources import EmbedderResource, GuardResource, JudgeResource, PipelineSettings
 from sp_assets.defs.checks import check, check_result
 from sp_assets.defs.stage import Stage, asset_kwargs
+from sp_assets.core import policy_variants as pv
 from sp_assets.execution import experiments
+from sp_assets.execution import variants as run_variants
 from sp_assets.execution.embedder import text_embed_call
 from sp_assets.execution.embedder import embed_images, embed_texts
 from sp_assets.execution.judge import judged, prefetch_readings
@@ -61,6 +63,7 @@ def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, du
     summary: list[dict[str, Any]] = []
     incomplete: list[str] = []
     inputs = {c.slug: _inputs(stage, judge, c.slug) for c in stage.categories()}
+    variants = settings.variants(stage.policy)
     _prefetch(stage, loaded, skipped, [item for given in inputs.values() for item in given.items])
     for category in stage.categories():
         with stage.report.timed(category.slug):
@@ -71,6 +74,9 @@ def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, du
                            if ge.incomplete(given.pairs, v, given.lookalikes)]
             stage.store.replace_slice("guard_predictions", {"category": category.slug}, predictions)
             stage.store.replace_slice("guard_metrics", {"category": category.slug}, metrics)
+            policy_predictions, policy_metrics = _policy_rows(stage, guards, variants, category, given, evaluated)
+            stage.store.replace_slice("variant_predictions", {"category": category.slug}, policy_predictions)
+            stage.store.replace_slice("policy_guard_metrics", {"category": category.slug}, policy_metrics)
         summary += metrics
         stage.report.record(category.slug, len(given.pairs), len(given.pairs), 0, {"guards": sorted(evaluated)}, metrics)
     checks = [check_result("every_pair_has_two_predictions", not incomplete,
@@ -80,6 +86,7 @@ def guard_metrics(context: AssetExecutionContext, settings: PipelineSettings, du
                             "guards": MetadataValue.json(sorted([*loaded, ge.EDITED_ONLY]))}
     if skipped:
         meta["skipped_guards"] = MetadataValue.json(skipped)
+    meta.update(_policy_metadata(stage, variants))
     meta.update(_run_level_experiments(stage, judge, embedder))
     meta.update(_headline_and_release(stage))
     return stage.result(meta, checks)
@@ -104,6 +111,38 @@ def _rows(base: dict[str, Any], given: CategoryInputs, evaluated: dict[str, tupl
                for row in ge.metric_rows(base, name, sha, given.pairs, v, lookalikes=given.lookalikes,
                                          selected_pairs=sha in given.selectors)]
     return predictions, metrics
+
+
+def _policy_rows(stage: Stage, guards: GuardResource, variants: list[pv.Variant], category: Category,
+                 given: CategoryInputs, evaluated: dict[str, tuple]) -> tuple[list[dict], list[dict]]:
+    """Every guard under each policy variant of the category: its answers and its policy-pair figures (a guard
+    whose weights turn out missing under a variant is left out with the reason in the log)."""
+    labels = queries.variant_labels_of(stage.store, category.slug) if variants else []
+    predictions: list[dict[str, Any]] = []
+    metrics: list[dict[str, Any]] = []
+    for name, (verdicts, _, _, sha) in evaluated.items():
+        if not labels or name == ge.EDITED_ONLY:
+            continue
+        try:
+            got = run_variants.guard_rows(stage.memo, partial(guards.lazy, name=name), name, verdicts, variants,
+                                          category, given.items, labels, stage.base_row(category.slug),
+                                          sha in given.selectors)
+        except (MissingWeightsError, FileNotFoundError, ImportError, OSError) as exc:
+            stage.context.log.warning(f"guard {name!r} not asked under the policy variants: {exc}")
+            continue
+        predictions += got[0]
+        metrics += got[1]
+    return predictions, metrics
+
+
+def _policy_metadata(stage: Stage, variants: list[pv.Variant]) -> dict[str, Any]:
+    """Each guard's policy-pair figures under each variant, pooled over every category in the database."""
+    if not variants:
+        return {"policy_variants": MetadataValue.text(f"none (set {pv.VARIANTS_ENV_VAR} to score guards on "
+                                                      "following the policy)")}
+    rows = pv.pooled(queries.policy_answers(stage.store))
+    return {"policy_variants": MetadataValue.json(sorted(v.name for v in variants)),
+            "policy_pair_metrics": MetadataValue.md(pv.pooled_table(rows))}
 
 
 def _headline_and_release(stage: Stage) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from sp_assets.backends import registry
 from sp_assets.backends.base import DEMO_SAFE_PER_CATEGORY, DEMO_UNSAFE_PER_CATEGORY, SourceOptions
 from sp_assets.backends.profiles import Profile, get_profile
 from sp_assets.core.policy import Policy
+from sp_assets.core.policy_variants import VARIANTS_ENV_VAR, Variant, load_variants, split_paths
 from sp_assets.core.splitting import SPLIT_METHOD
 from sp_assets.execution.intake import INTAKE_VERSION
 from sp_assets.execution.lazy import LazyBackend
@@ -122,6 +123,10 @@ class PipelineSettings(ConfigurableResource):
     probe_ood: bool = Field(default=True, description=(
         "Also score the probe on its out-of-distribution pairs: signs on photographs, in fonts and with phrasings "
         "its training pool never held (categories of the default policy)."))
+    policy_variants: list[str] = Field(default=[], description=(
+        "Policy files (paths) whose categories map onto the run's policy by id: every benchmark image is also "
+        "labelled under each, its policy pairs stored, and guards that take a policy asked under each "
+        "(env SP_POLICY_VARIANTS, comma-separated)."))
     preview_unsafe: bool = Field(
         default=False, description="Show unsafe images unblurred in UI previews. Off by default."
     )
@@ -152,6 +157,10 @@ class PipelineSettings(ConfigurableResource):
 
         return make_pool(self.execution, self.ray_address, self.ray_workers, self.task_retries,
                          self.ray_cpus or None)
+
+    def variants(self, policy: Policy) -> list[Variant]:
+        """The run's policy variants, each mapped onto ``policy`` (a bad file stops with its name and the fix)."""
+        return load_variants(policy, self.policy_variants)
 
     def thresholds(self) -> dict[str, float]:
         return {
@@ -189,6 +198,7 @@ def _settings_env(read: Any) -> dict[str, Any]:
         "ray_workers": _env_int("SP_RAY_WORKERS", 2),
         "ray_cpus": _env_int("SP_RAY_CPUS", 0),
         "task_retries": _env_int("SP_TASK_RETRIES", 2),
+        "policy_variants": split_paths(os.environ.get(VARIANTS_ENV_VAR, "")),
     }
 
 

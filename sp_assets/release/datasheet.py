@@ -11,8 +11,9 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from sp_assets.core.formatting import fmt
-from sp_assets.core.evaluation import CI_METHOD
+from sp_assets.core.evaluation import CI_METHOD, CI_SAMPLES
 from sp_assets.core.guard_evaluation import DIAGNOSTICS, EDITED_ONLY, SELECTED_NOTE, headline, with_interval
+from sp_assets.core.policy_variants import pooled_table
 from sp_assets.core.reports import SELECTED_MARK
 from sp_assets.core.splitting import SPLITS, phrase_shares
 from sp_assets.release.columns import (
@@ -84,7 +85,7 @@ def write_datasheet(root: Path, facts: DatasheetFacts) -> Path:
     """Write ``README.md`` under ``root``."""
     sections = [_front_matter, _introduction, _contents, _lookalikes, _replacement_spread, _columns, _policy,
                 _profiles, _thresholds, _yields,
-                _review, _guards, _licences, _personal_data, _limits, _formats_and_citation]
+                _review, _guards, _policy_variants, _licences, _personal_data, _limits, _formats_and_citation]
     lines = [line for section in sections for line in section(facts)]
     path = root / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -120,6 +121,10 @@ def _front_matter(f: DatasheetFacts) -> list[str]:
                                  "data_files": [{"split": s, "path": f"{config}/{s}-*"}
                                                 for s in sorted(set(splits_present) | set(looks_present),
                                                                 key=SPLITS.index)]})
+    pp_splits = sorted({r["split"] for r in f.inputs.policy_pairs}, key=SPLITS.index)
+    if pp_splits:
+        front["configs"].append({"config_name": "policy_pairs",
+                                 "data_files": [{"split": s, "path": f"policy_pairs/{s}.parquet"} for s in pp_splits]})
     if f.licence == "other":
         front["license_name"] = "mixed"
         front["license_link"] = "README.md#licences"
@@ -377,6 +382,30 @@ def replace_external_block(card: str, records: Sequence[Mapping[str, Any]]) -> s
         raise ValueError("README.md has no external-guard table (<!-- external-guards --> markers): it was written "
                          "before the scorer existed; export the benchmark again")
     return card[:start] + "\n".join(external_block(records)) + card[end + len(EXTERNAL_END):]
+
+
+def _policy_variants(f: DatasheetFacts) -> list[str]:
+    """The benchmark under other policies: policy pairs per category and variant, and the guards on them."""
+    counts = f.inputs.policy_pair_counts
+    if not counts:
+        return []
+    lines = ["", "## The same images under other policies", "",
+             f"Every image was also labelled under {len({c['variant'] for c in counts})} variant policies (categories "
+             "mapped by id) by the run's judge. An image whose label differs between the run's policy and a variant "
+             "is a policy pair (the `policy_pairs` config): with the image pairs it gives the 2x2 of (source, edit) x "
+             "(policy A, policy B).", "",
+             "| category | variant | images | policy pairs | unsafe only under the run's policy | "
+             "unsafe only under the variant | no label (invalid) |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {md_code(c['category'], True)} | {md_text(c['variant'])} | {c['images']} | {c['policy_pairs']} | "
+              f"{c['unsafe_only_main']} | {c['unsafe_only_variant']} | {c['invalid']} |" for c in counts]
+    if f.inputs.policy_metrics:
+        lines += ["", "Guards on the policy pairs (pooled over categories): policy-pair accuracy is the share right "
+                  "under both policies; 'ignores the policy' the share answered the same under both. A guard that "
+                  "cannot take a policy gives one answer, so it scores 0 by construction. The 2x2 cells are its "
+                  "accuracy on the pairs' sources and flip edits under each policy. In brackets: a 95% percentile "
+                  f"bootstrap over the policy pairs ({CI_SAMPLES} resamples, seeded).", "",
+                  pooled_table(f.inputs.policy_metrics, escape=md_text)]
+    return lines
 
 
 _GUARD_NOTES = {EDITED_ONLY: "diagnostic: sees only whether the image was edited",

@@ -47,6 +47,7 @@ import sp_assets.release.gallery as gallery_page
 import sp_assets.release.parquet as parquet
 import sp_assets.release.external_guards as external
 import sp_assets.release.harness as harness
+import sp_assets.release.policy_pairs as policy_pairs
 import sp_assets.release.preference as preference
 import sp_assets.release.sft as sft
 import sp_assets.release.vlmevalkit as vlmevalkit
@@ -242,6 +243,9 @@ def _write_release(tmp: Path, job: _Job, images: ImageStore) -> _Written:
     stored = StoredImages(images)  # one for every format: it remembers the images it had to clean
     shards = _write_shards(tmp, job, stored, formats, skipped, copies.add if copies else lambda pair, blobs: None)
     kept = _write_harness_files(tmp, job, stored, formats)
+    if job.inputs.policy_pairs:
+        policy_pairs.write_policy_pairs(tmp, job.inputs.policy_pairs, job.policy, stored.read)
+        formats["Policy pairs"] = policy_pairs.describe()
     gallery_path = None
     if copies:
         gallery_path = gallery_page.write_gallery(tmp, job.name, job.rows, copies.files, job.counts, job.policy,

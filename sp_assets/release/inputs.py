@@ -14,9 +14,11 @@ import polars as pl
 import pyarrow as pa
 
 from sp_assets.core.guard_evaluation import pooled_intervals
+from sp_assets.core.policy_variants import pooled
 from sp_assets.release.columns import arrow_type
 from sp_assets.storage import Store
 from sp_assets.storage import release_queries as queries
+from sp_assets.storage.queries import policy_answers, policy_pair_counts
 
 # Lineage columns that repeat a benchmark column under another name.
 REDUNDANT_LINEAGE = {"source_path": "unsafe_path", "edited_path": "safe_path"}
@@ -48,6 +50,11 @@ class ExportInputs:
     # What intake removed from each exported source image (``source_images.metadata_removed``: comma-separated
     # kinds, '' for nothing, None where not recorded); None when the database has no such column.
     metadata_removed: list[str | None] | None = None
+    # Policy variants: the policy pairs (view ``policy_pairs`` with image paths), their counts per category and
+    # variant, and each guard's policy-pair figures pooled over categories (``core.policy_variants.pooled``).
+    policy_pairs: list[dict[str, Any]] = field(default_factory=list)
+    policy_pair_counts: list[dict[str, Any]] = field(default_factory=list)
+    policy_metrics: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def origins(self) -> list[str]:
@@ -101,7 +108,16 @@ def read_inputs(store: Store) -> ExportInputs:
         guard_results=_with_intervals(queries.guard_results(store), queries.guard_answers(store))
         if "guard_metrics" in tables else [],
         metadata_removed=_metadata_removed(store, tables, bool(lookalikes)),
+        **_policy_variants(store, tables),
     )
+
+
+def _policy_variants(store: Store, tables: dict[str, set[str]]) -> dict[str, Any]:
+    if "variant_labels" not in tables:
+        return {}
+    answers = policy_answers(store) if "variant_predictions" in tables else []
+    return {"policy_pairs": queries.policy_pairs(store), "policy_pair_counts": policy_pair_counts(store),
+            "policy_metrics": pooled(answers)}
 
 
 def _metadata_removed(store: Store, tables: dict[str, set[str]], with_lookalikes: bool) -> list[str | None] | None:

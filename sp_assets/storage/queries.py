@@ -253,3 +253,44 @@ def probe_headline(store: Store, run_id: str, k: int = 32) -> Rows:
         "SELECT features, eval_set, condition, mean, std, ci_low, ci_high FROM probe_results WHERE run_id = ? "
         "AND k = ? AND ((eval_set IN ('heldout_pairs', 'ood_pairs') AND metric = 'pair_accuracy') "
         "OR (eval_set = 'non_pair' AND metric = 'accuracy')) ORDER BY features, eval_set, condition", [run_id, k]).to_dicts()
+
+
+def variant_labels_of(store: Store, category: str) -> Rows:
+    """The category's labels under each policy variant (``variant_labels``)."""
+    return store.query("SELECT * FROM variant_labels WHERE category = ? ORDER BY variant, pair_id, half",
+                       [category]).to_dicts()
+
+
+def variant_human_labels(store: Store, category: str) -> dict[str, dict[str, str]]:
+    """Source image hash -> variant policy name (lower case) -> the manifest's human label under it."""
+    rows = store.query("SELECT image_sha256, manifest_variant_ratings FROM source_images WHERE category = ? "
+                       "AND manifest_variant_ratings IS NOT NULL", [category]).to_dicts()
+    return {r["image_sha256"]: {k.lower(): v for k, v in json.loads(r["manifest_variant_ratings"]).items()}
+            for r in rows}
+
+
+def policy_answers(store: Store) -> Rows:
+    """Every guard's answer on every image labelled under a variant, under the run's policy and under the
+    variant, beside both labels (every category in the database)."""
+    return store.query(
+        "SELECT l.category, l.variant, l.pair_id, l.half, l.split, l.main_label, l.label, v.guard, "
+        "g.rating AS main_rating, v.rating AS variant_rating, v.conditioned, "
+        "coalesce((SELECT bool_or(p.selected_pairs) FROM policy_guard_metrics p WHERE p.guard = v.guard "
+        "AND p.category = l.category AND p.variant = l.variant), false) AS selected_pairs "
+        "FROM variant_labels l "
+        "JOIN variant_predictions v ON v.category = l.category AND v.variant = l.variant AND v.pair_id = l.pair_id "
+        "AND v.half = l.half "
+        "JOIN guard_predictions g ON g.category = l.category AND g.guard = v.guard AND g.pair_id = l.pair_id "
+        "AND g.half = l.half "
+        "ORDER BY v.guard, l.variant, l.category, l.pair_id, l.half").to_dicts()
+
+
+def policy_pair_counts(store: Store) -> Rows:
+    """Per category and variant: images labelled, policy pairs each way, labels the judge could not give."""
+    return store.query(
+        "SELECT category, variant, count(*) AS images, "
+        "count(*) FILTER (WHERE label IN ('unsafe', 'safe') AND label <> main_label) AS policy_pairs, "
+        "count(*) FILTER (WHERE label = 'safe' AND main_label = 'unsafe') AS unsafe_only_main, "
+        "count(*) FILTER (WHERE label = 'unsafe' AND main_label = 'safe') AS unsafe_only_variant, "
+        "count(*) FILTER (WHERE label NOT IN ('unsafe', 'safe')) AS invalid "
+        "FROM variant_labels GROUP BY category, variant ORDER BY category, variant").to_dicts()

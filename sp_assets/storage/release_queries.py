@@ -145,3 +145,15 @@ def verification_configs(store: Store) -> list[dict[str, Any]]:
 def guards_evaluated(store: Store) -> list[str]:
     """Names of the guards with metrics, sorted."""
     return [r["guard"] for r in store.query("SELECT DISTINCT guard FROM guard_metrics ORDER BY 1").to_dicts()]
+
+
+def policy_pairs(store: Store) -> list[dict[str, Any]]:
+    """Every policy pair (view ``policy_pairs``) with its image's stored path, in a stable order."""
+    return store.query(
+        "SELECT p.*, CASE p.half WHEN 'unsafe' THEN b.unsafe_path WHEN 'safe' THEN b.safe_path "
+        "WHEN 'control' THEN b.control_path ELSE la.image_path END AS image_path "
+        "FROM policy_pairs p "
+        "LEFT JOIN benchmark_split b ON p.half <> 'lookalike' AND b.category = p.category AND b.pair_id = p.pair_id "
+        "LEFT JOIN benchmark_lookalikes la ON p.half = 'lookalike' AND la.category = p.category "
+        "AND la.lookalike_id = p.pair_id "
+        "ORDER BY p.split, p.category, p.variant, p.pair_id, p.half").to_dicts()

@@ -33,6 +33,8 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("manifest_rating", "VARCHAR", "human label from the manifest, if any"),
         ("manifest_category", "VARCHAR", "category from the manifest, if any"),
         ("manifest_rationale", "VARCHAR", "rationale from the manifest, if any"),
+        ("manifest_variant_ratings", "VARCHAR", "JSON {variant policy name: human label} from the manifest's "
+                                                "rating@<name> columns, if any"),
         ("photo_id", "VARCHAR", "the underlying photograph (demo photo, manifest 'photo' column, else the image "
                                 "sha256): splits keep one photograph in one split"),
         ("demo_intended", "VARCHAR", "demo only: the label the generator intended"),
@@ -279,6 +281,69 @@ SCHEMA: dict[str, list[tuple[str, str, str]]] = {
         ("run_id", "VARCHAR", "Dagster run"),
         ("created_at", "TIMESTAMP", "UTC"),
     ],
+    "variant_labels": [
+        ("category", "VARCHAR", "partition key (the run's policy)"),
+        ("variant", "VARCHAR", "the variant policy's name"),
+        ("variant_sha256", "VARCHAR", "hash of the variant's rules (what its labels read)"),
+        ("variant_category", "VARCHAR", "the variant's category mapped onto this one by id"),
+        ("variant_rules", "VARCHAR", "that category's rules as the judge was given them"),
+        ("pair_id", "VARCHAR", "the pair, or the look-alike's id"),
+        ("half", "VARCHAR", "'unsafe' (source), 'safe' (flip edit), 'control' (null edit) or 'lookalike'"),
+        ("split", "VARCHAR", "train / validation / test"),
+        ("image_sha256", "VARCHAR", "the image"),
+        ("main_label", "VARCHAR", "its label under the run's policy (the benchmark's)"),
+        ("label", "VARCHAR", "its label under the variant: 'unsafe', 'safe' or 'invalid' (the judge could not decide)"),
+        ("labelled_by", "VARCHAR", "'judge', or 'human' (the manifest's rating@<variant> column for a source image)"),
+        ("rationale", "VARCHAR", "the judge's reason under the variant"),
+        ("deciding_rules", "VARCHAR", "JSON list: where the labels differ, the rules of one policy the other lacks "
+                                      "that make the difference; [] where they agree"),
+        ("judge_profile", "VARCHAR", "judge profile that labelled it under the variant"),
+        ("judge_config_sha256", "VARCHAR", "that judge's config hash"),
+        ("computed_run_id", "VARCHAR", "run that made the judge call (a reused label keeps it)"),
+        ("run_id", "VARCHAR", "Dagster run"),
+        ("created_at", "TIMESTAMP", "UTC"),
+    ],
+    "variant_predictions": [
+        ("category", "VARCHAR", "partition key"),
+        ("guard", "VARCHAR", "guard profile name"),
+        ("variant", "VARCHAR", "the variant policy the guard was asked under"),
+        ("pair_id", "VARCHAR", "the pair, or the look-alike's id"),
+        ("half", "VARCHAR", "as in variant_labels"),
+        ("image_sha256", "VARCHAR", "the image"),
+        ("rating", "VARCHAR", "'unsafe', 'safe' or 'invalid'; a guard that takes no policy: its one answer"),
+        ("score", "DOUBLE", "P(unsafe) where the guard gives one"),
+        ("conditioned", "BOOLEAN", "the guard takes the policy as input (asked under the variant); false: its "
+                                   "fixed answer, scored against each policy"),
+        ("guard_config_sha256", "VARCHAR", "hash of the guard's config"),
+        ("computed_run_id", "VARCHAR", "run that made the guard call"),
+        ("run_id", "VARCHAR", "Dagster run"),
+        ("created_at", "TIMESTAMP", "UTC"),
+    ],
+    "policy_guard_metrics": [
+        ("category", "VARCHAR", "partition key"),
+        ("guard", "VARCHAR", "guard profile name"),
+        ("variant", "VARCHAR", "the variant policy (policy B; policy A is the run's)"),
+        ("split", "VARCHAR", "'test' or 'all'"),
+        ("conditioned", "BOOLEAN", "the guard takes the policy as input; false: one answer for both policies, so "
+                                   "policy_pair_accuracy is 0 and ignores_policy 1 by construction"),
+        ("n_policy_pairs", "INTEGER", "images whose label differs between the two policies"),
+        ("policy_pair_accuracy", "DOUBLE", "share of policy pairs the guard gets right under both policies"),
+        ("policy_pair_accuracy_low", "DOUBLE", "lower end of its 95% interval (bootstrap over the policy pairs)"),
+        ("policy_pair_accuracy_high", "DOUBLE", "upper end of its 95% interval"),
+        ("ignores_policy", "DOUBLE", "share of policy pairs where the guard's answer is the same under both policies"),
+        ("ignores_policy_low", "DOUBLE", "lower end of its 95% interval (bootstrap over the policy pairs)"),
+        ("ignores_policy_high", "DOUBLE", "upper end of its 95% interval"),
+        ("acc_unsafe_main", "DOUBLE", "2x2 cell: accuracy on the pairs' sources under the run's policy"),
+        ("acc_unsafe_variant", "DOUBLE", "2x2 cell: accuracy on the pairs' sources under the variant"),
+        ("acc_safe_main", "DOUBLE", "2x2 cell: accuracy on the flip edits under the run's policy"),
+        ("acc_safe_variant", "DOUBLE", "2x2 cell: accuracy on the flip edits under the variant"),
+        ("n_invalid", "INTEGER", "answers rated invalid, under either policy (counted as wrong)"),
+        ("selected_pairs", "BOOLEAN", "the guard's config is a judge's that chose the pairs or gave the variant's "
+                                      "labels: optimistic by construction"),
+        ("guard_config_sha256", "VARCHAR", "hash of the guard's config"),
+        ("run_id", "VARCHAR", "Dagster run"),
+        ("created_at", "TIMESTAMP", "UTC"),
+    ],
     "probe_results": [
         ("scope", "VARCHAR", "the categories pooled, comma-separated (the run's partition range)"),
         ("features", "VARCHAR", "'image' or 'image+text' (embedding of the scene text the judge read)"),
@@ -341,7 +406,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "instruction": ("category", "instruction_id", "judge_profile", "writer_profile"),
     "candidate": ("category", "candidate_id", "judge_profile", "writer_profile", "editor_profile"),
 }
-VIEWS = ("pair_lineage", "yield_by_profile", "guard_metrics_overall", "label_agreement")
+VIEWS = ("pair_lineage", "yield_by_profile", "guard_metrics_overall", "label_agreement", "policy_pairs")
 _JOIN = re.compile(r"\{join:(\w+):(\w+):(\w+)\}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import re
 import stat
@@ -50,6 +51,7 @@ class Entry:
     rationale: str | None = None
     photo: str | None = None  # the underlying photograph, when several images are edits or crops of one
     categories: list[str] | None = None  # resolved slugs, None = every category
+    variant_ratings: dict[str, str] = field(default_factory=dict)  # variant policy name -> human label
 
 
 @dataclass
@@ -138,7 +140,7 @@ def iter_entries(source_dir: Path, manifest: Path | None, policy: Policy) -> Ite
             continue
         v = row.values
         entry = Entry(ref=v["path"], at=f"{manifest.name} {row.at}", rating=v["rating"], category=v["category"],
-                      rationale=v["rationale"], photo=v["photo"])
+                      rationale=v["rationale"], photo=v["photo"], variant_ratings=v.get("variant_ratings") or {})
         try:
             entry.categories = resolve_category(entry.category, policy)
         except KeyError:
@@ -360,6 +362,7 @@ class FolderSource(Source):
                 reason=None if checked.ok else checked.reason, detail=checked.detail,
                 columns={"manifest_rating": entry.rating, "manifest_category": entry.category,
                          "manifest_rationale": entry.rationale,
+                         "manifest_variant_ratings": json.dumps(entry.variant_ratings) if entry.variant_ratings else None,
                          "photo_id": f"photo:{entry.photo}" if entry.photo else None, **checked.extra})
 
     def intake_notes(self, categories: Sequence[Category], options: SourceOptions) -> dict[str, dict[str, Any]]:

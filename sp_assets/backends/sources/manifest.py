@@ -17,6 +17,8 @@ import polars as pl
 
 MANIFEST_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 FIELDS = ("path", "rating", "category", "rationale", "photo")
+# A human label under a policy variant: a column ``rating@<variant policy name>`` (e.g. ``rating@family``).
+VARIANT_RATING = "rating@"
 _SHORT = 60
 MAX_CELL_CHARS = 64 * 1024  # a path, a label or a rationale; anything longer is a quoting mistake
 _JSONL_EXAMPLE = '{"path": "a.png", "rating": "unsafe"}'
@@ -171,6 +173,13 @@ def _checked(row: ManifestRow) -> ManifestRow:
     if clean["path"] is None:
         return ManifestRow(row.at, row.values, f"has no 'path' ({short(row.values)}); give the image's path "
                                                "relative to the source folder, or delete the row.")
+    variants = {k[len(VARIANT_RATING):]: v for k, v in row.values.items() if k.startswith(VARIANT_RATING)}
+    for name, value in variants.items():
+        if value is not None and not isinstance(value, str):
+            return ManifestRow(row.at, row.values, f"has {VARIANT_RATING}{name} = {short(value)} (a "
+                                                   f"{_kind_of(value)}), which must be text ('unsafe' or 'safe'), or "
+                                                   "leave it empty.")
+    clean["variant_ratings"] = {k: v.strip() for k, v in sorted(variants.items()) if v and v.strip()}
     return ManifestRow(row.at, clean)
 
 
