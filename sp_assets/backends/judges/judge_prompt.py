@@ -119,7 +119,7 @@ class JudgePrompt:
     def __init__(self, policy: Policy, prompt_template: str | None = None, category_block: str | None = None,
                  scope: str = "category", profile_name: str = "vlm"):
         _check_scope(scope, prompt_template, profile_name)
-        self.policy = policy
+        self.policy, self.scope = policy, scope
         self.template_text = prompt_template if prompt_template else DEFAULT_PROMPT
         self.template = compile_prompt_template(self.template_text, PLACEHOLDERS, profile_name)
         if category_block and "categories" not in self.template.get_identifiers():
@@ -137,6 +137,13 @@ class JudgePrompt:
 
     def text(self, category: Category) -> str:
         return self.template.substitute(**category_fields(category), **self._whole)
+
+    def ask(self, category: Category | str) -> tuple[str, Category | None]:
+        """The prompt for ``category``, and the category an unsafe answer that names none falls back on: the
+        asked one, or None for a policy-wide question (its answer serves every category, so must name its own)."""
+        if isinstance(category, str):
+            category = self.policy.category(category)
+        return self.text(category), (category if self.scope == "category" else None)
 
     def config(self) -> dict[str, Any]:
         """The prompt's part of the judge's config (hashed with the profile's params)."""

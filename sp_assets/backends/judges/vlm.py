@@ -149,11 +149,7 @@ class VLMJudge(Judge):
         return self.prompts.text(category)
 
     def judge(self, images: Sequence[Image.Image], category: Category | str) -> list[Verdict]:
-        if isinstance(category, str):
-            category = self.policy.category(category)
-        prompt = self.prompt(category)
-        # A policy-wide answer serves every category, so it must name its own: no asked one to fall back on.
-        asked = category if self.scope == "category" else None
+        prompt, asked = self.prompts.ask(category)
         verdicts: list[Verdict] = []
         for start in range(0, len(images), self.batch_size):
             chunk = list(images[start:start + self.batch_size])
