@@ -81,7 +81,8 @@ class FakeServer:
     script: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # (status, headers) for first requests
     fail_every: int = 0
     delay_s: float = 0.0
-    answer: Callable[[dict[str, Any]], str] = default_answer
+    answer: Callable[[dict[str, Any]], str | None] = default_answer  # None: the message has no content
+    raw_body: str = ""  # when set, every chat answer is this body verbatim (a server that is not OpenAI's shape)
     requests: Counter = field(default_factory=Counter)  # 'chat', 'models', and each status sent
     image_sizes: list[tuple[int, int]] = field(default_factory=list)
     auth_seen: set = field(default_factory=set)
@@ -95,7 +96,7 @@ class FakeServer:
         handler = type("Handler", (_Handler,), {"fake": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
         return self
@@ -180,9 +181,12 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with fake.lock:
                 fake.in_flight -= 1
+        if fake.raw_body:
+            self._send(200, fake.raw_body)
+            return
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
                                   "finish_reason": "stop"}
-        if body.get("logprobs"):
+        if body.get("logprobs") and text is not None:
             choice["logprobs"] = {"content": _tokens(text, int(body.get("top_logprobs") or 0))}
         self._send(200, {"id": "chatcmpl-fake", "object": "chat.completion", "model": body.get("model"),
                          "choices": [choice], "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
