@@ -275,3 +275,81 @@ def test_the_writer_asks_with_the_vlm_writers_prompts_and_reads_fail_closed(serv
     server.answer = lambda body: "Sorry, no."
     [fallback] = writer.write(images[0], verdict, CATEGORY, 3, 7)
     assert fallback.target["fallback"] == "template" and "Sorry, no." in fallback.target["raw_output"]
+
+
+# -- the whole graph -------------------------------------------------------------------------------------
+
+GRAPH_CATEGORY = "o2_violence"
+GRAPH_GUARDS = ["srv_guard", "srv_guard_own", "open_nsfw"]
+
+
+@pytest.fixture(scope="module")
+def graph_server(tmp_path_factory):
+    """A chat server for the graph tests (every 7th chat request fails with a 503, so retries happen
+    throughout) and a profile folder whose server profiles point at it, active through SP_PROFILES_DIR."""
+    fake = FakeServer(fail_every=7).start()
+    folder = _profiles(tmp_path_factory.mktemp("profiles") / "p", fake.url)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SP_PROFILES_DIR", str(folder))
+        yield fake, folder
+    fake.stop()
+
+
+def _run_served_graph(data: Path):
+    """The whole graph on one category: the scene-text judge labels (its regions steer the text editor), the
+    server judge verifies the edits, and the server guards (its judge's answers, and one of its own) are
+    evaluated beside open_nsfw."""
+    from dagster import DagsterInstance, materialize
+
+    from sp_assets.defs import STAGES
+    from sp_assets.defs.resources import JudgeResource
+    from tests.conftest import RANGE_END, RANGE_START, graph_resources
+
+    registry.clear_cache()
+    resources = graph_resources(data, guards=GRAPH_GUARDS, batch_items=2)
+    resources["judge"] = JudgeResource(profile="scene_text", verify_profile="srv_judge")
+    result = materialize(STAGES, resources=resources, instance=DagsterInstance.ephemeral(),
+                         tags={RANGE_START: GRAPH_CATEGORY, RANGE_END: GRAPH_CATEGORY}, raise_on_error=True)
+    assert result.success
+    return result
+
+
+@pytest.fixture(scope="module")
+def served_graph(graph_server, tmp_path_factory):
+    fake, _ = graph_server
+    data = tmp_path_factory.mktemp("served") / "data"
+    _run_served_graph(data)
+    return data, fake.chat_calls
+
+
+@pytest.mark.full
+def test_the_server_judge_and_guards_run_through_the_whole_graph(served_graph, graph_server):
+    from sp_assets.storage.compare import read_only_query
+
+    data, calls = served_graph
+    fake, _ = graph_server
+    db = data / "safetypairs.duckdb"
+    assert calls > 0 and fake.requests[503] > 0  # answered, and retried through the scripted failures
+    rows = read_only_query(db, "SELECT DISTINCT e.edited_path, v.edit_rating, v.verifier_profile FROM verified_pairs v "
+                               "JOIN edited_images e USING (edited_sha256) WHERE v.edit_rating IS NOT NULL")
+    assert rows and {v for *_, v in rows} == {"srv_judge"}
+    for path, rating, _ in rows:  # the verifier's rating is the server's answer on the edit (scaled to 64 px)
+        assert rating == rating_of(image_data_url(Image.open(data / path), 64)).lower(), path
+    guards = {g for (g,) in read_only_query(db, "SELECT DISTINCT guard FROM guard_metrics")}
+    assert {"srv_guard", "srv_guard_own"} <= guards
+    predicted = read_only_query(db, "SELECT guard, count(*) FROM guard_predictions GROUP BY ALL")
+    assert dict(predicted)["srv_guard"] == dict(predicted)["srv_guard_own"] > 0
+
+
+@pytest.mark.full
+def test_a_re_run_makes_no_server_call_and_gives_identical_rows(served_graph, graph_server, tmp_path):
+    from sp_assets.storage.compare import stable_rows
+    from tests.conftest import assert_same_rows
+
+    data, _ = served_graph
+    fake, _ = graph_server
+    copy = Path(shutil.copytree(data, tmp_path / "data"))
+    before, chat, models = stable_rows(copy / "safetypairs.duckdb"), fake.chat_calls, fake.requests["models"]
+    _run_served_graph(copy)
+    assert (fake.chat_calls, fake.requests["models"]) == (chat, models)  # every answer from the memo
+    assert_same_rows(before, stable_rows(copy / "safetypairs.duckdb"))
