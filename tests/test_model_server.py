@@ -353,3 +353,49 @@ def test_a_re_run_makes_no_server_call_and_gives_identical_rows(served_graph, gr
     _run_served_graph(copy)
     assert (fake.chat_calls, fake.requests["models"]) == (chat, models)  # every answer from the memo
     assert_same_rows(before, stable_rows(copy / "safetypairs.duckdb"))
+
+
+@pytest.mark.full
+def test_a_killed_run_resumes_with_the_rows_of_an_uninterrupted_one(served_graph, graph_server, tmp_path):
+    """A Dagster CLI run with the server verifier and guards, killed (SIGKILL) once the verifier has committed
+    some answers, then started again: its rows are those of the uninterrupted run, and what the killed run
+    committed is reused, not asked again."""
+    import os
+    import signal
+
+    from sp_assets.storage.compare import read_only_query, stable_rows
+    from tests.cli_runs import cli_env, run_to_end, start_run, stop_run
+
+    reference, _ = served_graph
+    fake, folder = graph_server
+    data = tmp_path / "data"
+    db = data / "safetypairs.duckdb"
+    env = cli_env(tmp_path / "home", data, SP_BATCH_ITEMS="2", SP_PROFILES_DIR=str(folder),
+                  SP_VERIFY_JUDGE="srv_judge", SP_GUARDS=",".join(GRAPH_GUARDS))
+    verifier_calls = ("SELECT count(*) FROM model_calls WHERE stage = 'verified_pairs' AND role = 'judge'")
+    fake.delay_s = 0.5  # slow answers: the kill lands while the verifier is at work
+    proc = start_run(env, ["--partition", GRAPH_CATEGORY], tmp_path / "killed.log")
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = read_only_query(db, verifier_calls, timeout_s=10)
+            if done and done[0][0] >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+    finally:
+        stop_run(proc)
+        fake.delay_s = 0.0
+    committed = {r for (r,) in read_only_query(db, "SELECT DISTINCT computed_run_id FROM model_calls "
+                                                   "WHERE stage = 'verified_pairs' AND role = 'judge'")}
+    asked_before = fake.chat_calls
+    run_to_end(env, ["--partition", GRAPH_CATEGORY], tmp_path / "resumed.log")
+    from tests.conftest import assert_same_rows
+
+    assert_same_rows(stable_rows(reference / "safetypairs.duckdb"), stable_rows(db))
+    by_run = dict(read_only_query(db, "SELECT computed_run_id, count(*) FROM model_calls WHERE stage = "
+                                      "'verified_pairs' AND role = 'judge' GROUP BY ALL"))
+    assert committed and set(by_run) & committed and set(by_run) - committed, by_run
+    assert fake.chat_calls > asked_before
