@@ -78,7 +78,8 @@ class FakeServer:
 
     model: str = MODEL
     key: str = ""  # the key it wants as 'Authorization: Bearer <key>' ('' = none)
-    script: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # (status, headers) for first requests
+    # (status, headers) for the first chat requests; status 0 drops the connection without an answer
+    script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     fail_every: int = 0
     delay_s: float = 0.0
     answer: Callable[[dict[str, Any]], str | None] = default_answer  # None: the message has no content
@@ -167,6 +168,11 @@ class _Handler(BaseHTTPRequestHandler):
         scripted = self.fake._scripted()
         if scripted is not None:
             status, headers = scripted
+            if status == 0:  # the connection drops before any answer
+                with self.fake.lock:
+                    self.fake.requests["dropped"] += 1
+                self.close_connection = True
+                return
             self._send(status, {"error": {"message": f"scripted {status}"}}, headers)
             return
         fake = self.fake

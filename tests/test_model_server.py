@@ -83,6 +83,14 @@ def test_429_with_retry_after_and_500_are_retried_and_the_rows_are_right(server)
     assert server.image_sizes and all(max(size) <= 48 for size in server.image_sizes)
 
 
+def test_a_dropped_connection_is_retried(server):
+    server.script = [(0, {}), (0, {})]
+    judge = _judge(server)
+    images = _images(1)
+    assert [v.rating for v in judge.judge(images, CATEGORY)] == _expected(images, None)
+    assert server.requests["dropped"] == 2 and sum(judge.client.retries.values()) == 2
+
+
 def test_backoff_doubles_up_to_its_cap_and_retry_after_is_honoured_up_to_it():
     client = ChatClient(ServerSettings(base_url="http://127.0.0.1:9/v1", backoff_s=1.0, max_backoff_s=5.0), "m", "here")
     for attempt, (low, high) in enumerate([(0.5, 1), (1, 2), (2, 4), (2.5, 5), (2.5, 5)]):
@@ -197,6 +205,17 @@ def test_the_key_comes_from_the_environment_and_is_in_no_hash_the_url_neither(se
         changed = get_profile("judge", "srv_judge")
         changed = type(changed)(**{**changed.__dict__, "params": {**changed.params, **change}})
         assert registry.config_sha256(changed) != sha, change
+
+
+def test_a_profile_that_extends_a_server_profile_merges_its_server_section(tmp_path, monkeypatch):
+    folder = _profiles(tmp_path / "p", "http://127.0.0.1:8000/v1", max_in_flight=4)
+    judges = folder / "judges.yaml"
+    judges.write_text(judges.read_text() + "\n" + yaml.safe_dump(
+        {"srv_far": {"extends": "srv_judge", "server": {"base_url": "http://gpu-box:8000/v1"}}}))
+    monkeypatch.setenv("SP_PROFILES_DIR", str(folder))
+    near, far = get_profile("judge", "srv_judge"), get_profile("judge", "srv_far")
+    assert far.server == {**near.server, "base_url": "http://gpu-box:8000/v1"} and far.params == near.params
+    assert "server" not in far.extra and "gpu-box" not in json.dumps(far.resolved())
 
 
 def test_a_missing_or_wrong_key_stops_with_the_variable_not_the_value(server, tmp_path, monkeypatch):
