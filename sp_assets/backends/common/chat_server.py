@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
@@ -90,7 +90,8 @@ class ServerSettings:
         if bad:
             raise ValueError(f"{where}: server settings out of range: {', '.join(bad)} (max_in_flight >= 1, "
                              "timeouts > 0, retries and backoff >= 0).")
-        return settings
+        return replace(settings, max_in_flight=int(settings.max_in_flight), max_retries=int(settings.max_retries),
+                       check_model=bool(settings.check_model))
 
 
 def api_key(variable: str, where: str) -> str:
@@ -169,6 +170,7 @@ class ChatClient:
                                 max_keepalive_connections=settings.max_in_flight),
         )
         self._slots = threading.BoundedSemaphore(settings.max_in_flight)
+        self._count_lock = threading.Lock()
         self.sleep: Callable[[float], None] = time.sleep
         self.retries: Counter[str] = Counter()
         self.library = f"openai-compatible chat completions; httpx {package_version('httpx')}"
@@ -223,7 +225,8 @@ class ChatClient:
                     raise ServerRequestError(self._refused(path, response), response.status_code)
                 failures.append(f"HTTP {response.status_code}")
                 wait = retry_after_s(response.headers.get("Retry-After"))
-            self.retries[failures[-1]] += 1
+            with self._count_lock:
+                self.retries[failures[-1]] += 1
             if attempt < self.settings.max_retries:
                 self.sleep(self._delay(attempt, wait))
         raise self._gave_up(path, failures, time.monotonic() - started)
