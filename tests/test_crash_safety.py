@@ -6,53 +6,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from sp_assets.defs import STAGE_NAMES
 from sp_assets.storage.compare import read_only_query, stable_rows
-
-DAGSTER = str(Path(sys.executable).parent / "dagster")
-REPO = Path(__file__).resolve().parent.parent
-STAGES = ",".join(STAGE_NAMES)
-
-
-def _env(home: Path, data: Path, **extra: str) -> dict[str, str]:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return {**os.environ, "DAGSTER_HOME": str(home), "SP_DATA_ROOT": str(data), "SP_DEMO_UNSAFE": "3",
-            "SP_DEMO_SAFE": "1", **extra}
-
-
-def _start(env: dict[str, str], partitions: list[str], log: Path, select: str = STAGES) -> subprocess.Popen:
-    cmd = [DAGSTER, "asset", "materialize", "-m", "sp_assets", "--select", select, *partitions]
-    out = open(log, "w")  # noqa: SIM115 - closed with the process below
-    # Its own process group, so the kill takes the run and anything it started; SIGINT default (Dagster
-    # CLI runs ignore SIGTERM from a non-interactive parent).
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
-
-
-def _run(env: dict[str, str], partitions: list[str], log: Path, timeout: float = 900, select: str = STAGES) -> None:
-    proc = _start(env, partitions, log, select)
-    try:
-        assert proc.wait(timeout=timeout) == 0, log.read_text()[-4000:]
-    finally:
-        _stop(proc)
+from tests.cli_runs import DAGSTER, REPO, cli_env, run_to_end, start_run, stop_run
 
 
 def _query(db: Path, sql: str) -> list[tuple]:
@@ -79,7 +40,7 @@ def _referenced_files_exist(data: Path) -> None:
 def uninterrupted(tmp_path_factory):
     base = tmp_path_factory.mktemp("whole")
     data = base / "data"
-    _run(_env(base / "home", data, SP_BATCH_ITEMS="2"), ["--partition-range", "o1_hate...o2_violence"],
+    run_to_end(cli_env(base / "home", data, SP_BATCH_ITEMS="2"), ["--partition-range", "o1_hate...o2_violence"],
          base / "run.log")
     return data
 
@@ -87,10 +48,10 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.full
 def test_a_run_killed_mid_stage_resumes_with_identical_rows(uninterrupted, tmp_path):
     data = tmp_path / "data"
-    env = _env(tmp_path / "home", data, SP_BATCH_ITEMS="2")
+    env = cli_env(tmp_path / "home", data, SP_BATCH_ITEMS="2")
     db = data / "safetypairs.duckdb"
     partitions = ["--partition-range", "o1_hate...o2_violence"]
-    proc = _start(env, partitions, tmp_path / "killed.log")
+    proc = start_run(env, partitions, tmp_path / "killed.log")
     try:
         deadline = time.monotonic() + 600
         # Kill once verified_pairs has committed a few batches of verdicts, and long before it is done.
@@ -103,9 +64,9 @@ def test_a_run_killed_mid_stage_resumes_with_identical_rows(uninterrupted, tmp_p
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=20)
     finally:
-        _stop(proc)
+        stop_run(proc)
     killed_run = {r for (r,) in _query(db, "SELECT DISTINCT computed_run_id FROM model_calls")}
-    _run(env, partitions, tmp_path / "resumed.log")
+    run_to_end(env, partitions, tmp_path / "resumed.log")
     assert _snapshot(db) == _snapshot(uninterrupted / "safetypairs.duckdb")
     _referenced_files_exist(data)
     # What the killed run committed was reused, not recomputed: its verdicts are still the stored ones.
@@ -117,17 +78,17 @@ def test_a_run_killed_mid_stage_resumes_with_identical_rows(uninterrupted, tmp_p
 @pytest.mark.full
 def test_two_runs_of_different_categories_at_once_both_succeed_and_overlap(tmp_path):
     data = tmp_path / "data"
-    env = _env(tmp_path / "home", data)
+    env = cli_env(tmp_path / "home", data)
     # Dagster's SQLite instance storage must exist before two processes open it at once (both would try
     # to create its schema); a shared deployment uses PostgreSQL (deploy/dagster.yaml).
     subprocess.run([DAGSTER, "instance", "migrate"], cwd=REPO, env=env, check=True, capture_output=True, timeout=120)
-    procs = [_start(env, ["--partition", cat], tmp_path / f"{cat}.log") for cat in ("o1_hate", "o3_sexual")]
+    procs = [start_run(env, ["--partition", cat], tmp_path / f"{cat}.log") for cat in ("o1_hate", "o3_sexual")]
     try:
         for proc, cat in zip(procs, ("o1_hate", "o3_sexual")):
             assert proc.wait(timeout=900) == 0, (tmp_path / f"{cat}.log").read_text()[-4000:]
     finally:
         for proc in procs:
-            _stop(proc)
+            stop_run(proc)
     cats = {c for (c,) in _query(data / "safetypairs.duckdb", "SELECT DISTINCT category FROM guard_metrics")}
     assert cats == {"o1_hate", "o3_sexual"}
     # Their model work overlapped in time: each run's judge calls span a window the other's reaches into.

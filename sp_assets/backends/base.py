@@ -35,6 +35,11 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free model memory. Called when a run ends."""
 
+    def each(self, fn: Any, items: Sequence[Any]) -> list[Any]:
+        """``fn`` over ``items``, results in order: one after another here; a backend that waits on a model
+        server runs them concurrently, up to its requests in flight (the writer's rows of a batch, say)."""
+        return [fn(item) for item in items]
+
 
 def policy_part_sha256(category: Category) -> str:
     """Hash of one category's own rules: what a per-category answer depends on."""

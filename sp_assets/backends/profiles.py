@@ -41,6 +41,10 @@ class Profile:
     # Python packages (import names) the profile needs beyond the base install, e.g. torchvision; checked
     # before its backend is built. What the machine must have, not what the profile computes: not hashed.
     requires: tuple[str, ...] = ()
+    # Where a model server runs and how to reach it (base_url, the name of the environment variable holding
+    # its key, requests in flight, timeouts, retries): the same model behind another URL gives the same
+    # answers, so none of it is hashed (and the key itself is never in a profile at all).
+    server: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self, code_version: str = "") -> dict[str, Any]:
         """The fully resolved config: what gets hashed and recorded."""
@@ -106,7 +110,8 @@ def _extended(raw: dict[str, tuple[Path, dict[str, Any]]], name: str, seen: tupl
         raise ProfileError(f"{path}: profile {name!r} extends {base_name!r}: {why}; fix 'extends'.")
     base = _extended(raw, str(base_name), (*seen, name))
     merged = {**base, **{k: v for k, v in entry.items() if k != "extends"}}
-    merged["params"] = {**(base.get("params") or {}), **(entry.get("params") or {})}
+    for key in ("params", "server"):
+        merged[key] = {**(base.get(key) or {}), **(entry.get(key) or {})}
     return merged
 
 
@@ -123,6 +128,10 @@ def _build(role: str, name: str, path: Path, entry: dict[str, Any]) -> Profile:
     licences = _licences(entry.pop("licences", None) or [], path, str(name))
     resources = _resources(entry, path, str(name))
     requires = _requires(entry.pop("requires", None) or [], path, str(name))
+    server = entry.pop("server", None) or {}
+    if not isinstance(server, dict):
+        raise ProfileError(f"{path}: profile {name!r} 'server' must be a mapping (base_url, api_key_env, ...), "
+                           f"got {server!r}.")
     return Profile(
         role=role,
         name=str(name),
@@ -134,6 +143,7 @@ def _build(role: str, name: str, path: Path, entry: dict[str, Any]) -> Profile:
         licences=licences,
         resources=resources,
         requires=requires,
+        server=server,
     )
 
 

@@ -49,6 +49,7 @@ CODE_VERSIONS: dict[str, str] = {
     "clip": "1",
     "demo": "1",
     "folder": "1",
+    "openai_server": "1",
 }
 
 
@@ -60,6 +61,8 @@ class Factory:
     target: str  # "module:Class"
     takes_policy: bool = False
     takes_profile_name: bool = False
+    takes_server: bool = False  # the profile's ``server`` section (where a model server runs; not hashed)
+    takes_profile_file: bool = False  # the profile file's path, for messages that name it
 
     def cls(self) -> type:
         module, name = self.target.split(":")
@@ -67,11 +70,17 @@ class Factory:
 
     def __call__(self, profile: Profile, policy: Policy | None) -> Backend:
         args = [policy] if self.takes_policy else []
-        kwargs = {"profile_name": profile.name} if self.takes_profile_name else {}
+        kwargs: dict[str, Any] = {"profile_name": profile.name} if self.takes_profile_name else {}
+        if self.takes_server:
+            kwargs["server"] = dict(profile.server)
+        if self.takes_profile_file:
+            kwargs["profile_file"] = profile.source_file
         return self.cls()(*args, **kwargs, **profile.params)
 
 
 _B = "sp_assets.backends."
+# A model behind an OpenAI-compatible server (vLLM, SGLang): it gets the profile's unhashed ``server`` section.
+_SERVED = {"takes_policy": True, "takes_profile_name": True, "takes_server": True, "takes_profile_file": True}
 FACTORIES: dict[str, dict[str, Factory]] = {
     "source": {"demo": Factory(_B + "sources.demo:DemoSource", takes_policy=True),
                "folder": Factory(_B + "sources.folder:FolderSource", takes_policy=True)},
@@ -79,16 +88,19 @@ FACTORIES: dict[str, dict[str, Factory]] = {
               "manifest": Factory(_B + "judges.manifest:ManifestJudge", takes_policy=True),
               "vlm": Factory(_B + "judges.vlm:VLMJudge", takes_policy=True, takes_profile_name=True),
               "shieldgemma2": Factory(_B + "judges.shieldgemma2:ShieldGemma2Judge", takes_policy=True,
-                                      takes_profile_name=True)},
+                                      takes_profile_name=True),
+              "openai_server": Factory(_B + "judges.openai_server:ServerJudge", **_SERVED)},
     "writer": {"template": Factory(_B + "writers.template:TemplateWriter"),
-               "vlm": Factory(_B + "writers.vlm:VLMWriter", takes_policy=True, takes_profile_name=True)},
+               "vlm": Factory(_B + "writers.vlm:VLMWriter", takes_policy=True, takes_profile_name=True),
+               "openai_server": Factory(_B + "writers.openai_server:ServerWriter", **_SERVED)},
     "editor": {"text_region": Factory(_B + "editors.text_region:TextRegionEditor"),
                "diffusers": Factory(_B + "editors.diffusers_pipeline:DiffusersEditor", takes_profile_name=True)},
     "embedder": {"efficientnet_lite0": Factory(_B + "embedders.efficientnet:EfficientNetLite0Embedder"),
                  "clip": Factory(_B + "embedders.clip:CLIPEmbedder", takes_profile_name=True)},
     "guard": {"open_nsfw": Factory(_B + "guards.open_nsfw:OpenNSFWGuard"),
               "ocr_toxicity": Factory(_B + "guards.text_toxicity:TextToxicityGuard"),
-              "ocr_blocklist": Factory(_B + "guards.blocklist:BlocklistGuard")},
+              "ocr_blocklist": Factory(_B + "guards.blocklist:BlocklistGuard"),
+              "openai_server": Factory(_B + "judges.openai_server:ServerGuard", **_SERVED)},
 }
 JUDGE_AS_GUARD = "judge"  # a guard profile of this implementation evaluates a judge profile
 
@@ -148,7 +160,8 @@ def _user_factory(profile: Profile, target: str) -> Factory:
         raise ProfileError(f"{where} names {target!r}, which is not a subclass of "
                            f"sp_assets.backends.base.{interface.__name__}; subclass it and implement its methods.")
     takes = inspect.signature(cls.__init__).parameters
-    return Factory(target, takes_policy="policy" in takes, takes_profile_name="profile_name" in takes)
+    return Factory(target, takes_policy="policy" in takes, takes_profile_name="profile_name" in takes,
+                   takes_server="server" in takes, takes_profile_file="profile_file" in takes)
 
 
 def code_version(profile: Profile) -> str:

@@ -63,4 +63,4 @@ def write_instructions(writer: Any, images: ImageStore, policy: Policy, batch: R
         null = writer.write_null(image, verdict, target, seed) if flips and control_pairs else None
         return Written(list(flips), null, writer.info.model_id)
 
-    return [one(label) for label in batch]
+    return writer.each(one, batch)  # a writer behind a model server writes a batch's rows concurrently

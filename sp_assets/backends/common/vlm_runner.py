@@ -163,12 +163,7 @@ class VLMRunner:
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def prepare_image(self, image: Image.Image) -> Image.Image:
-        image = image.convert("RGB")
-        if self.max_image_side and max(image.size) > self.max_image_side:
-            scale = self.max_image_side / max(image.size)
-            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-            image = image.resize(size, Image.Resampling.BICUBIC)
-        return image
+        return fit_image(image, self.max_image_side)
 
     # -- generation ---------------------------------------------------------------------------------
 
@@ -290,6 +285,16 @@ class VLMRunner:
         self.model = None  # type: ignore[assignment]
         gc.collect()
         free_cuda_cache(self.device)
+
+
+def fit_image(image: Image.Image, max_side: int | None) -> Image.Image:
+    """The image in RGB, scaled down (bicubic, aspect kept) so that its longer side is at most ``max_side``."""
+    image = image.convert("RGB")
+    if max_side and max(image.size) > max_side:
+        scale = max_side / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    return image
 
 
 def compile_prompt_template(text: str, placeholders: Any, profile_name: str) -> Any:

@@ -172,8 +172,9 @@ def clean_caption(text: str, max_chars: int = 400) -> str:
     return caption if _plausible(caption) else ""
 
 
-class VLMWriter(InstructionWriter):
-    """Writes up to ``n_variants`` edit instructions per image with a chat VLM.
+class ChatWriter(InstructionWriter):
+    """Writes up to ``n_variants`` edit instructions per image with a chat model behind ``self.runner`` (a
+    subclass sets it: ``VLMWriter`` loads the model here, ``ServerWriter`` asks a model server).
 
     For each unsafe image:
     1. caption it (greedy; skipped for a text-only model, which works from the judge's finding alone);
@@ -190,15 +191,14 @@ class VLMWriter(InstructionWriter):
     output it came from and the model, so the decision can be traced.
     """
 
+    kind = "vlm"  # recorded in every instruction's target and in config()
+    runner: Any
+
     def __init__(
         self,
         policy: Policy,
         *,
-        model: str,
         profile_name: str = "vlm_writer",
-        revision: str | None = None,
-        dtype: str = "auto",
-        device: str = "auto",
         variants: int = 3,
         max_new_tokens: int = 320,
         caption_max_new_tokens: int = 96,
@@ -206,11 +206,8 @@ class VLMWriter(InstructionWriter):
         top_p: float = 0.95,
         attempts: int = 2,
         fallback: str = "template",
-        allow_download: bool = False,
-        trust_remote_code: bool = False,
         prompt_template: str | None = None,
         caption_prompt: str | None = None,
-        max_image_side: int | None = None,
     ):
         if int(variants) < 1:
             raise ValueError(f"profile {profile_name!r}: variants must be at least 1, got {variants}")
@@ -230,11 +227,6 @@ class VLMWriter(InstructionWriter):
         self.caption_prompt = caption_prompt or CAPTION_PROMPT
         self.template_text = prompt_template or DEFAULT_PROMPT
         self.template = compile_prompt_template(self.template_text, PLACEHOLDERS, profile_name)
-        self.runner = VLMRunner(
-            model, profile_name=profile_name, revision=revision, dtype=dtype, device=device,
-            allow_download=allow_download, trust_remote_code=trust_remote_code, max_image_side=max_image_side,
-        )
-        self.info = self.runner.info
 
     def caption(self, image: Image.Image) -> tuple[str, str]:
         """(cleaned caption, raw caption output); ('', '') for a text-only model."""
@@ -266,7 +258,7 @@ class VLMWriter(InstructionWriter):
         prompt = self.prompt(category, verdict, caption, n)
         found, raws = self._generate_instructions(image, prompt, n, int(seed))
         base = {
-            "writer": "vlm",
+            "writer": self.kind,
             "model": self.info.model_id,
             "revision": self.info.revision,
             "caption": caption,
@@ -332,7 +324,7 @@ class VLMWriter(InstructionWriter):
 
     def config(self) -> dict[str, Any]:
         return {
-            "writer": "vlm",
+            "writer": self.kind,
             "writer_version": WRITER_VERSION,
             "policy": {"name": self.policy.name},  # the category's rules: memo key
             "runner": self.runner.config(),
@@ -351,4 +343,22 @@ class VLMWriter(InstructionWriter):
         self.runner.close()
 
 
-__all__ = ["VLMWriter", "parse_instructions", "clean_caption", "DEFAULT_PROMPT", "CAPTION_PROMPT"]
+class VLMWriter(ChatWriter):
+    """A ``ChatWriter`` over a transformers chat VLM (or LLM) loaded in this process (``VLMRunner``).
+
+    ``settings`` are ``ChatWriter``'s: variants, max_new_tokens, caption_max_new_tokens, temperature, top_p,
+    attempts, fallback, prompt_template, caption_prompt.
+    """
+
+    def __init__(self, policy: Policy, *, model: str, profile_name: str = "vlm_writer", revision: str | None = None,
+                 dtype: str = "auto", device: str = "auto", allow_download: bool = False,
+                 trust_remote_code: bool = False, max_image_side: int | None = None, **settings: Any):
+        super().__init__(policy, profile_name=profile_name, **settings)
+        self.runner = VLMRunner(
+            model, profile_name=profile_name, revision=revision, dtype=dtype, device=device,
+            allow_download=allow_download, trust_remote_code=trust_remote_code, max_image_side=max_image_side,
+        )
+        self.info = self.runner.info
+
+
+__all__ = ["ChatWriter", "VLMWriter", "parse_instructions", "clean_caption", "DEFAULT_PROMPT", "CAPTION_PROMPT"]
