@@ -233,11 +233,15 @@ def test_shieldgemma2_fails_closed_on_unusable_probabilities(tiny, policy, monke
 
 
 def test_shieldgemma2_rejects_bad_params_before_loading(policy):
-    from sp_assets.backends.judges.shieldgemma2 import ShieldGemma2Judge
+    """The registry checks the params (``ShieldGemma2Judge.Params``) before it builds: no weights are looked for."""
+    from sp_assets.backends import registry
+    from sp_assets.backends.profiles import Profile, ProfileError
 
     for bad in ({"threshold": 0.0}, {"threshold": 1.5}, {"batch_size": 0}, {"policy_style": "prose"}):
-        with pytest.raises(ValueError, match="judge profile 'sg'"):
-            ShieldGemma2Judge(policy, model="/nonexistent/never-loaded", profile_name="sg", **bad)
+        profile = Profile(role="judge", name="sg", implementation="shieldgemma2", source_file="judges.yaml",
+                          params={"model": "/nonexistent/never-loaded", **bad})
+        with pytest.raises(ProfileError, match=f"judges.yaml: judge profile 'sg' .*parameter '{next(iter(bad))}'"):
+            registry.build(profile, policy)
 
 
 def test_shieldgemma2_built_by_the_registry_factory(tiny, policy):

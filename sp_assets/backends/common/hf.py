@@ -9,10 +9,13 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Literal, Sequence, TypeVar
+
+from pydantic import Field
 
 from sp_assets.backends.common.packages import MissingPackageError, missing_message
 from sp_assets.backends.common.versions import package_version
+from sp_assets.backends.profiles import ProfileParams
 from sp_assets.core.hashing import sha256_file
 
 T = TypeVar("T")
@@ -22,6 +25,16 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 # transformers' and diffusers' words for a missing backend: "X requires the Torchvision library but it was
 # not found in your environment" (LLaVA-OneVision and Qwen2-VL processors build a video processor).
 _REQUIRES_LIBRARY = re.compile(r"requires the (\w[\w.-]*) library")
+
+
+class HFParams(ProfileParams):
+    """The parameters every Hugging Face backend takes, in diffusers' and transformers' words."""
+
+    model: str = Field(min_length=1, description="a local folder or a hub id in the local cache")
+    revision: str | None = None
+    dtype: Literal[DTYPES] = "auto"  # type: ignore[valid-type]
+    device: str = "auto"
+    allow_download: bool = False
 
 
 class MissingWeightsError(RuntimeError):

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from PIL import Image
+from pydantic import Field
 from transformers import LogitsProcessor
 
 from sp_assets.backends.base import Judge
 
 from sp_assets.core.record_types import Verdict
 from sp_assets.backends.common.json_answers import INVALID, NONE_APPLYING, parse_judge_answer
-from sp_assets.backends.common.vlm_runner import VLMRunner, compile_prompt_template
+from sp_assets.backends.common.vlm_runner import VLMParams, VLMRunner, compile_prompt_template
 from sp_assets.core.policy import Category, Policy
 
 JUDGE_VERSION = "2"  # 2: $categories / category_block; policy-wide answers need a policy category
@@ -117,8 +118,6 @@ def score_from_logs(log_unsafe: float, log_safe: float) -> float | None:
 
 def _check_scope(scope: str, template: str | None, profile_name: str) -> None:
     """A judge of scope 'policy' answers once for every category, so its prompt must not name one."""
-    if scope not in SCOPES:
-        raise ValueError(f"profile {profile_name!r}: scope {scope!r} is not one of {', '.join(SCOPES)}")
     if scope != "policy":
         return
     import string
@@ -226,6 +225,12 @@ class VLMJudge(Judge):
     rating: a rating comes only from the parsed answer.
     """
 
+    class Params(VLMParams):
+        batch_size: int = Field(4, ge=1)
+        max_new_tokens: int = Field(200, ge=8, description="room for the JSON answer")
+        category_block: str | None = None
+        scope: Literal[SCOPES] = "category"  # type: ignore[valid-type]
+
     def __init__(
         self,
         policy: Policy,
@@ -246,10 +251,6 @@ class VLMJudge(Judge):
     ):
         self.prompts = JudgePrompt(policy, prompt_template, category_block, scope, profile_name)
         self.scope = scope
-        if int(batch_size) < 1:
-            raise ValueError(f"profile {profile_name!r}: batch_size must be at least 1, got {batch_size}")
-        if int(max_new_tokens) < 8:
-            raise ValueError(f"profile {profile_name!r}: max_new_tokens must be at least 8, got {max_new_tokens}")
         self.policy = policy
         self.profile_name = profile_name
         self.batch_size = int(batch_size)

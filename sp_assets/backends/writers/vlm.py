@@ -6,16 +6,17 @@ import ast
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
+from pydantic import Field
 
 from sp_assets.backends.base import InstructionWriter
 
 from sp_assets.core.record_types import Instruction, Verdict
 from sp_assets.backends.common.json_answers import brace_spans, load_json_object, normalise_answer
 from sp_assets.backends.writers.template import KEEP
-from sp_assets.backends.common.vlm_runner import VLMRunner, compile_prompt_template
+from sp_assets.backends.common.vlm_runner import VLMParams, VLMRunner, compile_prompt_template
 from sp_assets.core.policy import Category, Policy
 
 WRITER_VERSION = "1"
@@ -190,6 +191,16 @@ class VLMWriter(InstructionWriter):
     output it came from and the model, so the decision can be traced.
     """
 
+    class Params(VLMParams):
+        variants: int = Field(3, ge=1)
+        max_new_tokens: int = Field(320, ge=1)
+        caption_max_new_tokens: int = Field(96, ge=1)
+        temperature: float = Field(0.8, ge=0)
+        top_p: float = Field(0.95, gt=0, le=1)
+        attempts: int = Field(2, ge=1, description="answers sampled in all to get the variants")
+        fallback: Literal["template", "none"] = "template"
+        caption_prompt: str | None = None
+
     def __init__(
         self,
         policy: Policy,
@@ -212,12 +223,6 @@ class VLMWriter(InstructionWriter):
         caption_prompt: str | None = None,
         max_image_side: int | None = None,
     ):
-        if int(variants) < 1:
-            raise ValueError(f"profile {profile_name!r}: variants must be at least 1, got {variants}")
-        if int(attempts) < 1:
-            raise ValueError(f"profile {profile_name!r}: attempts must be at least 1, got {attempts}")
-        if fallback not in ("template", "none"):
-            raise ValueError(f"profile {profile_name!r}: fallback must be 'template' or 'none', got {fallback!r}")
         self.policy = policy
         self.profile_name = profile_name
         self.variants = int(variants)
