@@ -188,11 +188,12 @@ def test_your_own_backend_may_declare_params(tmp_path, monkeypatch):
         "    class Params(ProfileParams):\n"
         "        threshold: float = 0.5\n"
         "class Loose(OpenNSFWGuard):\n"
-        "    Params = None\n")
+        "    def __init__(self, x=0):\n"
+        "        super().__init__()\n")
     (tmp_path / "guards.yaml").write_text("strict:\n  implementation: my_guards:Strict\n  params: {threshold: 0.4, x: 1}\n"
                                           "loose:\n  implementation: my_guards:Loose\n  params: {x: 1}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("SP_PROFILES_DIR", str(tmp_path))
     with pytest.raises(ProfileError, match=r"guards\.yaml: guard profile 'strict' .*unknown parameter 'x'"):
         registry.check_profile_params(get_profile("guard", "strict"))
-    registry.check_profile_params(get_profile("guard", "loose"))  # no model: the constructor decides
+    registry.check_profile_params(get_profile("guard", "loose"))  # none of its own: its constructor decides

@@ -196,8 +196,9 @@ def config_sha256(profile: Profile) -> str:
 
 def params_model(profile: Profile) -> type[BaseModel] | None:
     """The ``Params`` model of the class that runs a profile (a judge-guard: its judge's); None for a class of
-    your own that declares none."""
-    model = getattr(backend_class(profile), "Params", None)
+    your own that declares none. Only the class's own counts: a subclass of a built-in backend that takes
+    other parameters is not held to its parent's."""
+    model = vars(backend_class(profile)).get("Params")
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
