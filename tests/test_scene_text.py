@@ -270,15 +270,6 @@ def test_judge_does_not_learn_from_the_demo_pool():
         assert "demo_pool" not in source and "DEMO_PHRASES" not in source and "demo_phrases" not in source
 
 
-def test_bad_thresholds_are_refused():
-    with pytest.raises(ValueError, match="judges.yaml"):
-        SceneTextJudge(POLICY, unsafe_threshold=0.0)
-    with pytest.raises(ValueError, match="judges.yaml"):
-        SceneTextJudge(POLICY, head="tree")
-    with pytest.raises(ValueError, match="judges.yaml"):
-        SceneTextJudge(POLICY, safe_prior=0.0)
-
-
 # -- block by block ---------------------------------------------------------------------------------
 
 PLACARD = ["BUY HEROIN AND", "AMMO, NO QUESTIONS"]

@@ -12,7 +12,6 @@ from skimage import data
 from sp_assets.backends import registry
 from sp_assets.core.record_types import Instruction, TextRegion
 from sp_assets.backends.common.fonts import load_font
-from sp_assets.backends.editors.text_region import TextRegionEditor
 from sp_assets.backends.profiles import get_profile
 from sp_assets.core.image_metrics import region_mask
 from sp_assets.core.policy import load_active_policy
@@ -81,19 +80,6 @@ def test_ocr_reads_the_serif_replacement(edits):
     _, results = edits
     read = " ".join(rapidocr.RapidOCR()(np.asarray(results["text_region_ns"].image)).txts or ())
     assert "RUNNING" in read and "HURT" not in read
-
-
-@pytest.mark.parametrize("kwargs, match", [
-    ({"font_name": "ComicSans.ttf"}, r"font_name 'ComicSans.ttf' is not a font.*DejaVuSerif-Bold\.ttf.*editors\.yaml"),
-    ({"font_name": "../fonts/ttf/DejaVuSans.ttf"}, r"font_name '\.\./fonts/ttf/DejaVuSans\.ttf'"),
-    ({"inpaint_method": "fast"}, r"inpaint_method 'fast' is not one of \['ns', 'telea'\]"),
-    ({"inpaint_radius": -1}, r"inpaint_radius must be a whole number of pixels >= 0, got -1"),
-    ({"inpaint_radius": "7"}, r"inpaint_radius must be a whole number.*got '7'"),
-    ({"pad": True}, r"pad must be a whole number.*got True"),
-])
-def test_bad_parameters_name_the_value_and_the_fix(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        TextRegionEditor(**kwargs)
 
 
 def _flip(sha: str, editor: str, quality: float, replacement: str) -> dict:

@@ -1,17 +1,22 @@
 """Backend profiles as data: read ``resources/<role>s.yaml``, resolve a named profile, hash it.
 
 A profile's hash covers everything that can change its output (implementation, parameters, the
-implementation's code version), so rows made under different settings never share a key.
+implementation's code version), so rows made under different settings never share a key. The hash is
+taken over ``params`` as written in the file: a backend's ``Params`` model (a ``ProfileParams``) checks
+them, and its defaults are never written into the hash, so adding a parameter with a default does not
+change the hash of a profile that leaves it out.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sp_assets.core.policy import REPO_ROOT
 
@@ -21,6 +26,14 @@ PROFILES_DIR_ENV_VAR = "SP_PROFILES_DIR"
 
 class ProfileError(ValueError):
     """A profile that cannot be used; the message names the file, the profile and the fix."""
+
+
+class ProfileParams(BaseModel):
+    """A backend's profile parameters: one typed field per keyword its constructor takes, with the same
+    default and its limits. Strict (a quoted number or ``true`` is not a number) and closed (a name the
+    backend does not take is refused), so a typo stops the run instead of being ignored."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 @dataclass(frozen=True)
@@ -187,3 +200,29 @@ def get_profile(role: str, name: str, directory: Path | None = None) -> Profile:
             f"defined profiles: {', '.join(profiles) or '(none)'}."
         )
     return profiles[name]
+
+
+def check_params(profile: Profile, model: type[BaseModel]) -> None:
+    """Check ``profile.params`` against a backend's ``Params`` model; a ``ProfileError`` names the file, the
+    profile, each parameter at fault, its value and the fix. The params themselves are left as written."""
+    try:
+        model.model_validate(profile.params)
+    except ValidationError as exc:
+        problems = "; ".join(_problem(error, model) for error in exc.errors())
+        raise ProfileError(f"{profile.source_file}: {profile.role} profile {profile.name!r} "
+                           f"(implementation {profile.implementation!r}): {problems}.") from None
+
+
+def _problem(error: Any, model: type[BaseModel]) -> str:
+    """One pydantic error in the words of a profile file."""
+    name = ".".join(str(part) for part in error["loc"]) or "params"
+    known = list(model.model_fields)
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(name, known, n=1)
+        return (f"unknown parameter {name!r} (value {error['input']!r}); "
+                f"{'did you mean ' + repr(close[0]) + '? ' if close else ''}"
+                f"it takes {', '.join(known) or 'no parameters'}. Fix: rename or remove it under params")
+    if error["type"] == "missing":
+        return f"parameter {name!r} is required. Fix: set it under params"
+    why = error["msg"].removeprefix("Value error, ")
+    return f"parameter {name!r} = {error['input']!r}: {why[0].lower() + why[1:]}. Fix: change it under params"

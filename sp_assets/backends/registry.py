@@ -4,7 +4,9 @@ A profile's ``implementation`` is a built-in name (``FACTORIES``), the name an i
 the entry-point group ``safetypairs.<role>s`` (for example ``safetypairs.guards``), or an import path
 ``package.module:Class`` of your own subclass of the role's interface (``Guard``, ``Judge``, ``Editor``,
 ``InstructionWriter``, ``Embedder``, ``Source``). Your class gets the profile's ``params`` as keyword
-arguments, and also ``policy`` / ``profile_name`` where its ``__init__`` names them. Its qualified name and
+arguments, and also ``policy`` / ``profile_name`` where its ``__init__`` names them. Every built-in class
+declares its parameters as a ``Params`` model (a ``profiles.ProfileParams``), checked here before the
+backend is built; your class may declare one too. Its qualified name and
 its package's version (or, for a module outside any installed package, its source file's sha256) are part of
 the profile's config hash, so rows made by another version of your code never share a key.
 
@@ -25,10 +27,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from sp_assets.backends.base import Backend, Editor, Embedder, Guard, InstructionWriter, Judge, Source
 from sp_assets.backends.common.packages import check_packages
 from sp_assets.core.policy import Policy
-from sp_assets.backends.profiles import Profile, ProfileError, get_profile
+from sp_assets.backends.profiles import Profile, ProfileError, check_params, get_profile
 from sp_assets.core.hashing import sha256_json
 
 # Bump an implementation's version when a code change alters its output: it changes the
@@ -203,6 +207,23 @@ def config_sha256(profile: Profile) -> str:
     return sha256_json(profile.resolved(code_version(profile)))
 
 
+def params_model(profile: Profile) -> type[BaseModel] | None:
+    """The ``Params`` model of the class that runs a profile (a judge-guard: its judge's); None for a class of
+    your own that declares none. Only the class's own counts: a subclass of a built-in backend that takes
+    other parameters is not held to its parent's."""
+    model = vars(backend_class(profile)).get("Params")
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def check_profile_params(profile: Profile) -> None:
+    """Stop, before anything loads, when a profile's ``params`` do not fit its backend's ``Params``: a
+    ``ProfileError`` naming the file, the profile, the parameter, its value and the fix."""
+    resolved = runs(profile)
+    model = params_model(resolved)
+    if model is not None:
+        check_params(resolved, model)
+
+
 def check_requirements(profile: Profile) -> None:
     """Stop, before anything loads, when a package the profile ``requires`` does not import here.
 
@@ -227,6 +248,7 @@ def build(profile: Profile, policy: Policy) -> Backend:
     with _LOCK:
         backend = _CACHE.get(key)
         if backend is None:
+            check_profile_params(profile)
             check_requirements(profile)
             try:
                 backend = factory(profile, policy)
@@ -252,6 +274,7 @@ def build_reader(profile: Profile, policy: Policy) -> Any:
     with _LOCK:
         reader = _CACHE.get(key)
     if reader is None:
+        check_profile_params(resolved)
         check_requirements(resolved)
         reader = maker(resolved.params)
         if reader is None:

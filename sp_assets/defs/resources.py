@@ -220,12 +220,14 @@ class BackendResource(ConfigurableResource):
     def lazy(self, policy: Policy, name: str | None = None) -> LazyBackend:
         """The backend, loaded only when a model call is needed (a memo miss).
 
-        A package the profile ``requires`` (torchvision for the Qwen and LLaVA-OneVision processors) is
-        checked here, when the step takes its backend, so a missing one stops the step before any work
-        or model load. Guards are checked when built: a guard that cannot run is skipped with the reason.
+        The profile's params (against its backend's ``Params``) and a package it ``requires`` (torchvision
+        for the Qwen and LLaVA-OneVision processors) are checked here, when the step takes its backend, so
+        a typo or a missing package stops the step before any work or model load. Guards are checked when
+        built: a guard that cannot run is skipped with the reason.
         """
         profile = self.resolve(name)
         if self.role != "guard":
+            registry.check_profile_params(profile)
             registry.check_requirements(profile)
         return LazyBackend(profile, policy)
 

@@ -4,9 +4,10 @@
 Each actor is a long-lived process that builds every backend it is asked for once (the process's
 backend cache) and keeps it for its life, so a model loads once per worker, not once per batch. Actors
 get the CPUs and GPUs the work's profile asks for (``num_cpus``, ``num_gpus``) and as many threads as
-their share of the machine, so workers do not oversubscribe the cores. A batch whose task fails is
-retried up to ``retries`` times; an actor that dies (out of memory, killed) is replaced and its batch
-retried. Plain functions (cheap bookkeeping) run in the driver.
+their share of the machine, so workers do not oversubscribe the cores. Retries are Ray's own: an actor
+that dies (out of memory, killed) is restarted by Ray (``max_restarts``) and the batch it held runs again
+(``max_task_retries``), as does a batch whose task raised (``retry_exceptions``), up to ``retries`` times;
+then the step stops naming the batch. Plain functions (cheap bookkeeping) run in the driver.
 
 ``address``: ``local`` starts a Ray on this machine on demand (dashboard off, CPUs and object store
 bounded, every server on 127.0.0.1) and stops it when the pool closes; ``auto`` or ``ray://host:port``
@@ -55,24 +56,25 @@ def _single_machine() -> Iterator[None]:
 
 
 class _Worker:
-    """A Ray actor: holds the backends it has built for its whole life and runs batches of work."""
+    """A Ray actor: holds the backends it has built for its whole life and runs batches of work. Ray starts
+    it again (the same arguments) when its process dies."""
 
     def __init__(self, threads: int):
         for name in THREAD_VARIABLES:  # before any numeric library is imported in this process
             os.environ[name] = str(threads)
-        self.threads = threads
-
-    def ready(self) -> int:
         try:
             import torch
 
-            torch.set_num_threads(self.threads)
+            torch.set_num_threads(threads)
         except ImportError:
             pass
+
+    def pid(self) -> int:
         return os.getpid()
 
-    def run(self, job: Work, batch: Sequence[Any]) -> list[Any]:
-        return run_job(job, batch)
+    def run(self, job: Work, batch: Sequence[Any]) -> tuple[int, list[Any]]:
+        """The batch's results, and the process that made them (a restarted worker has a new one)."""
+        return os.getpid(), run_job(job, batch)
 
 
 def _warn_unless_loopback(node_ip: str) -> None:
@@ -128,17 +130,19 @@ class RayPool:
         other workers hold."""
         return max(1, int(num_cpus))
 
-    def _new_slot(self, shape: tuple[float, float]) -> _Slot:
-        return self._new_slots(shape, 1)[0]
-
     def _new_slots(self, shape: tuple[float, float], n: int) -> list[_Slot]:
-        """``n`` workers of one shape, started together (each spends seconds importing its libraries)."""
+        """``n`` workers of one shape, started together (each spends seconds importing its libraries).
+
+        Ray restarts a worker whose process dies (``max_restarts=-1``) and runs the batch it held again on
+        the new process; a batch is tried ``1 + retries`` times in all, whether its worker died or its task
+        raised (``max_task_retries``, and ``retry_exceptions`` on each call)."""
         import ray
 
         num_cpus, num_gpus = shape
-        actors = [ray.remote(_Worker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0,
-                                              max_concurrency=1).remote(self._threads(num_cpus)) for _ in range(n)]
-        pids = ray.get([actor.ready.remote() for actor in actors])
+        actor_class = ray.remote(_Worker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=1,
+                                                  max_restarts=-1, max_task_retries=self.retries)
+        actors = [actor_class.remote(self._threads(num_cpus)) for _ in range(n)]
+        pids = ray.get([actor.pid.remote() for actor in actors])
         for pid in pids:
             log.info("Ray worker started: pid %s (%s CPU, %s GPU)", pid, num_cpus, num_gpus)
         return [_Slot(actor, pid) for actor, pid in zip(actors, pids)]
@@ -150,7 +154,8 @@ class RayPool:
         return self._slots[shape]
 
     def worker_pids(self) -> list[int]:
-        """Process ids of the live workers (to watch them, or to test what happens when one dies)."""
+        """Process ids of the workers (to watch them, or to test what happens when one dies); a worker Ray
+        restarted shows its new pid from its first result on."""
         return [slot.pid for slots in self._slots.values() for slot in slots]
 
     # -- running -----------------------------------------------------------------------------------
@@ -172,7 +177,11 @@ class RayPool:
 
 
 class _Scheduler:
-    """One ``map``: every actor of the work's pool busy with one batch at a time, until all are done."""
+    """One ``map``: every worker of the work's pool busy with one batch at a time, until all are done.
+
+    Ray replaces a dead worker and retries its batch; what stays here is which batch each worker holds, so
+    a batch that fails every try is named (``ray.util.ActorPool`` raises without saying which batch failed),
+    and the pid that made each result, so ``worker_pids`` follows a restarted worker."""
 
     def __init__(self, pool: RayPool, job: Work, batches: Sequence[Sequence[Any]]):
         import ray
@@ -180,50 +189,35 @@ class _Scheduler:
         self.pool, self.job, self.batches = pool, job, batches
         self.slots = pool._pool(job)
         self.job_ref = ray.put(job)  # shipped once, not with every batch
-        self.todo = list(range(len(batches)))
-        self.attempts = [0] * len(batches)
-        self.running: dict[Any, tuple[int, int]] = {}  # result ref -> (batch index, slot index)
+        self.todo = iter(range(len(batches)))
+        self.running: dict[Any, tuple[int, _Slot]] = {}  # result ref -> (batch index, its worker)
 
-    def submit(self, slot_index: int) -> None:
-        if self.todo:
-            index = self.todo.pop(0)
-            ref = self.slots[slot_index].actor.run.remote(self.job_ref, self.batches[index])
-            self.running[ref] = (index, slot_index)
+    def submit(self, slot: _Slot) -> None:
+        index = next(self.todo, None)
+        if index is not None:
+            ref = slot.actor.run.options(retry_exceptions=True).remote(self.job_ref, self.batches[index])
+            self.running[ref] = (index, slot)
 
     def results(self) -> Iterator[tuple[int, list[Any]]]:
         import ray
 
-        for slot_index in range(len(self.slots)):
-            self.submit(slot_index)
+        for slot in self.slots:
+            self.submit(slot)
         while self.running:
             [ref], _ = ray.wait(list(self.running), num_returns=1)
-            index, slot_index = self.running.pop(ref)
+            index, slot = self.running.pop(ref)
+            failed = f"task {self.job.name!r} failed on batch {index} after {self.pool.retries} retries"
             try:
-                results = ray.get(ref)
-            except ray.exceptions.RayActorError as exc:  # the worker died: replace it, run the batch again
-                self._retry(index, slot_index, exc, replace=True)
-                continue
-            except ray.exceptions.RayTaskError as exc:  # the task raised in the worker
-                self._retry(index, slot_index, exc, replace=False)
-                continue
-            self.submit(slot_index)
+                pid, results = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                raise RuntimeError(f"{failed}: its Ray worker process died on every try (out of memory, or killed; "
+                                   f"the Ray logs say which). Ray: {exc}") from exc
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+                raise RuntimeError(f"{failed}: {cause}") from cause
+            if pid != slot.pid:
+                log.warning("Ray worker pid %s died; Ray restarted it as pid %s", slot.pid, pid)
+                slot.pid = pid
+            self.submit(slot)
             self.pool.batches_done += 1
             yield index, results
-
-    def _retry(self, index: int, slot_index: int, exc: Exception, replace: bool) -> None:
-        self.attempts[index] += 1
-        if self.attempts[index] > self.pool.retries:
-            cause = getattr(exc, "cause", None)
-            raise RuntimeError(f"task {self.job.name!r} failed on batch {index} after {self.pool.retries} "
-                               f"retries: {cause or exc}") from (cause if isinstance(cause, BaseException) else exc)
-        if replace:
-            dead = self.slots[slot_index].pid
-            self.slots[slot_index] = self.pool._new_slot((self.job.resources["num_cpus"],
-                                                           self.job.resources["num_gpus"]))
-            log.warning("Ray worker pid %s died (%s); replaced by pid %s, batch %s retried", dead,
-                        type(exc).__name__, self.slots[slot_index].pid, index)
-        else:
-            log.warning("task %r failed on batch %s (%s); retry %s of %s", self.job.name, index,
-                        type(exc).__name__, self.attempts[index], self.pool.retries)
-        self.todo.insert(0, index)
-        self.submit(slot_index)

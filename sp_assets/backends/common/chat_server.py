@@ -349,14 +349,6 @@ class ServerRunner:
         self.client.close()
 
 
-def check_image_params(max_image_side: int | None, image_format: str, where: str) -> None:
-    """Refuse image settings a server profile cannot use, naming the profile."""
-    if image_format not in IMAGE_FORMATS:
-        raise ValueError(f"{where}: image_format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}.")
-    if max_image_side is not None and (isinstance(max_image_side, bool) or int(max_image_side) < 16):
-        raise ValueError(f"{where}: max_image_side must be at least 16 (or left out), got {max_image_side!r}.")
-
-
 def connect(server: dict[str, Any] | None, model: str, where: str) -> ChatClient:
     """A client for a profile's ``server`` section, checked against the server at once (it is there and serves
     ``model``), so a missing server stops the step before any work, naming the URL and the profile file."""

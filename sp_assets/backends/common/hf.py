@@ -9,10 +9,13 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Literal, Sequence, TypeVar
+
+from pydantic import Field
 
 from sp_assets.backends.common.packages import MissingPackageError, missing_message
 from sp_assets.backends.common.versions import package_version
+from sp_assets.backends.profiles import ProfileParams
 from sp_assets.core.hashing import sha256_file
 
 T = TypeVar("T")
@@ -22,10 +25,56 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 # transformers' and diffusers' words for a missing backend: "X requires the Torchvision library but it was
 # not found in your environment" (LLaVA-OneVision and Qwen2-VL processors build a video processor).
 _REQUIRES_LIBRARY = re.compile(r"requires the (\w[\w.-]*) library")
+# The last resort of ``missing_weights``: the words of the bare OSError (no cause) that transformers and
+# diffusers raise for a file missing from a folder or a processor not in the cache.
+_BARE_MISSING = re.compile(r"no file named|does not appear to have a file named|Can't load")
+
+
+class HFParams(ProfileParams):
+    """The parameters every Hugging Face backend takes, in diffusers' and transformers' words."""
+
+    model: str = Field(min_length=1, description="a local folder or a hub id in the local cache")
+    revision: str | None = None
+    dtype: Literal[DTYPES] = "auto"  # type: ignore[valid-type]
+    device: str = "auto"
+    allow_download: bool = False
 
 
 class MissingWeightsError(RuntimeError):
     """A profile's weights are not on this machine (and the profile does not allow downloads)."""
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it was raised from or during (transformers wraps the hub's errors in an OSError)."""
+    out: list[BaseException] = []
+    while exc is not None and exc not in out:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def missing_weights(exc: BaseException) -> str | None:
+    """Why a load failed for want of files, or None when ``exc`` says something else.
+
+    Decided by exception type, anywhere in the chain: huggingface_hub's errors for a repo, revision or file
+    that is not in the cache (or not reachable: gated, offline), and a ``FileNotFoundError``. Only a bare
+    ``OSError`` with nothing chained (transformers and diffusers raise one for a file missing from a local
+    folder, and for an image processor not in the cache) is read by its words.
+    """
+    from huggingface_hub import errors
+
+    for link in _chain(exc):
+        if isinstance(link, errors.GatedRepoError):
+            return "the repository is gated: accept its terms on the model page and log in (`hf auth login`)"
+        if isinstance(link, errors.RevisionNotFoundError):
+            return "that revision is not in the cache"
+        if isinstance(link, (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled)):
+            return "not in the local cache, and downloads are off"
+        if isinstance(link, (errors.RepositoryNotFoundError, errors.EntryNotFoundError, FileNotFoundError)):
+            return "files not found"
+    if type(exc) is OSError and exc.__cause__ is None and exc.__context__ is None and _BARE_MISSING.search(str(exc)):
+        return "files not found"
+    return None
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -106,17 +155,14 @@ class ModelSource:
             if clear is exc:
                 raise
             raise clear from exc
-        except (OSError, EnvironmentError, ValueError) as exc:
-            text = str(exc)
-            missing = any(s in text for s in ("local_files_only", "Can't load", "does not appear to have",
-                                              "not found", "No such file", "offline", "cannot find the requested files",
-                                              "is not a local folder", "outgoing traffic has been disabled"))
-            if not missing:
+        except Exception as exc:
+            why = missing_weights(exc)
+            if why is None:
                 raise
             raise MissingWeightsError(
                 f"profile {profile_name!r}: weights for {self.model!r}"
-                f"{' at revision ' + self.revision if self.revision else ''} are not on this machine "
-                f"(looked in {'that folder' if self.is_local_path else 'the local Hugging Face cache, ' + _hf_cache()}). "
+                f"{' at revision ' + self.revision if self.revision else ''} are not on this machine ({why}; "
+                f"looked in {'that folder' if self.is_local_path else 'the local Hugging Face cache, ' + _hf_cache()}). "
                 f"Fix: {self.fetch_hint()}. SafetyPairs never downloads at run time unless the profile sets "
                 f"allow_download: true."
             ) from None

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from PIL import Image
+from pydantic import Field
 
 from sp_assets.core.record_types import ModelInfo
 from sp_assets.backends.common.hf import (
+    HFParams,
     ModelSource,
     free_cuda_cache,
     resolve_device,
@@ -19,6 +21,14 @@ from sp_assets.backends.common.hf import (
 from sp_assets.backends.common.versions import package_version
 
 RUNNER_VERSION = "1"
+
+
+class VLMParams(HFParams):
+    """What a VLM judge and a VLM writer both take: the model and how it loads, the prompt, the image size."""
+
+    trust_remote_code: bool = False
+    prompt_template: str | None = None
+    max_image_side: int | None = Field(None, ge=16)
 
 
 @dataclass(frozen=True)
@@ -58,10 +68,6 @@ class VLMRunner:
     ):
         import torch
 
-        if not model:
-            raise ValueError(f"profile {profile_name!r}: param 'model' is required (a local folder or a hub id).")
-        if max_image_side is not None and int(max_image_side) < 16:
-            raise ValueError(f"profile {profile_name!r}: max_image_side must be at least 16, got {max_image_side}.")
         self.profile_name = profile_name
         self.model_name = str(model)
         self.revision = str(revision) if revision else None

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from PIL import Image
+from pydantic import Field
 
 from sp_assets.backends.base import Editor, check_edit_args
 from sp_assets.core.record_types import EditResult, Instruction, ModelInfo
 from sp_assets.backends.common.hf import (
+    HFParams,
     MissingWeightsError,
     ModelSource,
     free_cuda_cache,
@@ -145,20 +147,6 @@ def scheduler_class(profile_name: str, name: str) -> type:
     return cls
 
 
-def _check_params(profile_name: str, model: str, batch_size: int, multiple_of: int, steps: int | None,
-                  resolution: int | None, max_side: int | None) -> None:
-    """Refuse an empty model and sizes below 1 (``steps``, ``resolution``, ``max_side`` may be unset) before
-    anything is loaded."""
-    if not model:
-        raise ProfileError(f"editor profile {profile_name!r}: params.model is empty; give a hub id or a folder.")
-    for pname, value in (("batch_size", batch_size), ("multiple_of", multiple_of)):
-        if int(value) < 1:
-            raise ProfileError(f"editor profile {profile_name!r}: {pname} must be >= 1, got {value}")
-    for pname, value in (("steps", steps), ("resolution", resolution), ("max_side", max_side)):
-        if value is not None and int(value) < 1:
-            raise ProfileError(f"editor profile {profile_name!r}: {pname} must be >= 1 or unset, got {value}")
-
-
 class DiffusersEditor(Editor):
     """Drive any diffusers image-and-prompt pipeline as an ``Editor``.
 
@@ -222,6 +210,23 @@ class DiffusersEditor(Editor):
     Candidates that share a call can still nudge each other's results at the floating-point level.
     """
 
+    class Params(HFParams):
+        pipeline: str = "auto"
+        variant: str | None = None
+        steps: int | None = Field(None, ge=1)
+        guidance_scale: float | None = None
+        image_guidance_scale: float | None = None
+        negative_prompt: str | None = None
+        extra_call_args: dict[str, Any] | None = None
+        batch_size: int = Field(1, ge=1)
+        cpu_offload: bool = False
+        disable_safety_checker: bool = True
+        resolution: int | None = Field(None, ge=1)
+        max_side: int | None = Field(None, ge=1)
+        multiple_of: int = Field(16, ge=1)
+        prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+        scheduler: str | None = None
+
     def __init__(
         self,
         profile_name: str = "diffusers",
@@ -248,7 +253,6 @@ class DiffusersEditor(Editor):
         scheduler: str | None = None,
     ) -> None:
         self.profile_name = profile_name
-        _check_params(profile_name, model, batch_size, multiple_of, steps, resolution, max_side)
         self.model = str(model)
         self.pipeline_name = str(pipeline)
         self.revision = str(revision) if revision else None

@@ -5,18 +5,20 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import cv2
 import numpy as np
 import PIL
 from PIL import Image, ImageDraw
+from pydantic import Field, field_validator
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from sp_assets.backends.base import Editor, check_edit_args
 from sp_assets.core.record_types import Box, EditResult, Instruction, ModelInfo, TextRegion
 from sp_assets.backends.common.fonts import DEFAULT_FONT, font_path, load_font
+from sp_assets.backends.profiles import ProfileParams
 
 INPAINT_METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
 MASK_MODES = ("glyphs", "box")
@@ -102,8 +104,25 @@ class TextRegionEditor(Editor):
     Parameters a profile compares editors by: ``inpaint_method`` ('telea' or 'ns', OpenCV's two
     inpainting methods) with ``inpaint_radius`` (pixels around each masked pixel it fills from), and
     ``font_name``, a TrueType file that ships with matplotlib (``shipped_fonts()``: DejaVuSans-Bold.ttf,
-    the default and the demo's own font, DejaVuSerif-Bold.ttf, ...). Bad values raise ``ValueError``.
+    the default and the demo's own font, DejaVuSerif-Bold.ttf, ...); ``Params`` says what each may be.
     """
+
+    class Params(ProfileParams):
+        inpaint_method: Literal[tuple(INPAINT_METHODS)] = "telea"  # type: ignore[valid-type]
+        inpaint_radius: int = Field(5, ge=0, description="pixels")
+        pad: int = Field(4, ge=0, description="pixels")
+        mask_mode: Literal[MASK_MODES] = "glyphs"  # type: ignore[valid-type]
+        glyph_dilate: int = Field(2, ge=0, description="pixels")
+        font_name: str = DEFAULT_FONT
+
+        @field_validator("font_name")
+        @classmethod
+        def _shipped(cls, name: str) -> str:
+            fonts = shipped_fonts()
+            if name not in fonts:
+                raise ValueError(f"not a font file shipped with matplotlib; choose one of "
+                                 f"{', '.join(f for f in fonts if f.startswith('DejaVu'))}")
+            return name
 
     def __init__(
         self,
@@ -114,8 +133,6 @@ class TextRegionEditor(Editor):
         glyph_dilate: int = 2,
         font_name: str = DEFAULT_FONT,
     ) -> None:
-        _check_params(inpaint_method, mask_mode, font_name,
-                      {"inpaint_radius": inpaint_radius, "pad": pad, "glyph_dilate": glyph_dilate})
         self.inpaint_method = inpaint_method
         self.inpaint_radius = int(inpaint_radius)
         self.pad = int(pad)
@@ -529,23 +546,6 @@ def _mode_colour(pixels: np.ndarray, bin_size: int = 32) -> np.ndarray:
     top = keys[int(np.argmax(counts))]  # np.unique sorts keys, so ties resolve the same way every time
     near = np.all(np.abs(bins - top) <= 1, axis=1)
     return np.median(pixels[near], axis=0)
-
-
-def _check_params(inpaint_method: Any, mask_mode: Any, font_name: Any, sizes: dict[str, Any]) -> None:
-    """Reject parameter values the editor cannot use, saying where they are set and what is allowed."""
-    where = "; set it in the editor profile's params (resources/editors.yaml)"
-    if inpaint_method not in INPAINT_METHODS:
-        raise ValueError(f"text_region editor: inpaint_method {inpaint_method!r} is not one of "
-                         f"{sorted(INPAINT_METHODS)}{where}")
-    if mask_mode not in MASK_MODES:
-        raise ValueError(f"text_region editor: mask_mode {mask_mode!r} is not one of {MASK_MODES}{where}")
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"text_region editor: {name} must be a whole number of pixels >= 0, got {value!r}{where}")
-    fonts = shipped_fonts()
-    if font_name not in fonts:
-        raise ValueError(f"text_region editor: font_name {font_name!r} is not a font file shipped with matplotlib; "
-                         f"choose one of {', '.join(f for f in fonts if f.startswith('DejaVu'))}{where}")
 
 
 def shipped_fonts() -> list[str]:

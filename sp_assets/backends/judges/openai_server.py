@@ -4,17 +4,19 @@ judge's prompt and fail-closed reading of the answer, sent as chat completions, 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from PIL import Image
+from pydantic import Field
 
 from sp_assets.backends.base import Guard, Judge
 from sp_assets.backends.common.chat_server import (
-    Answer, check_image_params, connect, image_data_url, user_message,
+    Answer, connect, image_data_url, user_message,
 )
 from sp_assets.backends.judges.judge_prompt import (
-    JudgePrompt, answer_verdict, classify_token_text, prompt_sha256, score_from_logs,
+    SCOPES, JudgePrompt, answer_verdict, classify_token_text, prompt_sha256, score_from_logs,
 )
+from sp_assets.backends.profiles import ProfileParams
 from sp_assets.core.policy import Category, Policy
 from sp_assets.core.record_types import ModelInfo, Verdict
 
@@ -45,17 +47,26 @@ class ServerJudge(Judge):
 
     role_name = "judge"
 
+    class Params(ProfileParams):
+        model: str = Field(min_length=1, description="the served model name")
+        weights: str = Field("", description="what the server loaded (hub id and revision), for the record")
+        max_tokens: int = Field(256, ge=8)
+        temperature: float = Field(0.0, ge=0)
+        seed: int = 0
+        top_logprobs: int = Field(20, ge=0, le=20, description="0: no score")
+        max_image_side: int | None = Field(None, ge=16)
+        image_format: Literal["png", "jpeg"] = "png"
+        prompt_template: str | None = None
+        category_block: str | None = None
+        scope: Literal[SCOPES] = "category"  # type: ignore[valid-type]
+        extra_body: dict[str, Any] | None = None
+
     def __init__(self, policy: Policy, *, model: str, profile_name: str = "openai_server",
                  server: dict[str, Any] | None = None, profile_file: str = "", weights: str = "",
                  max_tokens: int = 256, temperature: float = 0.0, seed: int = 0, top_logprobs: int = 20,
                  max_image_side: int | None = None, image_format: str = "png", prompt_template: str | None = None,
                  category_block: str | None = None, scope: str = "category", extra_body: dict[str, Any] | None = None):
         where = f"{self.role_name} profile {profile_name!r} ({profile_file or 'its profile file'})"
-        if int(max_tokens) < 8:
-            raise ValueError(f"{where}: max_tokens must be at least 8, got {max_tokens}")
-        if not 0 <= int(top_logprobs) <= 20:
-            raise ValueError(f"{where}: top_logprobs must be 0 (no score) to 20, got {top_logprobs}")
-        check_image_params(max_image_side, image_format, where)
         self.prompts = JudgePrompt(policy, prompt_template, category_block, scope, profile_name)
         self.policy, self.scope, self.profile_name = policy, scope, profile_name
         self.max_image_side, self.image_format = max_image_side, image_format
@@ -102,6 +113,7 @@ class ServerGuard(ServerJudge, Guard):
     server judge profile instead reuses that judge's answers)."""
 
     role_name = "guard"
+    Params = ServerJudge.Params  # its own, so the registry checks a guard profile of this class too
 
     def predict(self, images: Sequence[Image.Image], category: Category) -> list[Verdict]:
         return self.judge(images, category)

@@ -8,12 +8,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
 from sp_assets.backends.base import Judge, TwoStep
+from sp_assets.backends.profiles import ProfileParams
 
 from sp_assets.core.record_types import ModelInfo, TextRegion, Verdict
 from sp_assets.backends.common.threads import worker_threads
@@ -263,6 +265,24 @@ class SceneTextJudge(TwoStep, Judge):
     ``sentence_model``), never on the demo phrases or the held-out set.
     """
 
+    class Params(ProfileParams):
+        unsafe_threshold: float = Field(0.5, gt=0, le=1)
+        safe_threshold: float = Field(0.5, gt=0, le=1)
+        min_ocr_confidence: float = Field(0.6, ge=0, le=1)
+        min_letters: int = Field(2, ge=0)
+        head: Literal["svc", "logreg"] = HeadSettings.kind  # see HeadSettings for these five
+        C: float = Field(HeadSettings.C, gt=0)
+        safe_weight: float = Field(HeadSettings.safe_weight, gt=0)
+        safe_prior: float = Field(HeadSettings.safe_prior, gt=0)
+        bow_weight: float = Field(HeadSettings.bow_weight, ge=0)
+        min_known_share: float = Field(0.5, ge=0, le=1)
+        use_rules: bool = True
+        use_replacements: bool = False
+        batch_size: int = Field(64, ge=1)
+        model_path: str | None = None
+        sentence_model: str = DEFAULT_SENTENCE_MODEL
+        examples: str | None = None
+
     def __init__(
         self,
         policy: Policy,
@@ -285,11 +305,6 @@ class SceneTextJudge(TwoStep, Judge):
         examples: str | None = None,
         reader: SceneTextReader | None = None,
     ):
-        if not 0.0 < unsafe_threshold <= 1.0 or not 0.0 < safe_threshold <= 1.0:
-            raise ValueError(
-                f"unsafe_threshold and safe_threshold must lie in (0, 1], got {unsafe_threshold} and "
-                f"{safe_threshold}; fix the scene_text judge profile in resources/judges.yaml."
-            )
         settings = HeadSettings(kind=head, C=C, safe_weight=safe_weight, safe_prior=safe_prior, bow_weight=bow_weight)
         start = time.perf_counter()
         self.policy = policy

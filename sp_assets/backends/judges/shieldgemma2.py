@@ -6,14 +6,16 @@ import hashlib
 import json
 import logging
 import math
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from PIL import Image
+from pydantic import Field
 
 from sp_assets.backends.base import Judge
 
 from sp_assets.core.record_types import Verdict
 from sp_assets.backends.common.hf import (
+    HFParams,
     ModelSource,
     free_cuda_cache,
     hf_model_info,
@@ -87,6 +89,12 @@ class ShieldGemma2Judge(Judge):
 
     policy_dependency = "category"  # asked one custom policy: the category's own rules
 
+    class Params(HFParams):
+        model: str = Field(DEFAULT_MODEL, min_length=1)
+        batch_size: int = Field(4, ge=1)
+        threshold: float = Field(0.5, gt=0, le=1, allow_inf_nan=False)
+        policy_style: Literal[POLICY_STYLES] = "shieldgemma"  # type: ignore[valid-type]
+
     def __init__(
         self,
         policy: Policy,
@@ -104,18 +112,6 @@ class ShieldGemma2Judge(Judge):
         from transformers import AutoProcessor, ShieldGemma2ForImageClassification
 
         threshold = float(threshold)
-        if not 0.0 < threshold <= 1.0 or not math.isfinite(threshold):
-            raise ValueError(
-                f"judge profile {profile_name!r}: threshold must lie in (0, 1], got {threshold}; "
-                "fix it in resources/judges.yaml."
-            )
-        if int(batch_size) < 1:
-            raise ValueError(f"judge profile {profile_name!r}: batch_size must be >= 1, got {batch_size}")
-        if policy_style not in POLICY_STYLES:
-            raise ValueError(
-                f"judge profile {profile_name!r}: policy_style must be one of {', '.join(POLICY_STYLES)}, "
-                f"got {policy_style!r}"
-            )
         self.policy = policy
         self.profile_name = profile_name
         self.threshold = threshold

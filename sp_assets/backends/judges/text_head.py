@@ -177,14 +177,6 @@ class HeadSettings:
     safe_prior: float = 0.4
     bow_weight: float = 0.0
 
-    def __post_init__(self) -> None:
-        if self.kind not in ("svc", "logreg") or min(self.C, self.safe_weight, self.safe_prior) <= 0 \
-                or self.bow_weight < 0:
-            raise ValueError(
-                f"scene_text head settings {self}: kind must be 'svc' or 'logreg', C, safe_weight and "
-                "safe_prior positive, bow_weight >= 0; fix the judge profile in resources/judges.yaml."
-            )
-
 
 def fit_bow(texts: Sequence[str]):
     """The word TF-IDF the head sees beside the embeddings: words of two or more letters seen in at

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from PIL import Image
+from pydantic import Field
 from transformers import LogitsProcessor
 
 from sp_assets.backends.base import Judge
 
 from sp_assets.core.record_types import Verdict
-from sp_assets.backends.common.vlm_runner import VLMRunner
+from sp_assets.backends.common.vlm_runner import VLMParams, VLMRunner
 from sp_assets.backends.judges.judge_prompt import (  # the prompt's names, also importable from here
-    DEFAULT_PROMPT, PLACEHOLDERS, JudgePrompt, answer_verdict, category_fields, category_options,
+    DEFAULT_PROMPT, PLACEHOLDERS, SCOPES, JudgePrompt, answer_verdict, category_fields, category_options,
     classify_token_text, prompt_sha256, score_from_logs,
 )
 from sp_assets.core.policy import Category, Policy
@@ -96,6 +97,12 @@ class VLMJudge(Judge):
     rating: a rating comes only from the parsed answer.
     """
 
+    class Params(VLMParams):
+        batch_size: int = Field(4, ge=1)
+        max_new_tokens: int = Field(200, ge=8, description="room for the JSON answer")
+        category_block: str | None = None
+        scope: Literal[SCOPES] = "category"  # type: ignore[valid-type]
+
     def __init__(
         self,
         policy: Policy,
@@ -116,10 +123,6 @@ class VLMJudge(Judge):
     ):
         self.prompts = JudgePrompt(policy, prompt_template, category_block, scope, profile_name)
         self.scope = scope
-        if int(batch_size) < 1:
-            raise ValueError(f"profile {profile_name!r}: batch_size must be at least 1, got {batch_size}")
-        if int(max_new_tokens) < 8:
-            raise ValueError(f"profile {profile_name!r}: max_new_tokens must be at least 8, got {max_new_tokens}")
         self.policy = policy
         self.profile_name = profile_name
         self.batch_size = int(batch_size)

@@ -30,6 +30,7 @@ from sp_assets.backends.common.fonts import DEFAULT_FONT, load_font
 from sp_assets.backends.sources.photos import demo_photos, ood_photos
 from sp_assets.core.encoding import png_bytes
 from sp_assets.core.policy import DEFAULT_POLICY_PATH, Category, Policy, load_policy
+from sp_assets.backends.profiles import ProfileParams
 
 RECIPE_VERSION = 1
 MAX_SIDE = 512
@@ -300,6 +301,7 @@ class DemoSource(Source):
     """The embedded offline pool: generated on the fly, the same images for the same settings and seed."""
 
     origin = "demo"
+    Params = ProfileParams  # none: its sizes and seed are the run's settings (SP_DEMO_UNSAFE, SP_SEED, ...)
 
     def __init__(self, policy: Policy):
         self.policy = policy

@@ -28,6 +28,7 @@ from sp_assets.backends.sources.manifest import ManifestError, ManifestRow, read
 from sp_assets.core.hashing import sha256_bytes
 from sp_assets.core.image_clean import MultiFrame, clean_image
 from sp_assets.core.policy import Category, Policy
+from sp_assets.backends.profiles import ProfileParams
 
 __all__ = ["FolderSource", "ManifestError", "check_file", "iter_entries", "list_folder", "resolve_category"]
 
@@ -334,6 +335,7 @@ class FolderSource(Source):
     """Your images: a folder, with a manifest (CSV, JSONL, Parquet) or category subfolders."""
 
     origin = "folder"
+    Params = ProfileParams  # none: the folder and manifest are the run's settings (SP_SOURCE_DIR, SP_MANIFEST)
 
     def __init__(self, policy: Policy):
         self.policy = policy

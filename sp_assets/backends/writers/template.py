@@ -6,8 +6,10 @@ import hashlib
 from typing import Sequence
 
 from PIL import Image
+from pydantic import Field
 
 from sp_assets.backends.base import InstructionWriter
+from sp_assets.backends.profiles import ProfileParams
 
 from sp_assets.core.record_types import Instruction, ModelInfo, Verdict
 from sp_assets.core.policy import Category
@@ -30,9 +32,10 @@ class TemplateWriter(InstructionWriter):
     text-region editor cannot apply but a diffusion editor can.
     """
 
+    class Params(ProfileParams):
+        variants: int = Field(1, ge=1)
+
     def __init__(self, variants: int = 1):
-        if variants < 1:
-            raise ValueError(f"writer param 'variants' must be at least 1, got {variants}")
         self.variants = variants
         self.info = ModelInfo(model_id="template", revision="2", device="none")
 

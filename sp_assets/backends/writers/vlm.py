@@ -6,16 +6,18 @@ import ast
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
+from pydantic import Field
 
 from sp_assets.backends.base import InstructionWriter
+from sp_assets.backends.profiles import ProfileParams
 
 from sp_assets.core.record_types import Instruction, Verdict
 from sp_assets.backends.common.json_answers import brace_spans, load_json_object, normalise_answer
 from sp_assets.backends.writers.template import KEEP
-from sp_assets.backends.common.vlm_runner import VLMRunner, compile_prompt_template
+from sp_assets.backends.common.vlm_runner import VLMParams, VLMRunner, compile_prompt_template
 from sp_assets.core.policy import Category, Policy
 
 WRITER_VERSION = "1"
@@ -194,6 +196,17 @@ class ChatWriter(InstructionWriter):
     kind = "vlm"  # recorded in every instruction's target and in config()
     runner: Any
 
+    class Params(ProfileParams):
+        variants: int = Field(3, ge=1)
+        max_new_tokens: int = Field(320, ge=1)
+        caption_max_new_tokens: int = Field(96, ge=1)
+        temperature: float = Field(0.8, ge=0)
+        top_p: float = Field(0.95, gt=0, le=1)
+        attempts: int = Field(2, ge=1, description="answers sampled in all to get the variants")
+        fallback: Literal["template", "none"] = "template"
+        prompt_template: str | None = None
+        caption_prompt: str | None = None
+
     def __init__(
         self,
         policy: Policy,
@@ -209,12 +222,6 @@ class ChatWriter(InstructionWriter):
         prompt_template: str | None = None,
         caption_prompt: str | None = None,
     ):
-        if int(variants) < 1:
-            raise ValueError(f"profile {profile_name!r}: variants must be at least 1, got {variants}")
-        if int(attempts) < 1:
-            raise ValueError(f"profile {profile_name!r}: attempts must be at least 1, got {attempts}")
-        if fallback not in ("template", "none"):
-            raise ValueError(f"profile {profile_name!r}: fallback must be 'template' or 'none', got {fallback!r}")
         self.policy = policy
         self.profile_name = profile_name
         self.variants = int(variants)
@@ -350,10 +357,19 @@ class VLMWriter(ChatWriter):
     attempts, fallback, prompt_template, caption_prompt.
     """
 
+    class Params(VLMParams, ChatWriter.Params):
+        pass
+
     def __init__(self, policy: Policy, *, model: str, profile_name: str = "vlm_writer", revision: str | None = None,
                  dtype: str = "auto", device: str = "auto", allow_download: bool = False,
-                 trust_remote_code: bool = False, max_image_side: int | None = None, **settings: Any):
-        super().__init__(policy, profile_name=profile_name, **settings)
+                 trust_remote_code: bool = False, max_image_side: int | None = None, variants: int = 3,
+                 max_new_tokens: int = 320, caption_max_new_tokens: int = 96, temperature: float = 0.8,
+                 top_p: float = 0.95, attempts: int = 2, fallback: str = "template", prompt_template: str | None = None,
+                 caption_prompt: str | None = None):
+        super().__init__(policy, profile_name=profile_name, variants=variants, max_new_tokens=max_new_tokens,
+                         caption_max_new_tokens=caption_max_new_tokens, temperature=temperature, top_p=top_p,
+                         attempts=attempts, fallback=fallback, prompt_template=prompt_template,
+                         caption_prompt=caption_prompt)
         self.runner = VLMRunner(
             model, profile_name=profile_name, revision=revision, dtype=dtype, device=device,
             allow_download=allow_download, trust_remote_code=trust_remote_code, max_image_side=max_image_side,
