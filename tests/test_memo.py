@@ -14,7 +14,8 @@ from sp_assets.backends import registry
 from sp_assets.core.judge_examples import examples_path
 from sp_assets.core.policy import DEFAULT_POLICY_PATH
 from tests.conftest import SHARED_RANGE, assert_same_rows, model_calls_made, run_graph, store_at, total_calls
-from tests.test_crash_safety import _env, _run, _snapshot
+from tests.cli_runs import cli_env, run_to_end
+from tests.test_crash_safety import _snapshot
 
 FIRST, LAST = SHARED_RANGE
 
@@ -78,14 +79,14 @@ def test_one_more_judge_example_redoes_only_the_scene_text_decisions(tmp_path):
     row = {"text": "SPRING FLOWER MARKET ON SUNDAY", "label": "allowed", "category": FIRST}
     examples_path(policy).write_bytes(examples_path(DEFAULT_POLICY_PATH).read_bytes() + (json.dumps(row) + "\n").encode())
     data = tmp_path / "data"
-    env = _env(tmp_path / "home", data)
+    env = cli_env(tmp_path / "home", data)
     parts = ["--partition", FIRST]
     select = "source_pool,policy_labels,edit_instructions,edited_images,verified_pairs"
-    _run(env, parts, tmp_path / "first.log", select=select)
+    run_to_end(env, parts, tmp_path / "first.log", select=select)
     first = _computed_by_role(data)
     before = _writer_inputs(data)
     intakes = store_at(data).query("SELECT * FROM source_intakes").rows()
-    _run({**env, "SP_POLICY": str(policy)}, parts, tmp_path / "second.log", select=select)
+    run_to_end({**env, "SP_POLICY": str(policy)}, parts, tmp_path / "second.log", select=select)
     second = {role: n - first.get(role, 0) for role, n in _computed_by_role(data).items()}
     # Every scene-text decision is taken again (its classifier learned from one more row)...
     assert second.get("judge", 0) > 0

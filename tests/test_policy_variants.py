@@ -4,6 +4,7 @@ the policy. Unit tests of the figures (fast) and the graph on one category with 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -162,6 +163,13 @@ def test_variants_through_the_graph_and_an_edited_variant_redoes_only_its_labels
         "SELECT * FROM variant_predictions WHERE guard = 'scene_text'").to_dicts()}
     assert asked == {(r["variant"], r["pair_id"], r["half"]): r["label"] for r in labels}
     assert judge_guard["policy_pair_accuracy"] > fixed["policy_pair_accuracy"]
+    # make demo's summary prints the policy pairs per variant and every guard's figures.
+    from sp_assets.demo import summary
+
+    printed = summary(store, data_root)
+    assert "policy variants: the same benchmark images labelled under other policies" in printed
+    assert re.search(r"strict-weapons +images +\d+ +policy pairs +[1-9]", printed), printed
+    assert re.search(r"open_nsfw +strict-weapons +fixed answer +pairs +\d+ +policy-pair acc 0\.00", printed), printed
     # The export: the policy_pairs config loads, one row per policy pair, and the datasheet counts them.
     import datasets
 
