@@ -181,7 +181,7 @@ def test_a_bad_parameter_names_the_file_the_profile_the_value_and_the_fix(role, 
 
 def test_your_own_backend_may_declare_params(tmp_path, monkeypatch):
     """A class of your own with a Params model is checked like a built-in; one without is built as before."""
-    (tmp_path / "my_guards.py").write_text(
+    (tmp_path / "my_param_guards.py").write_text(
         "from sp_assets.backends.guards.open_nsfw import OpenNSFWGuard\n"
         "from sp_assets.backends.profiles import ProfileParams\n"
         "class Strict(OpenNSFWGuard):\n"
@@ -190,8 +190,8 @@ def test_your_own_backend_may_declare_params(tmp_path, monkeypatch):
         "class Loose(OpenNSFWGuard):\n"
         "    def __init__(self, x=0):\n"
         "        super().__init__()\n")
-    (tmp_path / "guards.yaml").write_text("strict:\n  implementation: my_guards:Strict\n  params: {threshold: 0.4, x: 1}\n"
-                                          "loose:\n  implementation: my_guards:Loose\n  params: {x: 1}\n")
+    (tmp_path / "guards.yaml").write_text("strict:\n  implementation: my_param_guards:Strict\n  params: {threshold: 0.4, x: 1}\n"
+                                          "loose:\n  implementation: my_param_guards:Loose\n  params: {x: 1}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("SP_PROFILES_DIR", str(tmp_path))
     with pytest.raises(ProfileError, match=r"guards\.yaml: guard profile 'strict' .*unknown parameter 'x'"):

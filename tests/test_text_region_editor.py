@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from sp_assets.backends import registry
+from sp_assets.backends.profiles import Profile, ProfileError
 from PIL import Image, ImageDraw
 from skimage import data
 
@@ -182,10 +185,12 @@ def test_argument_errors(editor, sign):
     im, regions = sign
     with pytest.raises(ValueError, match="one instruction and one seed per image"):
         editor.edit([im, im], [instruction(regions)], [0])
-    with pytest.raises(ValueError, match="inpaint_method 'fast'"):
-        TextRegionEditor(inpaint_method="fast")
-    with pytest.raises(ValueError, match="mask_mode 'all'"):
-        TextRegionEditor(mask_mode="all")
+    # A profile's parameters are checked against the editor's Params before it is built (the registry).
+    for params, named in (({"inpaint_method": "fast"}, "inpaint_method"), ({"mask_mode": "all"}, "mask_mode")):
+        profile = Profile(role="editor", name="mine", implementation="text_region", params=params,
+                          source_file="editors.yaml")
+        with pytest.raises(ProfileError, match=rf"editors\.yaml.*'mine'.*{named}.*"):
+            registry.check_profile_params(profile)
 
 
 def test_ocr_reads_the_replacement(editor, sign):
