@@ -30,7 +30,11 @@ from sp_assets.backends.judges.text_head import (
 )
 from sp_assets.core.policy import DEFAULT_POLICY_PATH, load_policy
 
-TOLERANCE = 1e-4  # the largest probability difference a rebuild may show (float noise between CPUs)
+# The largest probability difference a rebuild may show: float noise between CPUs. The sentence model's
+# vectors differ in their last bits between instruction sets, and libsvm's fit and Platt scaling carry that
+# on: a rebuild on an AMD EPYC gave 8.3e-4 against the shipped file, with the same support vectors and the
+# same decision on every training row (which the check also requires).
+TOLERANCE = 2e-3
 
 
 def rebuild(policy_path: Path, examples: str | None = None,
