@@ -194,7 +194,7 @@ def _probe_lines(store: Store, run_id: str) -> list[str]:
 
 def _policy_lines(store: Store) -> list[str]:
     """Policy pairs per variant and each guard's policy-pair figures (pooled over categories)."""
-    counted = queries.policy_pair_counts(store)
+    counted = pv.count_rows(queries.variant_label_kinds(store))
     if not counted:
         return []
     out = ["", "policy variants: the same benchmark images labelled under other policies (policy pairs: the label "

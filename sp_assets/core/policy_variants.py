@@ -219,6 +219,25 @@ def counts(labels: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[st
     return out
 
 
+# The count table's columns (``count_rows`` keys) and their headings, for the metadata and the datasheet.
+COUNT_COLUMNS = {"category": "category", "variant": "variant", "images": "images", "policy_pairs": "policy pairs",
+                 "unsafe_only_main": "unsafe only under the run's policy",
+                 "unsafe_only_variant": "unsafe only under the variant", "invalid": "no label (invalid)"}
+
+
+def count_table(rows: Sequence[Mapping[str, Any]], escape: Callable[[str], str] = str) -> str:
+    """``count_rows`` as a markdown table (category and variant names through ``escape``)."""
+    lines = ["| " + " | ".join(COUNT_COLUMNS.values()) + " |", "|---|---|" + "---:|" * (len(COUNT_COLUMNS) - 2)]
+    lines += ["| " + " | ".join([escape(r["category"]), escape(r["variant"]),
+                                 *(str(r[k]) for k in list(COUNT_COLUMNS)[2:])]) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def count_rows(labels: Sequence[Mapping[str, Any]]) -> list[Row]:
+    """``counts`` as rows (``category``, ``variant`` and the counts), sorted, for tables."""
+    return [{"category": c, "variant": v, **n} for (c, v), n in sorted(counts(labels).items())]
+
+
 def pooled(answers: Sequence[Mapping[str, Any]], seed: int = CI_SEED) -> list[Row]:
     """Each guard's figures under each variant over every category together (split 'all'), from its answers
     (``queries.policy_answers`` rows: category, guard, variant, pair_id, half, split, main_label, label,

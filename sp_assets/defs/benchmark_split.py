@@ -131,17 +131,13 @@ def _variant_metadata(variants: list[pv.Variant], labels: list[dict[str, Any]]) 
     if not variants:
         return {"policy_variants": MetadataValue.text(f"none (set {pv.VARIANTS_ENV_VAR} to label the benchmark "
                                                       "under other policies too)")}
-    counted = pv.counts(labels)
+    counted = pv.count_rows(labels)
     return {
         "policy_variants": MetadataValue.json({v.name: {"file": str(v.policy.path), "rules_sha256": v.policy.rules_sha256,
                                                         "categories": {k: c.slug for k, c in v.by_main_slug.items()}}
                                                for v in variants}),
-        "policy_pairs": MetadataValue.md(table(
-            ["category", "variant", "images", "policy pairs", "unsafe only under the run's policy",
-             "unsafe only under the variant", "no label (invalid)"],
-            [(c, v, n["images"], n["policy_pairs"], n["unsafe_only_main"], n["unsafe_only_variant"], n["invalid"])
-             for (c, v), n in sorted(counted.items())], "llrrrrr")),
-        "n_policy_pairs": sum(n["policy_pairs"] for n in counted.values()),
+        "policy_pairs": MetadataValue.md(pv.count_table(counted)),
+        "n_policy_pairs": sum(r["policy_pairs"] for r in counted),
     }
 
 

@@ -13,7 +13,7 @@ import yaml
 from sp_assets.core.formatting import fmt
 from sp_assets.core.evaluation import CI_METHOD, CI_SAMPLES
 from sp_assets.core.guard_evaluation import DIAGNOSTICS, EDITED_ONLY, SELECTED_NOTE, headline, with_interval
-from sp_assets.core.policy_variants import pooled_table
+from sp_assets.core.policy_variants import count_table, pooled_table
 from sp_assets.core.reports import SELECTED_MARK
 from sp_assets.core.splitting import SPLITS, phrase_shares
 from sp_assets.release.columns import (
@@ -393,11 +393,7 @@ def _policy_variants(f: DatasheetFacts) -> list[str]:
              f"Every image was also labelled under {len({c['variant'] for c in counts})} variant policies (categories "
              "mapped by id) by the run's judge. An image whose label differs between the run's policy and a variant "
              "is a policy pair (the `policy_pairs` config): with the image pairs it gives the 2x2 of (source, edit) x "
-             "(policy A, policy B).", "",
-             "| category | variant | images | policy pairs | unsafe only under the run's policy | "
-             "unsafe only under the variant | no label (invalid) |", "|---|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {md_code(c['category'], True)} | {md_text(c['variant'])} | {c['images']} | {c['policy_pairs']} | "
-              f"{c['unsafe_only_main']} | {c['unsafe_only_variant']} | {c['invalid']} |" for c in counts]
+             "(policy A, policy B).", "", count_table(counts, escape=md_text)]
     if f.inputs.policy_metrics:
         lines += ["", "Guards on the policy pairs (pooled over categories): policy-pair accuracy is the share right "
                   "under both policies; 'ignores the policy' the share answered the same under both. A guard that "

@@ -14,11 +14,11 @@ import polars as pl
 import pyarrow as pa
 
 from sp_assets.core.guard_evaluation import pooled_intervals
-from sp_assets.core.policy_variants import pooled
+from sp_assets.core.policy_variants import count_rows, pooled
 from sp_assets.release.columns import arrow_type
 from sp_assets.storage import Store
 from sp_assets.storage import release_queries as queries
-from sp_assets.storage.queries import policy_answers, policy_pair_counts
+from sp_assets.storage.queries import policy_answers, variant_label_kinds
 
 # Lineage columns that repeat a benchmark column under another name.
 REDUNDANT_LINEAGE = {"source_path": "unsafe_path", "edited_path": "safe_path"}
@@ -116,7 +116,7 @@ def _policy_variants(store: Store, tables: dict[str, set[str]]) -> dict[str, Any
     if "variant_labels" not in tables:
         return {}
     answers = policy_answers(store) if "variant_predictions" in tables else []
-    return {"policy_pairs": queries.policy_pairs(store), "policy_pair_counts": policy_pair_counts(store),
+    return {"policy_pairs": queries.policy_pairs(store), "policy_pair_counts": count_rows(variant_label_kinds(store)),
             "policy_metrics": pooled(answers)}
 
 

@@ -285,12 +285,7 @@ def policy_answers(store: Store) -> Rows:
         "ORDER BY v.guard, l.variant, l.category, l.pair_id, l.half").to_dicts()
 
 
-def policy_pair_counts(store: Store) -> Rows:
-    """Per category and variant: images labelled, policy pairs each way, labels the judge could not give."""
-    return store.query(
-        "SELECT category, variant, count(*) AS images, "
-        "count(*) FILTER (WHERE label IN ('unsafe', 'safe') AND label <> main_label) AS policy_pairs, "
-        "count(*) FILTER (WHERE label = 'safe' AND main_label = 'unsafe') AS unsafe_only_main, "
-        "count(*) FILTER (WHERE label = 'unsafe' AND main_label = 'safe') AS unsafe_only_variant, "
-        "count(*) FILTER (WHERE label NOT IN ('unsafe', 'safe')) AS invalid "
-        "FROM variant_labels GROUP BY category, variant ORDER BY category, variant").to_dicts()
+def variant_label_kinds(store: Store) -> Rows:
+    """Every image's label under each variant beside its run's label (category, variant, main_label, label), for
+    ``core.policy_variants.counts``."""
+    return store.query("SELECT category, variant, main_label, label FROM variant_labels").to_dicts()
