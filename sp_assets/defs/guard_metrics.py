@@ -120,8 +120,10 @@ def _policy_rows(stage: Stage, guards: GuardResource, variants: list[pv.Variant]
     labels = queries.variant_labels_of(stage.store, category.slug) if variants else []
     predictions: list[dict[str, Any]] = []
     metrics: list[dict[str, Any]] = []
+    if not labels:
+        return predictions, metrics
     for name, (verdicts, _, _, sha) in evaluated.items():
-        if not labels or name == ge.EDITED_ONLY:
+        if name == ge.EDITED_ONLY:
             continue
         try:
             got = run_variants.guard_rows(stage.memo, partial(guards.lazy, name=name), name, verdicts, variants,

@@ -40,8 +40,10 @@ def labels(memo: Memo, judge_for: Callable[[Policy], LazyBackend], judge_profile
     rows: list[Row] = []
     for variant in variants:
         mapped = variant.category_for(category.slug)
+        if mapped is None or not items:
+            continue
         lazy = judge_for(variant.policy)
-        if mapped is None or not items or issubclass(lazy.cls, RecordJudge):
+        if issubclass(lazy.cls, RecordJudge):
             continue
         verdicts, computed = verdicts_of(memo, lazy, mapped, items)
         rows += pv.label_rows(base, variant, category, items, verdicts, judge_profile, lazy.config_sha256, computed,
